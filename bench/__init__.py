@@ -1,0 +1,1 @@
+"""Benchmarks of ipcgw: framing, codec and transports against in-run references."""

@@ -1,0 +1,64 @@
+"""ipcgw: an IPC gateway between an NS-3 simulation and the Linux MPTCP path manager.
+
+The public surface is re-exported here; see the README for the picture.
+"""
+
+from __future__ import annotations
+
+from ipcgw.errors import (
+    CodecError,
+    ConnectError,
+    DecodeError,
+    Disconnected,
+    FrameTooLarge,
+    FramingError,
+    IpcgwError,
+    ProtocolError,
+    Timeout,
+    TransportError,
+)
+from ipcgw.framing import make_framer
+from ipcgw.messages import (
+    PROTOCOL_VERSION,
+    Bye,
+    Command,
+    Error,
+    Event,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    Report,
+    Result,
+    Stats,
+    Welcome,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Bye",
+    "CodecError",
+    "Command",
+    "ConnectError",
+    "DecodeError",
+    "Disconnected",
+    "Error",
+    "Event",
+    "FrameTooLarge",
+    "FramingError",
+    "Hello",
+    "IpcgwError",
+    "Message",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "Report",
+    "Result",
+    "Stats",
+    "Timeout",
+    "TransportError",
+    "Welcome",
+    "make_framer",
+]

@@ -1,0 +1,3 @@
+from ipcgw.cli import main
+
+main()

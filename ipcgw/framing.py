@@ -1,0 +1,352 @@
+"""Sans-IO framing: bytes in, frames out. No sockets, no files, no threads.
+
+Every transport carries a byte stream (or byte chunks); the framing layer cuts
+it into frames. ``make_framer(spec)`` builds one of:
+
+``length:N``      N-byte big-endian length header (N in 1, 2, 4, 8; ``length`` = 4)
+``delimited:nul`` COBS-encoded payload + NUL; any binary payload, <= 1 byte per 254 overhead
+``delimited:lf``  payload + ``\\n``; for text, a payload containing ``\\n`` is refused
+``fixed:N``       every frame exactly N bytes, short payloads padded with NUL
+
+Decoders keep one ``bytearray`` and a read offset, resume delimiter searches
+where the previous one stopped and compact rarely, so feeding N bytes in any
+chunking costs O(N). Limits are checked as soon as they can be known (the
+header arrives, or ``max_frame`` bytes pass with no delimiter), so a decoder
+never holds much more than ``max_frame``. After a ``FramingError`` the stream is
+lost: discard the decoder.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ipcgw.errors import FramingError, FrameTooLarge
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "Decoder",
+    "FrameTooLarge",
+    "Framer",
+    "FramingError",
+    "cobs_decode",
+    "cobs_encode",
+    "make_framer",
+]
+
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+_VALID_SPECS = "length, length:1|2|4|8, delimited:nul, delimited:lf, fixed:N (N >= 1)"
+# Compact the buffer once the consumed prefix is this large (and more than half).
+_COMPACT_AT = 64 * 1024
+
+
+class Decoder(Protocol):
+    """Stateful cutter of one byte stream."""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Return every frame completed by ``data``, in order."""
+        ...
+
+    @property
+    def pending(self) -> int:
+        """Bytes held for a frame not complete yet."""
+        ...
+
+
+class Framer(Protocol):
+    """A framing scheme: stateless encoder, factory of stateful decoders."""
+
+    spec: str
+    max_frame: int
+
+    def encode(self, payload: bytes) -> bytes: ...
+
+    def decoder(self) -> Decoder: ...
+
+
+class _Buffer:
+    """A bytearray with a read offset; the shared core of the stream decoders."""
+
+    __slots__ = ("_buf", "_off")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._off = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf) - self._off
+
+    def _compact(self) -> None:
+        off = self._off
+        if off == len(self._buf):
+            self._buf.clear()
+            self._off = 0
+        elif off >= _COMPACT_AT and off * 2 >= len(self._buf):
+            del self._buf[:off]
+            self._off = 0
+
+
+# ---------------------------------------------------------------- length:N
+
+
+class LengthFramer:
+    """N-byte big-endian unsigned length, then the payload."""
+
+    def __init__(self, header: int = 4, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if header not in (1, 2, 4, 8):
+            raise ValueError(f"length header must be 1, 2, 4 or 8 bytes, not {header}")
+        self.header = header
+        # A header of N bytes cannot describe more than 2**(8N) - 1 bytes.
+        self.max_frame = min(max_frame, (1 << (8 * header)) - 1)
+        self.spec = f"length:{header}"
+
+    def encode(self, payload: bytes) -> bytes:
+        n = len(payload)
+        if n > self.max_frame:
+            raise FrameTooLarge(n, self.max_frame)
+        return n.to_bytes(self.header, "big") + payload
+
+    def encode_header(self, size: int) -> bytes:
+        """Header alone, so a transport can scatter-send header + large payload."""
+        if size > self.max_frame:
+            raise FrameTooLarge(size, self.max_frame)
+        return size.to_bytes(self.header, "big")
+
+    def decoder(self) -> LengthDecoder:
+        return LengthDecoder(self.header, self.max_frame)
+
+
+class LengthDecoder(_Buffer):
+    __slots__ = ("_hdr", "_max", "_need")
+
+    def __init__(self, header: int, max_frame: int) -> None:
+        super().__init__()
+        self._hdr = header
+        self._max = max_frame
+        self._need = -1  # payload length of the frame being assembled, -1 = header unknown
+
+    @property
+    def pending(self) -> int:
+        held = len(self._buf) - self._off
+        return held + self._hdr if self._need >= 0 else held
+
+    def feed(self, data: bytes) -> list[bytes]:
+        frames: list[bytes] = []
+        hdr = self._hdr
+        if not self.pending and self._need < 0:
+            # Fast path: parse straight from ``data`` and stash only the tail.
+            view = memoryview(data)
+            pos, end = 0, len(data)
+            while end - pos >= hdr:
+                size = int.from_bytes(view[pos : pos + hdr], "big")
+                if size > self._max:
+                    raise FrameTooLarge(size, self._max)
+                if end - pos - hdr < size:
+                    break
+                pos += hdr
+                frames.append(bytes(view[pos : pos + size]))
+                pos += size
+            if pos < end:
+                self._buf += view[pos:]
+            self._parse(frames)
+            return frames
+        self._buf += data
+        self._parse(frames)
+        return frames
+
+    def _parse(self, frames: list[bytes]) -> None:
+        buf, hdr = self._buf, self._hdr
+        off, need, end = self._off, self._need, len(buf)
+        while True:
+            if need < 0:
+                if end - off < hdr:
+                    break
+                need = int.from_bytes(buf[off : off + hdr], "big")
+                if need > self._max:
+                    raise FrameTooLarge(need, self._max)
+                off += hdr
+            if end - off < need:
+                break
+            frames.append(bytes(buf[off : off + need]))
+            off += need
+            need = -1
+        self._off, self._need = off, need
+        self._compact()
+
+
+# ---------------------------------------------------------------- delimited
+
+
+def cobs_encode(payload: bytes) -> bytes:
+    """Consistent Overhead Byte Stuffing: the result contains no NUL byte.
+
+    Built on ``bytes.split`` so the per-byte work happens in C; Python only
+    loops once per zero byte or per 254-byte block.
+    """
+    out = bytearray()
+    for piece in payload.split(b"\0"):
+        while len(piece) >= 254:
+            out.append(0xFF)
+            out += piece[:254]
+            piece = piece[254:]
+        out.append(len(piece) + 1)
+        out += piece
+    return bytes(out)
+
+
+def cobs_decode(encoded: bytes | bytearray | memoryview) -> bytes:
+    """Inverse of :func:`cobs_encode`; raises FramingError on malformed input."""
+    out = bytearray()
+    pos, end, code = 0, len(encoded), 0
+    while pos < end:
+        code = encoded[pos]
+        if code == 0:
+            raise FramingError("COBS block code 0 inside a frame")
+        nxt = pos + code
+        if nxt > end:
+            raise FramingError("truncated COBS block")
+        out += encoded[pos + 1 : nxt]
+        if code != 0xFF:  # a full 254-byte block implies no zero after it
+            out.append(0)
+        pos = nxt
+    # Every encoding ends with a block implying a zero; that zero is not data.
+    if code in (0, 0xFF):
+        raise FramingError("COBS frame is empty or ends with a full block")
+    del out[-1]
+    return bytes(out)
+
+
+class DelimitedFramer:
+    """Payload (COBS-escaped for NUL) followed by a one-byte delimiter."""
+
+    def __init__(self, kind: str = "nul", max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if kind not in ("nul", "lf"):
+            raise ValueError(f"delimiter must be nul or lf, not {kind!r}")
+        self.kind = kind
+        self.max_frame = max_frame
+        self.spec = f"delimited:{kind}"
+        self.delimiter = b"\0" if kind == "nul" else b"\n"
+
+    @property
+    def max_encoded(self) -> int:
+        """Longest encoded frame (without the delimiter) for a max_frame payload."""
+        if self.kind == "nul":
+            return self.max_frame + self.max_frame // 254 + 1
+        return self.max_frame
+
+    def encode(self, payload: bytes) -> bytes:
+        n = len(payload)
+        if n > self.max_frame:
+            raise FrameTooLarge(n, self.max_frame)
+        if self.kind == "nul":
+            return cobs_encode(payload) + b"\0"
+        if b"\n" in payload:
+            raise FramingError("delimited:lf cannot carry a payload containing '\\n'")
+        return payload + b"\n"
+
+    def decoder(self) -> DelimitedDecoder:
+        return DelimitedDecoder(self)
+
+
+class DelimitedDecoder(_Buffer):
+    __slots__ = ("_cobs", "_delim", "_max", "_max_encoded", "_scan")
+
+    def __init__(self, framer: DelimitedFramer) -> None:
+        super().__init__()
+        self._delim = framer.delimiter
+        self._cobs = framer.kind == "nul"
+        self._max = framer.max_frame
+        self._max_encoded = framer.max_encoded
+        self._scan = 0  # where the next delimiter search starts (never rescan)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        frames: list[bytes] = []
+        buf = self._buf
+        buf += data
+        off, delim = self._off, self._delim
+        scan = max(self._scan, off)
+        while True:
+            idx = buf.find(delim, scan)
+            if idx < 0:
+                break
+            frames.append(self._finish(buf, off, idx))
+            off = scan = idx + 1
+        self._off = off
+        self._compact()
+        self._scan = len(self._buf)
+        if self.pending > self._max_encoded:
+            raise FrameTooLarge(self.pending, self._max_encoded)
+        return frames
+
+    def _finish(self, buf: bytearray, start: int, stop: int) -> bytes:
+        size = stop - start
+        if size > self._max_encoded:
+            raise FrameTooLarge(size, self._max_encoded)
+        if not self._cobs:
+            return bytes(buf[start:stop])
+        payload = cobs_decode(memoryview(buf)[start:stop])
+        if len(payload) > self._max:
+            raise FrameTooLarge(len(payload), self._max)
+        return payload
+
+
+# ---------------------------------------------------------------- fixed:N
+
+
+class FixedFramer:
+    """Every frame exactly ``size`` bytes; the codec ignores the NUL padding."""
+
+    def __init__(self, size: int, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if size < 1:
+            raise ValueError(f"fixed frame size must be >= 1, not {size}")
+        if size > max_frame:
+            raise FrameTooLarge(size, max_frame)
+        self.size = size
+        self.max_frame = size
+        self.spec = f"fixed:{size}"
+
+    def encode(self, payload: bytes) -> bytes:
+        n = len(payload)
+        if n > self.size:
+            raise FrameTooLarge(n, self.size)
+        if n == self.size:
+            return bytes(payload)
+        return payload + bytes(self.size - n)
+
+    def decoder(self) -> FixedDecoder:
+        return FixedDecoder(self.size)
+
+
+class FixedDecoder(_Buffer):
+    __slots__ = ("_size",)
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self._size = size
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf, size = self._buf, self._size
+        buf += data
+        off, end = self._off, len(buf)
+        frames = [bytes(buf[i : i + size]) for i in range(off, end - size + 1, size)]
+        self._off = off + size * len(frames)
+        self._compact()
+        return frames
+
+
+# ---------------------------------------------------------------- factory
+
+
+def make_framer(spec: str, max_frame: int = DEFAULT_MAX_FRAME) -> Framer:
+    """Build a framer from its spec string (see the module docstring)."""
+    kind, _, arg = spec.strip().partition(":")
+    try:
+        if kind == "length":
+            return LengthFramer(int(arg) if arg else 4, max_frame)
+        if kind == "delimited" and arg in ("nul", "lf"):
+            return DelimitedFramer(arg, max_frame)
+        if kind == "fixed" and arg:
+            return FixedFramer(int(arg), max_frame)
+    except ValueError as exc:
+        raise ValueError(f"bad framing spec {spec!r}: {exc}; valid forms: {_VALID_SPECS}") from None
+    raise ValueError(f"unknown framing spec {spec!r}; valid forms: {_VALID_SPECS}")
