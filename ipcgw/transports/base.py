@@ -1,0 +1,178 @@
+"""What every transport provides: a listener that accepts connections, and
+connections that move bytes. Transports know nothing of frames or messages.
+
+A transport module defines one ``Transport`` subclass with:
+
+- capabilities as class attributes (``crosses_netns``, ``message_boundaries``,
+  ``max_message_size``) so the docs, the CLI and the tests can ask;
+- ``listen(endpoint) -> Listener`` for the server, which also detects and
+  reclaims objects a crashed server left behind (see :class:`ServerLock`);
+- ``connect(endpoint, timeout) -> Connection`` for clients, raising
+  ``ConnectError`` within ``timeout`` when no server is there.
+
+Connections are byte pipes: ``send`` writes everything or raises, ``recv``
+returns some bytes, ``b""`` at an orderly end, and raises ``Disconnected`` when
+the peer died and ``Timeout`` when nothing came in time.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+from ipcgw.errors import ConnectError, TransportError
+from ipcgw.url import Endpoint
+
+__all__ = [
+    "Connection",
+    "Listener",
+    "ListenerClosed",
+    "ServerLock",
+    "Transport",
+    "deadline_after",
+    "pid_alive",
+    "remaining",
+]
+
+Buffer = bytes | bytearray | memoryview
+
+
+class ListenerClosed(TransportError):
+    """accept() was interrupted because the listener is closing."""
+
+
+class Connection(ABC):
+    """A bidirectional byte pipe to one peer."""
+
+    #: Human-readable peer description for server logs.
+    peer: str = "?"
+    #: Seconds a ``send`` may block on a peer that does not read before the
+    #: connection is given up (server side); None blocks forever.
+    send_timeout: float | None = None
+
+    @abstractmethod
+    def send(self, data: Buffer) -> None:
+        """Write all of ``data`` or raise Disconnected / Timeout."""
+
+    def sendv(self, parts: Sequence[Buffer]) -> None:
+        """Write several buffers as one; transports override to avoid the join."""
+        self.send(b"".join(parts))
+
+    @abstractmethod
+    def recv(self, timeout: float | None = None) -> bytes:
+        """Some bytes (at least one), ``b""`` at an orderly end of stream."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release OS objects; idempotent; wakes a recv blocked in another thread."""
+
+
+class Listener(ABC):
+    """Server side of a transport: accepts connections until closed."""
+
+    endpoint: Endpoint
+
+    @abstractmethod
+    def accept(self) -> Connection:
+        """Block until a client connects; ListenerClosed once close() was called."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop accepting and remove every OS object the listener created."""
+
+
+class Transport(ABC):
+    """One IPC mechanism, selected by URL scheme."""
+
+    scheme: ClassVar[str]
+    #: Works with ``ip netns exec NS ipcgw serve`` and a client outside NS.
+    crosses_netns: ClassVar[bool]
+    #: The OS keeps message boundaries (queues) rather than a byte stream.
+    message_boundaries: ClassVar[bool]
+    #: Largest single OS message, None for streams; frames larger are split.
+    max_message_size: ClassVar[int | None] = None
+
+    @classmethod
+    @abstractmethod
+    def listen(cls, endpoint: Endpoint) -> Listener: ...
+
+    @classmethod
+    @abstractmethod
+    def connect(cls, endpoint: Endpoint, timeout: float = 5.0) -> Connection: ...
+
+
+class ServerLock:
+    """Who owns a server name, across crashes: an ``flock`` on a lock file.
+
+    The kernel drops the lock when the owner dies, however it dies, so a new
+    server that gets the lock knows every object under that name is stale and
+    may reclaim it; one that cannot get it names the live owner's pid.
+    Lock files live in the system temp directory, which (unlike abstract
+    sockets and TCP ports) is shared across network namespaces.
+    """
+
+    def __init__(self, scheme: str, name: str) -> None:
+        safe = name.strip("/").replace("/", "_") or "root"
+        self.path = os.path.join(tempfile.gettempdir(), f"ipcgw-{scheme}-{safe}.lock")
+        self._fd = -1
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConnectError(
+                f"a live ipcgw server (pid {owner}) already serves this address "
+                f"(lock {self.path}); stop it or pick another address"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)
+            self._fd = -1
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists (zombies count as dead for our purpose)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().split(b") ", 1)[1][:1] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def is_disconnect(exc: OSError) -> bool:
+    """Errors that mean the peer is gone rather than that we are broken."""
+    return exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN,
+                         errno.ECONNABORTED, errno.EBADF)

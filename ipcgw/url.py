@@ -1,0 +1,100 @@
+"""Endpoint URLs: one string picks the transport, its address, framing and codec.
+
+    fifo:///run/ipcgw              directory owned by the server
+    fifo:///tmp/mptcp-ns3-fifo?codec=sspi     legacy: the FIFO file itself
+    sysv://0x1c0ffee               System V key, hex or decimal
+    posixmq:///ipcgw               POSIX message queue name prefix
+    tcp://127.0.0.1:7700
+    unix:///run/ipcgw.sock         path socket (crosses network namespaces)
+    unix:@ipcgw                    abstract socket (scoped to the network namespace)
+    shm:///ipcgw                   shared-memory rings
+
+Query: ``framing=length:4|delimited:nul|delimited:lf|fixed:N``, ``codec=msgpack|sspi``,
+``max_frame=BYTES``, ``mode=0600``; transports may read more (``params``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from ipcgw.codecs import get_codec
+from ipcgw.framing import DEFAULT_MAX_FRAME, Framer, make_framer
+
+__all__ = ["Endpoint", "parse_url"]
+
+_STANDARD = {"framing", "codec", "max_frame", "mode"}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A parsed URL. ``address`` is the transport's part: a path, key or host:port."""
+
+    scheme: str
+    address: str
+    framing: str
+    codec: str = "msgpack"
+    max_frame: int = DEFAULT_MAX_FRAME
+    mode: int = 0o600
+    params: dict[str, str] = field(default_factory=dict)
+
+    def framer(self) -> Framer:
+        return make_framer(self.framing, self.max_frame)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{self.scheme} URL needs HOST:PORT, got {self.address!r}")
+        return host.strip("[]"), int(port)
+
+    def with_address(self, address: str) -> Endpoint:
+        return replace(self, address=address)
+
+    def __str__(self) -> str:
+        query: dict[str, str] = {"framing": self.framing, "codec": self.codec}
+        if self.max_frame != DEFAULT_MAX_FRAME:
+            query["max_frame"] = str(self.max_frame)
+        if self.mode != 0o600:
+            query["mode"] = f"{self.mode:04o}"
+        query.update(self.params)
+        if self.scheme in ("tcp", "sysv"):
+            base = f"{self.scheme}://{self.address}"
+        elif self.address.startswith("@"):
+            base = f"{self.scheme}:{self.address}"
+        else:
+            base = f"{self.scheme}://{self.address}"
+        return f"{base}?{urlencode(query, safe=':')}"
+
+
+def parse_url(url: str) -> Endpoint:
+    """Parse and validate an endpoint URL (ValueError with the reason)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if not scheme:
+        raise ValueError(f"endpoint {url!r} has no scheme (e.g. unix:///run/ipcgw.sock)")
+    address = parts.netloc + parts.path if scheme in ("tcp", "sysv") else parts.path
+    if scheme not in ("tcp", "sysv") and parts.netloc:
+        raise ValueError(f"{scheme} URL takes a path: {scheme}:///{parts.netloc}{parts.path}")
+    if not address:
+        raise ValueError(f"endpoint {url!r} has no address")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    codec = query.get("codec", "msgpack")
+    get_codec(codec)  # validates the name
+    framing = query.get("framing") or get_codec(codec).default_framing
+    try:
+        max_frame = int(query.get("max_frame", DEFAULT_MAX_FRAME))
+        mode = int(query.get("mode", "0600"), 8)
+    except ValueError:
+        raise ValueError(f"max_frame must be an integer and mode octal in {url!r}") from None
+    endpoint = Endpoint(
+        scheme,
+        address,
+        framing,
+        codec,
+        max_frame,
+        mode,
+        {k: v for k, v in query.items() if k not in _STANDARD},
+    )
+    endpoint.framer()  # validates the framing spec
+    return endpoint
