@@ -95,7 +95,7 @@ def _mkfifo(path: str, mode: int) -> None:
 
 
 def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         os.unlink(path)
 
 
@@ -207,7 +207,9 @@ class FifoConnection(_Closable, Connection):
                         pass
                 if any(fd == self._wfd and ev & _GONE for fd, ev in events):
                     return b""  # peer died before (or without) opening its write end
-        except OSError as exc:
+        except Timeout:
+            raise
+        except OSError as exc:  # (Timeout is one too: it is a TimeoutError)
             raise Disconnected(f"fifo read from {self.peer}: {exc}") from exc
         finally:
             self._leave()
@@ -234,7 +236,9 @@ class FifoConnection(_Closable, Connection):
                         n -= views.pop(0).nbytes
                     if n:
                         views[0] = views[0][n:]
-        except (BrokenPipeError, OSError) as exc:
+        except Timeout:
+            raise
+        except OSError as exc:  # EPIPE mostly: the reader is gone
             raise Disconnected(f"fifo write to {self.peer}: {exc}") from exc
         finally:
             self._leave()
