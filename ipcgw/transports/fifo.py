@@ -11,7 +11,6 @@ Features
   only its own ``send`` (``Connection.send_timeout``), a dead one reads as EOF.
 - Every fd is non-blocking; waits are ``poll`` with a self-wake eventfd, so
   ``close()`` from another thread interrupts ``accept``/``recv``/``send``.
-  (Call ``close()`` from a thread, not from inside a signal handler.)
 - Legacy ``sspi`` codec: one plain FIFO a C program opens and writes to.
 
 URL
@@ -112,43 +111,48 @@ def _grow(fd: int, size: int) -> None:
 
 
 class _Closable:
-    """close() from any thread, without an fd number being reused under a poller.
+    """close() from any thread (or a signal handler), without an fd number
+    being reused under a thread still polling or reading it.
 
     close() signals an eventfd that every poll set contains; the fds themselves
-    are released by whoever leaves last, so a thread still inside recv never
-    reads from a number the kernel has already handed to someone else.
+    are released by whoever leaves last. Bookkeeping uses list append/pop,
+    which the GIL makes atomic: a lock here would cost more than the syscall
+    it guards on the hot path, and could deadlock a signal handler.
+    Every operation checks ``closed`` after ``_enter`` and before touching fds.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._users = 0
+        self._users: list[None] = []
+        self._open = [True]  # popped once by close()
+        self._unreleased = [True]  # popped once by whoever releases
         self.closed = False
-        self._released = False
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
     def _enter(self) -> None:
-        with self._lock:
-            self._users += 1
+        self._users.append(None)
 
     def _leave(self) -> None:
-        with self._lock:
-            self._users -= 1
-            release = self.closed and not self._users and not self._released
-            self._released |= release
-        if release:
-            self._release()
+        self._users.pop()
+        if self.closed and not self._users:
+            self._release_once()
 
     def close(self) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-            release = not self._users
-            self._released = release
+        try:
+            self._open.pop()
+        except IndexError:
+            return
+        self.closed = True
         os.eventfd_write(self._wake, 1)
         self._on_close()
-        if release:
-            self._release()
+        if not self._users:
+            self._release_once()
+
+    def _release_once(self) -> None:
+        try:
+            self._unreleased.pop()
+        except IndexError:
+            return
+        self._release()
 
     def _on_close(self) -> None:
         """Work that must happen at close() even while others still hold fds."""
@@ -215,7 +219,28 @@ class FifoConnection(_Closable, Connection):
             self._leave()
 
     def send(self, data: Buffer) -> None:
-        self.sendv((data,))
+        if self._one_way:
+            raise TransportError(self._one_way)
+        self._enter()
+        try:
+            with self._send_lock:
+                if self.closed:
+                    raise Disconnected(f"connection to {self.peer} closed")
+                try:  # hot path: one write, no views, no poll
+                    n = os.write(self._wfd, data)
+                except BlockingIOError:
+                    n = 0
+                if type(data) is bytes and n == len(data):
+                    return
+                view = memoryview(data).cast("B")
+                if n < view.nbytes:
+                    self._write_all([view[n:]])
+        except Timeout:
+            raise
+        except OSError as exc:  # EPIPE mostly: the reader is gone
+            raise Disconnected(f"fifo write to {self.peer}: {exc}") from exc
+        finally:
+            self._leave()
 
     def sendv(self, parts: Sequence[Buffer]) -> None:
         if self._one_way:
@@ -224,24 +249,27 @@ class FifoConnection(_Closable, Connection):
         self._enter()
         try:
             with self._send_lock:
-                while views:
-                    if self.closed:
-                        raise Disconnected(f"connection to {self.peer} closed")
-                    try:
-                        n = os.writev(self._wfd, views)
-                    except BlockingIOError:
-                        self._wait_writable()
-                        continue
-                    while views and n >= views[0].nbytes:
-                        n -= views.pop(0).nbytes
-                    if n:
-                        views[0] = views[0][n:]
+                self._write_all(views)
         except Timeout:
             raise
-        except OSError as exc:  # EPIPE mostly: the reader is gone
+        except OSError as exc:
             raise Disconnected(f"fifo write to {self.peer}: {exc}") from exc
         finally:
             self._leave()
+
+    def _write_all(self, views: list[memoryview]) -> None:
+        while views:
+            if self.closed:
+                raise Disconnected(f"connection to {self.peer} closed")
+            try:
+                n = os.writev(self._wfd, views[:512])  # stay under IOV_MAX
+            except BlockingIOError:
+                self._wait_writable()
+                continue
+            while views and n >= views[0].nbytes:
+                n -= views.pop(0).nbytes
+            if n:
+                views[0] = views[0][n:]
 
     def _wait_writable(self) -> None:
         """The deadline restarts with every bit of progress: it bounds a stalled
