@@ -7,7 +7,9 @@
     eth2 10.0.2.1/24  ───────── path 2 ─────────  eth2 10.0.2.2/24
 
 Per path: an optional rate (``tc tbf`` on both ends) and an optional random
-loss (an nftables ``numgen random`` drop rule on both ends' output). This
+loss (an nftables ``numgen random`` drop rule on both ends' *input*: a drop
+at output would be reported to the local sender, which then just retries,
+not a loss TCP has to recover from). This
 kernel has no netem and no ``dummy`` links; delay will come from an NS-3 data
 plane. Each namespace gets MPTCP enabled, limits, a path-manager mode
 (``kernel`` or ``userspace``) and its endpoints: scenario 1 is a client
@@ -57,10 +59,16 @@ class TestbedError(IpcgwError):
 
 @dataclass(slots=True)
 class PathSpec:
-    """One veth path; ``rate_mbit``/``loss_pct`` None or 0 mean unshaped / lossless."""
+    """One veth path; ``rate_mbit``/``loss_pct`` None or 0 mean unshaped / lossless.
+
+    ``queue_bytes`` sizes the tbf queue (default: 100 ms at the rate). Make it
+    larger than what a sender can have in flight (its SO_SNDBUF) to get a
+    rate-limited path that never drops.
+    """
 
     rate_mbit: float | None = None
     loss_pct: float = 0.0
+    queue_bytes: int | None = None
 
 
 @dataclass(slots=True)
@@ -224,8 +232,10 @@ class Testbed:
                 if path.rate_mbit:
                     rate_bps = int(path.rate_mbit * 1_000_000)
                     burst = max(16 * 1024, rate_bps // 8 // 250)  # >= 4 ms of traffic
+                    size = (["limit", str(path.queue_bytes)] if path.queue_bytes
+                            else ["latency", "100ms"])
                     _run(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf",
-                          "rate", f"{rate_bps}bit", "burst", str(burst), "latency", "100ms"])
+                          "rate", f"{rate_bps}bit", "burst", str(burst), *size])
                 else:
                     _run(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"], check=False)
             if path.loss_pct:
@@ -233,7 +243,7 @@ class Testbed:
                     raise TestbedError(f"loss_pct must be in (0, 100), got {path.loss_pct}")
                 per_million = round(path.loss_pct * 10_000)
                 rules.append(
-                    f'oifname "{dev}" numgen random mod 1000000 < {per_million} counter drop'
+                    f'iifname "{dev}" numgen random mod 1000000 < {per_million} counter drop'
                 )
         for ns in (self.client, self.server):
             _nft(ns, rules)
@@ -309,8 +319,8 @@ def _nft(ns: str, rules: list[str]) -> None:
     script = (
         f"table inet {NFT_TABLE}\n"
         f"delete table inet {NFT_TABLE}\n"
-        f"table inet {NFT_TABLE} {{\n  chain out {{\n"
-        f"    type filter hook output priority 0; policy accept;\n{body}\n  }}\n}}\n"
+        f"table inet {NFT_TABLE} {{\n  chain in {{\n"
+        f"    type filter hook prerouting priority 0; policy accept;\n{body}\n  }}\n}}\n"
     )
     if shutil.which("nft") is None:
         raise TestbedError("'nft' is not installed (apt-get install nftables): needed for loss")

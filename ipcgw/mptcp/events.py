@@ -136,19 +136,9 @@ class EventListener:
                 if ev is not None:
                     yield ev
 
-    def collect(self, seconds: float) -> list[MptcpEvent]:
-        """Every event of the next ``seconds`` (for tests and scripts)."""
-        out: list[MptcpEvent] = []
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            got = False
-            for ev in self.events(timeout=left):
-                out.append(ev)
-                got = True
-                break
-            if not got:
-                break
-        return out
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
 
     def start(self) -> EventListener:
         if self.callback is None:

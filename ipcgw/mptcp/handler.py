@@ -1,0 +1,362 @@
+"""The gateway handler that drives the kernel's MPTCP path manager.
+
+``Command`` ops (args in brackets, ``?`` optional):
+
+=====================  =====================================================
+endpoint.add           addr, id?, flags? ("subflow"), port?, ifindex?, dev?
+endpoint.delete        id                      (sspi DEL)
+endpoint.flush         —
+endpoint.show          id?
+endpoint.set_flags     id, backup              (sspi BACKUP_FLAG_ON / CLEAR_FLAGS)
+limits.get / .set      subflows?, add_addr_accepted?
+pm.announce            token, addr, id, port?
+pm.remove              token, id
+pm.subflow_create      token, local_addr, remote_addr, remote_port,
+                       local_id?, local_port?, backup?
+pm.subflow_destroy     token, local_addr, local_port, remote_addr, remote_port
+pm.set_flags           token, local_addr, local_port, remote_addr, remote_port, backup
+subscribe              events? (true), stats_interval? (0 = no stats)
+stats.get              —  (one snapshot: connections and subflows)
+run.iperf / .tcpdump   value: an int, the only thing a client chooses
+=====================  =====================================================
+
+Every command gets ``Result(request_id, ok, value, error)``; a kernel refusal
+is ``ok=False`` with the kernel's own words. Nothing a client sends makes
+``on_message`` raise. ``request_id`` 0 (legacy sspi) means no reply.
+
+``run.*`` starts only a program the operator configured at construction
+(``programs={"iperf": [...argv...]}``): the value is checked to be an integer
+and becomes one argv element (replacing a ``{value}`` element, else
+appended); no shell ever sees it.
+
+The event listener starts with the handler, so the userspace PM accepts joins
+from the first moment. Events go to the policy's hooks and, as ``Event``
+messages, to sessions that subscribed; ``Stats`` go to sessions that asked for
+an interval, from one stats thread that owns the sock_diag reader.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ipcgw.messages import Bye, Command, Error, Message, Ping, Pong, Report, Result, Stats
+from ipcgw.mptcp.events import EventListener, MptcpEvent
+from ipcgw.mptcp.genl import KernelError
+from ipcgw.mptcp.metrics import MetricsReader
+from ipcgw.mptcp.netns import run_in_netns
+from ipcgw.mptcp.pm import PathManager
+from ipcgw.mptcp.policy import Policy
+
+try:  # the gateway's base class, when the server module is there
+    from ipcgw.server import BaseHandler as _Base
+except ImportError:  # pragma: no cover - only while the server is being written
+    _Base = object  # type: ignore[assignment,misc]
+
+__all__ = ["MptcpHandler", "SessionLike"]
+
+log = logging.getLogger(__name__)
+
+MIN_STATS_INTERVAL = 0.05
+INT32 = range(-(2**31), 2**31)
+
+
+class SessionLike(Protocol):
+    """What the handler needs of a gateway session."""
+
+    id: int
+    name: str
+
+    def send(self, msg: Message) -> None: ...
+    def post(self, msg: Message) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+
+
+@dataclass
+class _Subscription:
+    session: SessionLike
+    events: bool = True
+    stats_interval: float = 0.0
+    next_stats: float = 0.0
+
+
+class BadArguments(ValueError):
+    """A command's arguments are missing, unknown or of the wrong type."""
+
+
+def _args(args: Mapping[str, Any], required: Sequence[str], optional: Sequence[str] = ()
+          ) -> dict[str, Any]:
+    missing = [k for k in required if k not in args]
+    unknown = [k for k in args if k not in required and k not in optional]
+    if missing:
+        raise BadArguments(f"missing argument(s): {', '.join(missing)}")
+    if unknown:
+        raise BadArguments(f"unknown argument(s): {', '.join(sorted(unknown))}")
+    return dict(args)
+
+
+def _flag(value: Any, name: str) -> bool:
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    raise BadArguments(f"{name} must be a boolean, got {value!r}")
+
+
+class MptcpHandler(_Base):  # type: ignore[misc,valid-type]
+    """Executes path-manager commands, streams events and stats, runs a policy."""
+
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        programs: Mapping[str, Sequence[str]] | None = None,
+        netns: str | None = None,
+        listen_events: bool = True,
+    ) -> None:
+        self.netns = netns
+        self.pm = PathManager(netns)
+        self.policy = policy
+        if policy is not None:
+            policy.bind(self.pm)
+        self.programs = {name: list(argv) for name, argv in (programs or {}).items()}
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._subs: dict[int, _Subscription] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._stats_wake = threading.Event()
+        self._stats_thread: threading.Thread | None = None
+        self._events: EventListener | None = None
+        if listen_events:
+            self._events = EventListener(netns, self._on_event).start()
+        self._ops: dict[str, Callable[[SessionLike, Mapping[str, Any]], Any]] = {
+            "endpoint.add": self._endpoint_add,
+            "endpoint.delete": self._endpoint_delete,
+            "endpoint.flush": lambda s, a: self.pm.flush_endpoints(),
+            "endpoint.show": self._endpoint_show,
+            "endpoint.set_flags": self._endpoint_set_flags,
+            "limits.get": lambda s, a: self.pm.limits(),
+            "limits.set": self._limits_set,
+            "pm.announce": self._announce,
+            "pm.remove": self._remove,
+            "pm.subflow_create": self._subflow_create,
+            "pm.subflow_destroy": self._subflow_destroy,
+            "pm.set_flags": self._set_flags,
+            "subscribe": self._subscribe,
+            "stats.get": self._stats_get,
+            "run.iperf": lambda s, a: self._run_program("iperf", a),
+            "run.tcpdump": lambda s, a: self._run_program("tcpdump", a),
+        }
+
+    # -- gateway interface -----------------------------------------------------
+
+    def on_connect(self, session: SessionLike) -> None:
+        log.info("mptcp handler: session %s connected", session.id)
+
+    def on_message(self, session: SessionLike, msg: Message) -> Message | None:
+        if isinstance(msg, Command):
+            return self.execute(session, msg)
+        if isinstance(msg, Report):
+            if self.policy is not None:
+                try:
+                    self.policy.on_report(msg)
+                except Exception:
+                    log.exception("policy failed on a report")
+            return None
+        if isinstance(msg, Ping):
+            return Pong(msg.seq, msg.payload)
+        if isinstance(msg, Bye):
+            return None
+        return Error(f"unexpected {type(msg).__name__} from a client")
+
+    def on_disconnect(self, session: SessionLike) -> None:
+        with self._lock:
+            self._subs.pop(session.id, None)
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._stats_wake.set()
+        if self._events is not None:
+            self._events.stop()
+        if self._stats_thread is not None:
+            self._stats_thread.join(timeout=5)
+        if self.policy is not None:
+            try:
+                self.policy.close()
+            except Exception:
+                log.exception("policy close failed")
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        self.pm.close()
+
+    # -- commands --------------------------------------------------------------
+
+    def execute(self, session: SessionLike, cmd: Command) -> Result | None:
+        """Run one command; the Result (None when request_id is 0: no reply wanted)."""
+        op = self._ops.get(cmd.op)
+        try:
+            if op is None:
+                raise BadArguments(f"unknown op {cmd.op!r}")
+            if not isinstance(cmd.args, Mapping):
+                raise BadArguments("args must be a map")
+            result = Result(cmd.request_id, True, op(session, cmd.args), "")
+        except KernelError as exc:
+            result = Result(cmd.request_id, False, None, exc.message)
+        except (BadArguments, ValueError, TypeError) as exc:
+            result = Result(cmd.request_id, False, None, f"{cmd.op}: {exc}")
+        except Exception as exc:
+            log.exception("command %s failed", cmd.op)
+            result = Result(cmd.request_id, False, None, f"{cmd.op}: internal error: {exc}")
+        if not result.ok:
+            log.info("session %s: %s %s -> %s", session.id, cmd.op, cmd.args, result.error)
+        return result if cmd.request_id else None
+
+    def _endpoint_add(self, session: SessionLike, args: Mapping[str, Any]) -> Any:
+        a = _args(args, ["addr"], ["id", "flags", "port", "ifindex", "dev"])
+        dev = a.pop("dev", None)
+        if dev is not None:
+            if not isinstance(dev, str):
+                raise BadArguments("dev must be an interface name")
+            a["ifindex"] = run_in_netns(self.netns, lambda: socket.if_nametoindex(dev))
+        return self.pm.add_endpoint(**a)
+
+    def _endpoint_delete(self, session: SessionLike, args: Mapping[str, Any]) -> None:
+        a = _args(args, ["id"], ["addr"])
+        self.pm.delete_endpoint(a["id"], a.get("addr"))
+
+    def _endpoint_show(self, session: SessionLike, args: Mapping[str, Any]) -> Any:
+        a = _args(args, [], ["id"])
+        return self.pm.endpoint(a["id"]) if "id" in a else self.pm.endpoints()
+
+    def _endpoint_set_flags(self, session: SessionLike, args: Mapping[str, Any]) -> None:
+        a = _args(args, ["id", "backup"], ["fullmesh"])
+        self.pm.set_endpoint_flags(
+            a["id"], _flag(a["backup"], "backup"), _flag(a.get("fullmesh", False), "fullmesh")
+        )
+
+    def _limits_set(self, session: SessionLike, args: Mapping[str, Any]) -> Any:
+        return self.pm.set_limits(**_args(args, [], ["subflows", "add_addr_accepted"]))
+
+    def _announce(self, session: SessionLike, args: Mapping[str, Any]) -> None:
+        self.pm.announce(**_args(args, ["token", "addr", "id"], ["port"]))
+
+    def _remove(self, session: SessionLike, args: Mapping[str, Any]) -> None:
+        self.pm.remove(**_args(args, ["token", "id"]))
+
+    def _subflow_create(self, session: SessionLike, args: Mapping[str, Any]) -> None:
+        a = _args(args, ["token", "local_addr", "remote_addr", "remote_port"],
+                  ["local_id", "local_port", "backup"])
+        if "backup" in a:
+            a["backup"] = _flag(a["backup"], "backup")
+        self.pm.subflow_create(**a)
+
+    def _subflow_destroy(self, session: SessionLike, args: Mapping[str, Any]) -> None:
+        self.pm.subflow_destroy(**_args(
+            args, ["token", "local_addr", "local_port", "remote_addr", "remote_port"]))
+
+    def _set_flags(self, session: SessionLike, args: Mapping[str, Any]) -> None:
+        a = _args(args, ["token", "local_addr", "local_port", "remote_addr", "remote_port",
+                         "backup"])
+        a["backup"] = _flag(a["backup"], "backup")
+        self.pm.set_flags(**a)
+
+    def _subscribe(self, session: SessionLike, args: Mapping[str, Any]) -> dict[str, Any]:
+        a = _args(args, [], ["events", "stats_interval"])
+        events = _flag(a.get("events", True), "events")
+        interval = a.get("stats_interval") or 0.0
+        if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval < 0:
+            raise BadArguments(f"stats_interval must be a number >= 0, got {interval!r}")
+        interval = max(float(interval), MIN_STATS_INTERVAL) if interval else 0.0
+        with self._lock:
+            if not events and not interval:
+                self._subs.pop(session.id, None)
+            else:
+                self._subs[session.id] = _Subscription(session, events, interval, 0.0)
+        if interval:
+            self._ensure_stats_thread()
+        return {"events": events, "stats_interval": interval}
+
+    def _stats_get(self, session: SessionLike, args: Mapping[str, Any]) -> dict[str, Any]:
+        _args(args, [], [])
+        with MetricsReader(self.netns) as reader:  # per call: readers are thread-bound
+            now, conns, subflows = reader.snapshot()
+        return {"time": now, "connections": conns, "subflows": subflows}
+
+    def _run_program(self, name: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        a = _args(args, [], ["value"])
+        value = a.get("value", 0)
+        if type(value) is not int or value not in INT32:
+            raise BadArguments(f"value must be a 32-bit integer, got {value!r}")
+        base = self.programs.get(name)
+        if not base:
+            raise BadArguments(f"no {name} program configured on this server (serve --run)")
+        if "{value}" in base:
+            argv = [str(value) if part == "{value}" else part for part in base]
+        else:
+            argv = [*base, str(value)]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        self._procs = [p for p in self._procs if p.poll() is None] + [proc]
+        log.info("started %s (pid %d): %s", name, proc.pid, argv)
+        return {"pid": proc.pid, "argv": argv}
+
+    # -- events and stats ------------------------------------------------------
+
+    def _on_event(self, ev: MptcpEvent) -> None:
+        if self.policy is not None:
+            try:
+                self.policy.dispatch(ev)
+            except Exception:
+                log.exception("policy hook failed on %s", ev.kind)
+        msg = ev.to_message()
+        for sub in self._subscribers(lambda s: s.events):
+            sub.session.post(msg)
+
+    def _subscribers(self, want: Callable[[_Subscription], bool]) -> list[_Subscription]:
+        with self._lock:
+            for sid in [sid for sid, s in self._subs.items() if s.session.closed]:
+                del self._subs[sid]
+            return [s for s in self._subs.values() if want(s)]
+
+    def _ensure_stats_thread(self) -> None:
+        with self._lock:
+            if self._stats_thread is None and not self._closed.is_set():
+                self._stats_thread = threading.Thread(
+                    target=self._stats_loop, name="mptcp-stats", daemon=True)
+                self._stats_thread.start()
+        self._stats_wake.set()
+
+    def _stats_loop(self) -> None:
+        reader = MetricsReader(self.netns)
+        try:
+            while not self._closed.is_set():
+                subs = self._subscribers(lambda s: s.stats_interval > 0)
+                now = time.monotonic()
+                due = [s for s in subs if s.next_stats <= now]
+                if due:
+                    try:
+                        stamp, conns, subflows = reader.snapshot()
+                    except Exception:
+                        log.exception("reading TCP/MPTCP stats failed")
+                        stamp, conns, subflows = time.time(), [], []
+                    msg = Stats(stamp, conns, subflows)
+                    for s in due:
+                        s.session.post(msg)
+                        s.next_stats = now + s.stats_interval
+                nexts = [s.next_stats for s in subs]
+                wait = max(0.0, min(nexts) - time.monotonic()) if nexts else 3600.0
+                self._stats_wake.wait(wait)
+                self._stats_wake.clear()
+        finally:
+            reader.close()
