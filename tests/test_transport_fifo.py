@@ -528,10 +528,14 @@ def test_legacy_c_writers_one_after_another(fifo_dir: Path, sspi_writer: str) ->
                 conn.recv(0.2)
             with pytest.raises(TransportError, match="one-way"):
                 conn.send(b"12345678")
+            subprocess.run([sspi_writer, str(path), "1", "5"], check=True, timeout=10)
             got: list[Connection | BaseException] = []
+            cpu = time.process_time()
             second = accept_in_thread(lst, got)
-            time.sleep(0.2)
+            time.sleep(0.3)
             assert not got  # one connection only; the next accept waits for close()
+            assert time.process_time() - cpu < 0.1, "accept spins on unread data"
+            assert read_exactly(conn, 8) == records(1, 5)
             lst.close()
             second.join(2)
             assert isinstance(got[0], ListenerClosed)

@@ -336,7 +336,8 @@ class FifoListener(_Closable, Listener):
         _grow(self._rfd, self._pipe_size)
         self._poll = select.poll()
         self._poll.register(self._wake, _IN)
-        self._poll.register(self._rfd, _IN)
+        if not self._legacy:  # legacy data is for the connection: polling it would spin
+            self._poll.register(self._rfd, _IN)
 
     def _sweep(self) -> None:
         for name in os.listdir(self.dir):
