@@ -482,9 +482,15 @@ def test_second_server_on_live_directory_is_refused(fifo_dir: Path) -> None:
 def test_directory_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "file"
     path.write_text("not a dir")
+    fds = len(os.listdir(f"/proc/{os.getpid()}/fd"))
     try:
         with pytest.raises(ConnectError, match="directory"):
             listen(f"fifo://{path}")
+        with pytest.raises(ConnectError, match="no ipcgw fifo server"):
+            connect_bytes(f"fifo://{path}", 1)
+        with pytest.raises(TransportError, match="cannot listen"):
+            listen(f"fifo://{tmp_path}/missing/fifo?codec=sspi")
+        assert len(os.listdir(f"/proc/{os.getpid()}/fd")) == fds  # nothing leaked
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(ServerLock("fifo", str(path)).path)

@@ -291,7 +291,6 @@ class FifoConnection(_Closable, Connection):
 
 class FifoListener(_Closable, Listener):
     def __init__(self, endpoint: Endpoint) -> None:
-        super().__init__()
         self.endpoint = endpoint
         self._legacy = endpoint.codec == "sspi"
         self._pipe_size = int(endpoint.params.get("pipe_size", CHUNK))
@@ -305,11 +304,14 @@ class FifoListener(_Closable, Listener):
         self.dir = os.path.dirname(path) if self._legacy else path
         self.path = path if self._legacy else os.path.join(path, REQUEST)
         self._lock_file = ServerLock("fifo", path)
-        self._lock_file.acquire()
+        self._lock_file.acquire()  # refuses first: nothing to undo yet
+        super().__init__()
         try:
             self._setup()
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            if isinstance(exc, OSError):
+                raise TransportError(f"cannot listen on {self.path}: {exc}") from exc
             raise
 
     def _setup(self) -> None:
@@ -453,8 +455,10 @@ def _connect(endpoint: Endpoint, deadline: float | None, timeout: float) -> Conn
     try:
         if not stat.S_ISFIFO(os.stat(request).st_mode):
             raise ConnectError(f"{request} is not a FIFO: not an ipcgw fifo server")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise ConnectError(f"no ipcgw fifo server at {folder} ({request} missing)") from None
+    except OSError as exc:
+        raise ConnectError(f"fifo connect to {folder}: {exc}") from exc
     pid, token = os.getpid(), secrets.token_hex(8)
     base = os.path.join(folder, f"c{pid}-{token}")
     paths = (f"{base}.c2s", f"{base}.s2c")
