@@ -92,6 +92,21 @@ int main(int argc, char **argv) {
 # ---------------------------------------------------------------- plumbing
 
 
+def open_fds() -> set[str]:
+    return set(os.listdir(f"/proc/{os.getpid()}/fd"))
+
+
+@pytest.fixture(autouse=True)
+def no_fd_leak() -> Iterator[None]:
+    """Every close() must release every fd, even when other threads were waiting."""
+    before = open_fds()
+    yield
+    deadline = time.monotonic() + 2  # daemon threads may still be leaving
+    while (leaked := open_fds() - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not leaked, {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in leaked}
+
+
 @pytest.fixture
 def fifo_dir(tmp_path: Path) -> Iterator[Path]:
     """A directory for a server to own, plus the lock file, removed whatever happens."""
@@ -482,7 +497,6 @@ def test_second_server_on_live_directory_is_refused(fifo_dir: Path) -> None:
 def test_directory_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "file"
     path.write_text("not a dir")
-    fds = len(os.listdir(f"/proc/{os.getpid()}/fd"))
     try:
         with pytest.raises(ConnectError, match="directory"):
             listen(f"fifo://{path}")
@@ -490,7 +504,6 @@ def test_directory_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
             connect_bytes(f"fifo://{path}", 1)
         with pytest.raises(TransportError, match="cannot listen"):
             listen(f"fifo://{tmp_path}/missing/fifo?codec=sspi")
-        assert len(os.listdir(f"/proc/{os.getpid()}/fd")) == fds  # nothing leaked
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(ServerLock("fifo", str(path)).path)
