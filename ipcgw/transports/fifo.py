@@ -12,6 +12,10 @@ Features
 - Every fd is non-blocking; waits are ``poll`` with a self-wake eventfd, so
   ``close()`` from another thread interrupts ``accept``/``recv``/``send``.
 - Legacy ``sspi`` codec: one plain FIFO a C program opens and writes to.
+- One reader per connection at a time (recv shares a buffer); sends are
+  serialised by a lock. ``Listener.close()`` removes every FIFO but leaves
+  accepted connections open (their fds keep working) for the gateway to
+  drain and close.
 
 URL
 ===
