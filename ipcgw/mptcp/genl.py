@@ -26,7 +26,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pyroute2.netlink import (
@@ -61,6 +61,7 @@ __all__ = [
     "KernelError",
     "mptcp_event_msg",
     "mptcp_pm_msg",
+    "parse",
 ]
 
 MPTCP_PM_NAME = "mptcp_pm"
@@ -338,23 +339,7 @@ class GenlSocket:
                 replies.append(msg)
 
     def parse(self, data: bytes) -> list[nlmsg]:
-        """Split a datagram into decoded messages (errors as ``nlmsgerr_capped``)."""
-        out: list[nlmsg] = []
-        offset = 0
-        msg_map = self.marshal.msg_map
-        while offset + _HDR.size <= len(data):
-            length, mtype, _flags, _seq, _pid = _HDR.unpack_from(data, offset)
-            if length < _HDR.size or offset + length > len(data):
-                break
-            if mtype == NLMSG_ERROR:
-                cls: type[nlmsg] = nlmsgerr_capped
-            else:
-                cls = msg_map.get(mtype, nlmsg)
-            msg = cls(data[offset : offset + length])
-            msg.decode()
-            out.append(msg)
-            offset += (length + 3) & ~3
-        return out
+        return parse(data, self.marshal.msg_map)
 
     def recv_messages(self, timeout: float | None = None) -> list[nlmsg]:
         """Read one datagram of multicast messages (empty on timeout)."""
@@ -366,3 +351,22 @@ class GenlSocket:
         finally:
             self.sock.settimeout(None)
         return self.parse(data)
+
+
+def parse(data: bytes, msg_map: Mapping[int, type[nlmsg]]) -> list[nlmsg]:
+    """Split a datagram into decoded messages; errors and ACKs as ``nlmsgerr_capped``.
+
+    ``msg_map`` maps the netlink message type (a genetlink family id) to its class.
+    """
+    out: list[nlmsg] = []
+    offset = 0
+    while offset + _HDR.size <= len(data):
+        length, mtype, _flags, _seq, _pid = _HDR.unpack_from(data, offset)
+        if length < _HDR.size or offset + length > len(data):
+            break
+        cls = nlmsgerr_capped if mtype == NLMSG_ERROR else msg_map.get(mtype, nlmsg)
+        msg = cls(data[offset : offset + length])
+        msg.decode()
+        out.append(msg)
+        offset += (length + 3) & ~3
+    return out

@@ -1,0 +1,223 @@
+"""Fixtures and helpers for the MPTCP tests: testbeds, event recorders, transfers.
+
+Import the fixtures into a test module (``from netns_helpers import testbeds``).
+Every testbed has a unique prefix and is removed in a ``finally``, whatever
+the test did; sockets are created inside the namespaces by a helper thread
+(``run_in_netns``), so no test process changes namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from conftest import require_netns, unique
+
+from ipcgw.messages import Event, Message
+from ipcgw.mptcp.events import EventListener, MptcpEvent
+from ipcgw.mptcp.netns import run_in_netns
+from ipcgw.testbed import Testbed
+
+IPPROTO_MPTCP = 262
+
+
+def require_nft() -> None:
+    """Loss needs the nft binary; same skip-or-fail rule as require_netns."""
+    require_netns()
+    if shutil.which("nft") is None:
+        import os
+
+        if os.environ.get("IPCGW_REQUIRE_NETNS") == "1":
+            pytest.fail("IPCGW_REQUIRE_NETNS=1 but nft is not installed (apt-get install nftables)")
+        pytest.skip("needs nft (nftables)")
+
+
+@pytest.fixture
+def testbeds() -> Iterator[Callable[..., Testbed]]:
+    """``testbeds(scenario=1, **kw)`` -> a Testbed that is up; all removed at the end."""
+    require_netns()
+    made: list[Testbed] = []
+
+    def make(scenario: int | None = None, **kw: Any) -> Testbed:
+        kw.setdefault("prefix", unique("ipt"))
+        tb = Testbed.scenario(scenario, **kw) if scenario else Testbed(**kw)
+        made.append(tb)
+        return tb.up()
+
+    try:
+        yield make
+    finally:
+        for tb in made:
+            tb.down()
+
+
+class Recorder:
+    """Collects MPTCP events of one namespace in the background."""
+
+    def __init__(self, netns: str | None) -> None:
+        self.events: list[MptcpEvent] = []
+        self._cond = threading.Condition()
+        self.listener = EventListener(netns, self._add).start()
+
+    def _add(self, ev: MptcpEvent) -> None:
+        with self._cond:
+            self.events.append(ev)
+            self._cond.notify_all()
+
+    def wait_for(self, kind: str, timeout: float = 10.0, **attrs: Any) -> MptcpEvent:
+        """The first event of ``kind`` whose attributes include ``attrs``."""
+        def find() -> MptcpEvent | None:
+            for ev in self.events:
+                if ev.kind == kind and all(ev.attrs.get(k) == v for k, v in attrs.items()):
+                    return ev
+            return None
+
+        with self._cond:
+            found = self._cond.wait_for(find, timeout)
+        if found is None:
+            got = [(e.kind, e.attrs) for e in self.events]
+            raise AssertionError(f"no {kind} {attrs} within {timeout} s; got {got}")
+        return found
+
+    def kinds(self, token: int | None = None) -> list[str]:
+        with self._cond:
+            return [e.kind for e in self.events if token is None or e.attrs.get("token") == token]
+
+    def close(self) -> None:
+        self.listener.stop()
+
+
+@contextlib.contextmanager
+def recorders(*netns: str | None) -> Iterator[list[Recorder]]:
+    recs = [Recorder(ns) for ns in netns]
+    try:
+        yield recs
+    finally:
+        for r in recs:
+            r.close()
+
+
+def mptcp_socket(netns: str | None) -> socket.socket:
+    return run_in_netns(
+        netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+    )
+
+
+@contextlib.contextmanager
+def mptcp_pair(tb: Testbed, port: int = 5201, path: int = 1, sndbuf: int | None = None
+               ) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(client socket, server's accepted socket) of one MPTCP connection over path ``path``."""
+    srv = mptcp_socket(tb.server)
+    cli = mptcp_socket(tb.client)
+    conn: socket.socket | None = None
+    try:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("0.0.0.0", port))
+        srv.listen()
+        if sndbuf:
+            cli.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        cli.settimeout(10)
+        cli.connect((tb.server_addr(path), port))
+        srv.settimeout(10)
+        conn, _ = srv.accept()
+        cli.settimeout(None)
+        yield cli, conn
+    finally:
+        for s in (cli, conn, srv):
+            if s is not None:
+                s.close()
+
+
+def exchange(cli: socket.socket, conn: socket.socket, size: int = 4096) -> None:
+    """Data both ways, so both ends reach ESTABLISHED (the client only after data)."""
+    cli.sendall(b"c" * size)
+    got = 0
+    while got < size:
+        got += len(conn.recv(size))
+    conn.sendall(b"s" * size)
+    got = 0
+    while got < size:
+        got += len(cli.recv(size))
+
+
+@contextlib.contextmanager
+def pump(cli: socket.socket, conn: socket.socket, chunk: int = 65536) -> Iterator[None]:
+    """Send client -> server as fast as possible while the block runs."""
+    stop = threading.Event()
+
+    def tx() -> None:
+        data = b"x" * chunk
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                cli.sendall(data)
+
+    def rx() -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(1 << 16):
+                pass
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (tx, rx)]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        with contextlib.suppress(OSError):
+            cli.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_RDWR)
+        for t in threads:
+            t.join(timeout=5)
+
+
+class FakeSession:
+    """Stands in for the gateway's Session in handler unit tests."""
+
+    def __init__(self, sid: int = 1) -> None:
+        self.id = sid
+        self.name = f"fake{sid}"
+        self.sent: list[Message] = []
+        self.posted: list[Message] = []
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def send(self, msg: Message) -> None:
+        self.sent.append(msg)
+
+    def post(self, msg: Message) -> None:
+        with self._cond:
+            self.posted.append(msg)
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def wait_posted(self, pred: Callable[[Message], bool], timeout: float = 10.0) -> Message:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: any(pred(m) for m in self.posted), timeout)
+            if not ok:
+                raise AssertionError(f"nothing matching posted within {timeout} s: "
+                                     f"{[type(m).__name__ for m in self.posted]}")
+            return next(m for m in self.posted if pred(m))
+
+    def events(self, kind: str) -> list[Event]:
+        with self._cond:
+            return [m for m in self.posted if isinstance(m, Event) and m.kind == kind]
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"condition not met within {timeout} s")
