@@ -1,0 +1,229 @@
+"""Trace hooks: ns-3 trace sources -> ``Report(sim_time, path_id, metrics, node_id)``.
+
+Each helper wires one C++ emitter (see ``_cpp.py``) to a trace source and
+gives it a Python closure that builds the Report and hands it to the gateway.
+Common knobs, all applied in C++ before Python is entered:
+
+- ``alpha``: low-pass filter, EWMA weight of the newest sample (1 = raw);
+- ``min_interval_ms``: rate limit in sim time (at most one report per interval);
+- ``period_ms``: sample-and-hold, one report of the filtered value per period
+  instead of one per trace call (``fresh_only`` skips periods without samples).
+
+The metric names are the gateway's vocabulary: ``rssi_dbm``, ``snr_db``,
+``link_up``, ``queue_drops``, ``loss``, ``packets``, ``cwnd_bytes``, ``rtt_ms``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from ipcgw.messages import Report
+from ns3_side.gateway import Gateway
+
+__all__ = [
+    "Hook",
+    "drops",
+    "link_state",
+    "loss",
+    "queue_drops",
+    "tcp_cwnd",
+    "tcp_rtt",
+    "tcp_socket_path",
+    "wifi_signal",
+]
+
+_MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+Metrics = Callable[[float, float], dict[str, Any]]
+
+
+class Hook:
+    """A live trace hook; ``samples`` seen and reports ``emitted`` so far."""
+
+    def __init__(self, gateway: Gateway, emitter: Any, path_id: int, node_id: int,
+                 metrics: Metrics) -> None:
+        self.gateway = gateway
+        self.emitter = emitter
+        self.path_id = path_id
+        self.node_id = node_id
+        emit = gateway.emit
+
+        def on_sample(t: float, a: float, b: float) -> None:
+            emit(Report(t, path_id, metrics(a, b), node_id))
+
+        emitter.fn = gateway.guard(on_sample)
+        gateway.own(emitter)
+
+    @property
+    def samples(self) -> int:
+        return int(self.emitter.samples)
+
+    @property
+    def emitted(self) -> int:
+        return int(self.emitter.emitted)
+
+    @property
+    def value(self) -> tuple[float, float] | None:
+        """The current filtered (a, b), None before the first sample."""
+        e = self.emitter
+        return (float(e.a), float(e.b)) if e.have else None
+
+    def stop(self) -> None:
+        self.emitter.Stop()
+
+
+def _configure(emitter: Any, alpha: float, min_interval_ms: float, period_ms: float,
+               fresh_only: bool) -> None:
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+    if min_interval_ms < 0 or period_ms < 0:
+        raise ValueError("min_interval_ms and period_ms must be >= 0")
+    emitter.alpha = alpha
+    emitter.min_interval = min_interval_ms / 1000.0
+    emitter.period = period_ms / 1000.0
+    emitter.fresh_only = fresh_only
+    if period_ms:
+        emitter.StartPeriodic(period_ms / 1000.0)
+
+
+def _node_id(obj: Any) -> int:
+    try:
+        return int(obj.GetNode().GetId())
+    except Exception:  # not a device, or no node yet
+        return 0
+
+
+def _wifi_phy(ns: Any, obj: Any) -> tuple[Any, int]:
+    """A WifiNetDevice (or a device aggregated with one) or a WifiPhy -> (phy, node id)."""
+    dev = ns.DynamicCast[ns.WifiNetDevice](obj)
+    if dev:
+        return dev.GetPhy(), _node_id(dev)
+    phy = ns.DynamicCast[ns.WifiPhy](obj)
+    if phy:
+        device = phy.GetDevice()
+        return phy, _node_id(device) if device else 0
+    raise TypeError(f"expected a WifiNetDevice or WifiPhy, got {obj!r}")
+
+
+def wifi_signal(gw: Gateway, device: Any, path_id: int, *, node_id: int | None = None,
+                alpha: float = 1.0, min_interval_ms: float = 0.0, period_ms: float = 0.0,
+                fresh_only: bool = True, from_address: Any = None) -> Hook:
+    """RSSI and SNR of every frame the WiFi PHY hears (``MonitorSnifferRx``):
+    metrics ``rssi_dbm`` and ``snr_db``. ``from_address`` keeps only frames sent by
+    that MAC (the AP's ``GetAddress()`` or "00:00:00:00:00:02"), as a station also
+    hears other stations."""
+    phy, nid = _wifi_phy(gw.ns, device)
+    emitter = gw.cpp.WifiSignal()
+    if isinstance(from_address, str):
+        if not _MAC.fullmatch(from_address):  # ns-3 aborts the process on a bad one
+            raise ValueError(f"from_address must look like 00:00:00:00:00:01: {from_address!r}")
+        emitter.FilterFromText(from_address)
+    elif from_address is not None:
+        emitter.FilterFrom(from_address)
+    if not emitter.Attach(phy):
+        raise ValueError("MonitorSnifferRx not found on the WiFi PHY")
+    hook = Hook(gw, emitter, path_id, nid if node_id is None else node_id,
+                lambda a, b: {"rssi_dbm": a, "snr_db": b})
+    _configure(emitter, alpha, min_interval_ms, period_ms, fresh_only)
+    return hook
+
+
+def link_state(gw: Gateway, device: Any, path_id: int, *, node_id: int | None = None,
+               report_now: bool = True) -> Hook:
+    """``link_up`` (bool) whenever the device's link changes (WiFi (de)association,
+    carrier); ``report_now`` also reports the state at attach time."""
+    emitter = gw.cpp.LinkState()
+    hook = Hook(gw, emitter, path_id, _node_id(device) if node_id is None else node_id,
+                lambda a, b: {"link_up": a >= 0.5})
+    emitter.Attach(device)
+    if report_now:
+        gw.schedule(0.0, emitter.Now)
+    return hook
+
+
+def drops(gw: Gateway, source: Any, path_id: int, *, trace: str = "Drop",
+          metric: str = "queue_drops", items: bool = False, node_id: int = 0,
+          min_interval_ms: float = 0.0, period_ms: float = 0.0) -> Hook:
+    """Running count of packets on a drop trace of any object: a ``Queue<Packet>``
+    (``Drop``), a device (``MacTxDrop``, ``PhyRxDrop``), or with ``items=True`` a
+    QueueDisc (``Drop``, whose trace carries QueueDiscItems)."""
+    emitter = gw.cpp.PacketCount()
+    attach = emitter.AttachItems if items else emitter.AttachPackets
+    if not attach(source, trace):
+        raise ValueError(f"trace source {trace!r} not found on {source!r}")
+    hook = Hook(gw, emitter, path_id, node_id, lambda a, b: {metric: int(a)})
+    _configure(emitter, 1.0, min_interval_ms, period_ms, True)
+    return hook
+
+
+def queue_drops(gw: Gateway, device: Any, path_id: int, **kw: Any) -> Hook:
+    """Drops of a point-to-point (or CSMA) device's transmit queue."""
+    ns = gw.ns
+    for cls in (ns.PointToPointNetDevice, ns.CsmaNetDevice):
+        dev = ns.DynamicCast[cls](device)
+        if dev:
+            kw.setdefault("node_id", _node_id(dev))
+            return drops(gw, dev.GetQueue(), path_id, trace="Drop", **kw)
+    raise TypeError(f"expected a PointToPointNetDevice or CsmaNetDevice, got {device!r}")
+
+
+def loss(gw: Gateway, device: Any, path_id: int, *, period_ms: float = 100.0,
+         rx_trace: str = "PhyRxEnd", lost_trace: str = "PhyRxDrop", alpha: float = 1.0,
+         node_id: int | None = None) -> Hook:
+    """Packet loss ratio seen by a receiving device per ``period_ms``: metrics ``loss``
+    (0..1, filtered) and ``packets`` (in the period). A period without packets
+    reports nothing."""
+    if period_ms <= 0:
+        raise ValueError("loss needs period_ms > 0")
+    emitter = gw.cpp.LossMeter()
+    if not emitter.Attach(device, rx_trace, lost_trace):
+        raise ValueError(f"{rx_trace!r} / {lost_trace!r} not found on {device!r}")
+    hook = Hook(gw, emitter, path_id, _node_id(device) if node_id is None else node_id,
+                lambda a, b: {"loss": a, "packets": int(b)})
+    _configure(emitter, alpha, 0.0, period_ms, True)
+    return hook
+
+
+def tcp_socket_path(node_id: int, index: int = 0) -> str:
+    """Config path of a node's TCP socket, for sockets that applications create later."""
+    return f"/NodeList/{node_id}/$ns3::TcpL4Protocol/SocketList/{index}"
+
+
+def _tcp_hook(gw: Gateway, emitter: Any, socket: Any, trace: str, at: float | None,
+              path_id: int, node_id: int, metrics: Metrics, alpha: float,
+              min_interval_ms: float, period_ms: float) -> Hook:
+    hook = Hook(gw, emitter, path_id, node_id, metrics)
+    _configure(emitter, alpha, min_interval_ms, period_ms, True)
+    if isinstance(socket, str):
+        path = f"{socket}/{trace}"
+
+        def connect() -> None:
+            if not emitter.AttachPath(path):
+                raise ValueError(f"no trace source at {path} (socket not created yet?)")
+
+        if at is None:
+            connect()
+        else:
+            gw.schedule(at, connect)
+    elif not (emitter.Attach(socket) if trace == "CongestionWindow"
+              else emitter.Attach(socket, trace)):
+        raise ValueError(f"trace source {trace!r} not found on {socket!r}")
+    return hook
+
+
+def tcp_cwnd(gw: Gateway, socket: Any, path_id: int, *, at: float | None = None,
+             node_id: int = 0, alpha: float = 1.0, min_interval_ms: float = 0.0,
+             period_ms: float = 0.0) -> Hook:
+    """``cwnd_bytes`` of a TcpSocketBase, or of the socket at a Config path (see
+    :func:`tcp_socket_path`) connected at sim time ``at`` once the app created it."""
+    return _tcp_hook(gw, gw.cpp.TcpCwnd(), socket, "CongestionWindow", at, path_id, node_id,
+                     lambda a, b: {"cwnd_bytes": int(a)}, alpha, min_interval_ms, period_ms)
+
+
+def tcp_rtt(gw: Gateway, socket: Any, path_id: int, *, at: float | None = None,
+            trace: str = "RTT", node_id: int = 0, alpha: float = 1.0,
+            min_interval_ms: float = 0.0, period_ms: float = 0.0) -> Hook:
+    """``rtt_ms`` from TcpSocketBase ``RTT`` (smoothed) or ``LastRTT`` (last sample)."""
+    return _tcp_hook(gw, gw.cpp.TcpRtt(), socket, trace, at, path_id, node_id,
+                     lambda a, b: {"rtt_ms": a}, alpha, min_interval_ms, period_ms)
