@@ -82,6 +82,8 @@ _T_HELLO = 1
 _T_DATA, _T_END, _T_WAKE = 1, 2, 3
 _KINDS = {_T_DATA: DATA, _T_END: END, _T_WAKE: WAKE}
 _DRAIN_GRACE = 30.0
+#: A removed queue: EIDRM while blocked, EINVAL (a bare OSError) once its id is gone.
+_GONE = (sysv_ipc.ExistentialError, OSError)
 
 
 def _msgmax() -> int:
@@ -116,13 +118,13 @@ def _remove_key(key: int) -> None:
 
 
 def _remove(q: sysv_ipc.MessageQueue) -> None:
-    with contextlib.suppress(sysv_ipc.ExistentialError, sysv_ipc.PermissionsError):
+    with contextlib.suppress(sysv_ipc.ExistentialError, sysv_ipc.PermissionsError, OSError):
         q.remove()
 
 
 def _poke(q: sysv_ipc.MessageQueue, mtype: int) -> None:
     """A zero-length message: fits even a full queue, wakes its blocked reader."""
-    with contextlib.suppress(sysv_ipc.Error):
+    with contextlib.suppress(sysv_ipc.Error, OSError):
         q.send(b"", block=False, type=mtype)
 
 
@@ -228,7 +230,7 @@ class SysvConnection(MqConnection):
                     payload, mtype = rq.receive(type=-_T_WAKE)
                 finally:
                     _watchdog.unwatch(w)
-        except sysv_ipc.ExistentialError:
+        except _GONE:
             if self._closed:
                 return None
             raise Disconnected(f"{self.peer}: queue removed (peer closed or dropped us)") from None
@@ -251,7 +253,7 @@ class SysvConnection(MqConnection):
                 try:
                     wq.send(chunk, type=_T_DATA)
                     return
-                except sysv_ipc.ExistentialError:
+                except _GONE:
                     fired = _watchdog.unwatch(w)
                     if fired == "timeout":
                         raise Timeout(f"{self.peer} did not read in time; dropped") from None
@@ -265,7 +267,7 @@ class SysvConnection(MqConnection):
                 if self._closed:
                     raise Disconnected("connection closed")
                 self.check(deadline)
-        except sysv_ipc.ExistentialError:
+        except _GONE:
             raise Disconnected(f"{self.peer}: queue removed (peer gone or closed)") from None
 
     def close(self) -> None:
@@ -295,12 +297,12 @@ class SysvConnection(MqConnection):
             def drained() -> bool:
                 try:
                     return bool(down.current_messages == 0)
-                except sysv_ipc.Error:
+                except (sysv_ipc.Error, OSError):
                     return True
 
             _watchdog.watch(deadline_after(_DRAIN_GRACE), self.peer_pid, reap, drained)
         if self._peer_dead or time.monotonic_ns() > self._connect_deadline_ns:
-            with contextlib.suppress(sysv_ipc.Error):  # a welcome nobody will pick up
+            with contextlib.suppress(sysv_ipc.Error, OSError):  # a welcome nobody will pick up
                 listener.rendezvous.receive(block=False, type=self._reply_type)
 
 
@@ -363,7 +365,7 @@ class SysvListener(Listener):
                 raise ListenerClosed("listener closed")
             try:
                 payload, _ = self.rendezvous.receive(type=_T_HELLO)
-            except sysv_ipc.ExistentialError:
+            except _GONE:
                 if self._closed:
                     raise ListenerClosed("listener closed") from None
                 raise TransportError(f"rendezvous queue {_hex(self.key)} was removed") from None
@@ -392,7 +394,7 @@ class SysvListener(Listener):
             try:
                 self.rendezvous.send(pack_hello(os.getpid(), up.key, down.key), block=False,
                                      type=hello.a)
-            except sysv_ipc.Error:
+            except (sysv_ipc.Error, OSError):
                 conn._eof = True  # never started: remove both queues now
                 conn.close()
                 continue
@@ -452,13 +454,13 @@ class SysvTransport(Transport):
                     raise ConnectError(f"{where}: rendezvous queue full, server pid {owner} "
                                        "is not accepting") from None
                 time.sleep(0.01)  # connect only: the rendezvous is full of hellos
-            except sysv_ipc.ExistentialError:
+            except _GONE:
                 raise ConnectError(f"{where}: server went away") from None
         while True:
             w = _watchdog.watch(deadline, owner, lambda _: _poke(rendezvous, reply_type))
             try:
                 payload, _ = rendezvous.receive(type=reply_type)
-            except sysv_ipc.ExistentialError:
+            except _GONE:
                 raise ConnectError(f"{where}: server went away during connect") from None
             except sysv_ipc.Error:
                 payload = b""
@@ -466,7 +468,7 @@ class SysvTransport(Transport):
                 fired = _watchdog.unwatch(w)
             if payload:
                 if fired:  # our WAKE raced the reply: do not leave it behind
-                    with contextlib.suppress(sysv_ipc.Error):
+                    with contextlib.suppress(sysv_ipc.Error, OSError):
                         rendezvous.receive(block=False, type=reply_type)
                 break
             if not pid_alive(owner):
@@ -480,6 +482,6 @@ class SysvTransport(Transport):
             raise ConnectError(f"{where} refused: {text}")
         try:
             up, down = _queue(welcome.a), _queue(welcome.b)
-        except sysv_ipc.Error as e:
+        except (sysv_ipc.Error, OSError) as e:
             raise ConnectError(f"{where}: per-client queues vanished: {e}") from None
         return SysvConnection(down, up, welcome.pid, f"sysv server pid {welcome.pid}")
