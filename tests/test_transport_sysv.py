@@ -7,6 +7,7 @@ posixmq tests import it and supply their own URL and queue inventory.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import queue
 import random
@@ -123,9 +124,14 @@ def echo_roundtrip(conn: Connection, data: bytes, timeout: float = 10.0) -> byte
 def pair(lst: Listener, url: str) -> tuple[Connection, Connection]:
     """(client, server side): accept must run while connect waits for its welcome."""
     accepted: list[Connection] = []
-    t = threading.Thread(target=lambda: accepted.append(lst.accept()))
+
+    def accept() -> None:
+        with contextlib.suppress(ListenerClosed):
+            accepted.append(lst.accept())
+
+    t = threading.Thread(target=accept, daemon=True)
     t.start()
-    client = connect_bytes(url, 5)
+    client = connect_bytes(url, 5)  # on failure the thread ends with the listener
     t.join(5)
     return client, accepted[0]
 
@@ -337,9 +343,9 @@ class TestSysv(MqContract):
             with contextlib.suppress(sysv_ipc.Error):
                 sysv_ipc.MessageQueue(int(k, 16) - (1 << 32 if int(k, 16) >= 1 << 31 else 0)
                                       ).remove()
-        for suffix in (".lock", ".queues"):
+        for path in glob.glob(f"/tmp/ipcgw-sysv-{key:#x}.*"):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"/tmp/ipcgw-sysv-{key:#x}{suffix}")
+                os.unlink(path)
 
     def test_decimal_key_is_the_same_address(self) -> None:
         lst = listen(self.url)

@@ -43,6 +43,7 @@ URL
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 import threading
@@ -188,7 +189,8 @@ class _Watchdog:
                     if reason:
                         self._watches.discard(w)
                         w.fired = reason
-                        w.fire(reason)
+                        with contextlib.suppress(Exception):  # the thread must survive
+                            w.fire(reason)
                 deadlines = [w.deadline for w in self._watches if w.deadline is not None]
                 self._wake_at = min([next_check, *deadlines])
                 self._cond.wait(max(0.0, self._wake_at - time.monotonic()))
@@ -331,10 +333,12 @@ class SysvListener(Listener):
                 with contextlib.suppress(ValueError):
                     _remove_key(int(line, 0))
         _remove_key(self.key)
+        for tmp in glob.glob(glob.escape(self._record) + ".*"):  # a save cut by kill -9
+            os.unlink(tmp)
         self._save()
 
     def _save(self) -> None:
-        tmp = f"{self._record}.{os.getpid()}"
+        tmp = f"{self._record}.{os.getpid()}"  # callers hold self._mutex
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write("".join(f"{k}\n" for k in self._keys))
         os.replace(tmp, self._record)

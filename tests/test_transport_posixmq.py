@@ -1,0 +1,92 @@
+"""The posixmq transport over real queues and real processes.
+
+Runs the message-queue contract of ``test_transport_sysv`` plus what is
+POSIX-specific: per-client names vanish at accept, and the per-user
+RLIMIT_MSGQUEUE gives a clear "too many clients" error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+
+import posix_ipc
+import pytest
+from conftest import unique
+from test_transport_sysv import MqContract, pair
+
+from ipcgw.errors import ConnectError
+from ipcgw.transports import connect_bytes, listen
+
+MQUEUE = "/dev/mqueue"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _mqueue_fs() -> None:
+    """List queues through the mqueue filesystem, mounting it if we may."""
+    if not os.path.ismount(MQUEUE) and os.geteuid() == 0:
+        os.makedirs(MQUEUE, exist_ok=True)
+        subprocess.run(["mount", "-t", "mqueue", "mqueue", MQUEUE], check=False)
+
+
+def _names(prefix: str) -> set[str]:
+    if os.path.ismount(MQUEUE):
+        return {n for n in os.listdir(MQUEUE) if n == prefix or n.startswith(prefix + ".")}
+    found = set()  # no mqueue fs: at least the rendezvous name can be probed
+    with contextlib.suppress(posix_ipc.ExistentialError):
+        posix_ipc.MessageQueue("/" + prefix).close()
+        found.add(prefix)
+    return found
+
+
+class TestPosixMq(MqContract):
+    @pytest.fixture(autouse=True)
+    def _endpoint(self) -> Iterator[None]:
+        """A fresh name per test; every queue under it is unlinked, pass or fail."""
+        name = unique("ipcgwt")
+        self.url = f"posixmq:///{name}"
+        self.queues = lambda: _names(name)
+        yield
+        for n in _names(name):
+            with contextlib.suppress(posix_ipc.Error):
+                posix_ipc.unlink_message_queue("/" + n)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"/tmp/ipcgw-posixmq-{name}.lock")
+
+    def test_client_queue_names_vanish_at_accept(self) -> None:
+        lst = listen(self.url)
+        try:
+            client, srv = pair(lst, self.url)
+            assert self.queues() == {self.url.split("///")[1]}  # only the rendezvous
+            client.send(b"still works")
+            assert srv.recv(2) == b"still works"
+            client.close()
+            srv.close()
+        finally:
+            lst.close()
+        assert not self.queues()
+
+    def test_too_many_clients_names_the_limit(self) -> None:
+        lst = listen(self.url)
+        conns = []
+        try:
+            with pytest.raises(ConnectError, match="RLIMIT_MSGQUEUE"):
+                for _ in range(200):
+                    conns.append(pair(lst, self.url + "?maxmsg=10"))
+            assert conns  # several fit before the limit
+            client, srv = conns[0]
+            client.send(b"first still fine")
+            assert srv.recv(2) == b"first still fine"
+        finally:
+            for client, srv in conns:
+                client.close()
+                srv.close()
+            lst.close()
+        assert not self.queues()
+
+    def test_bad_names_rejected(self) -> None:
+        for bad in ("posixmq:///a/b", "posixmq:///"):
+            with pytest.raises(ValueError):
+                connect_bytes(bad, 1)
