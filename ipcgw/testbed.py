@@ -33,7 +33,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2 import IPRoute, netns
@@ -265,7 +265,7 @@ class Testbed:
 
     def status(self) -> dict[str, Any]:
         """What exists now: per namespace its addresses, PM mode, limits, endpoints."""
-        out: dict[str, Any] = {"prefix": self.prefix, "paths": [asdict(p) for p in self.paths]}
+        out: dict[str, Any] = {"prefix": self.prefix}
         present = set(netns.listnetns())
         for role, ns in (("client", self.client), ("server", self.server)):
             if ns not in present:
