@@ -91,12 +91,20 @@ struct Emitter {
 struct WifiSignal : Emitter {
     Mac48Address from;
     bool filter_from = false;
-    void Rx(Ptr<const Packet> packet, uint16_t, WifiTxVector, MpduInfo,
+    void Rx(Ptr<const Packet> packet, uint16_t, WifiTxVector, MpduInfo mpdu,
             SignalNoiseDbm sn, uint16_t) {
         if (stopped) return;
         if (filter_from) {
             WifiMacHeader hdr;
-            if (packet->PeekHeader(hdr) == 0 || hdr.GetAddr2() != from) return;
+            if (mpdu.type == NORMAL_MPDU) {
+                if (packet->PeekHeader(hdr) == 0) return;
+            } else {  // (A-)MPDU subframes start with their delimiter
+                Ptr<Packet> copy = packet->Copy();
+                AmpduSubframeHeader delimiter;
+                copy->RemoveHeader(delimiter);
+                if (copy->PeekHeader(hdr) == 0) return;
+            }
+            if (hdr.GetAddr2() != from) return;
         }
         Offer(sn.signal, sn.signal - sn.noise);
     }

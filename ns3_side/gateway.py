@@ -325,7 +325,10 @@ class Gateway:
         self.cpp.StopNow()
 
     def _lost(self, exc: IpcgwError, doing: str) -> None:
-        if self.on_disconnect == "stop":
+        if self.lockstep:  # the simulation cannot go on without its answers
+            self._fail(LockstepError(f"lockstep: lost the server at {self.url} while {doing}: "
+                                     f"{exc}"), exc)
+        elif self.on_disconnect == "stop":
             self._fail(SimulationAborted(f"lost the server at {self.url} while {doing}: {exc}"),
                        exc)
         else:
@@ -353,8 +356,15 @@ class Gateway:
             self._dispatch(item)
 
     def _drain_pending(self) -> None:
-        """Lockstep: dispatch what arrived besides the step's own answer."""
-        while True:
+        """Lockstep: dispatch what the client read besides the step's own answer.
+
+        Only messages already read (queued in the client while it waited for
+        the reply) are taken; the rest come with the next step. Reading the
+        transport with timeout 0 is avoided: sockets treat it as non-blocking
+        and report EAGAIN as a disconnect.
+        """
+        queued = getattr(self.client, "_inbox", ())
+        while queued:
             try:
                 msg = self.client.recv(timeout=0)
             except Timeout:

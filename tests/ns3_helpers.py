@@ -29,6 +29,8 @@ from ipcgw.messages import Command, Event, Message, Report, Result
 from ipcgw.server import BaseHandler, Session
 
 ROOT = Path(__file__).resolve().parent.parent
+# Seconds the server sleeps before answering sim.step (set in the server's env).
+STEP_DELAY = float(os.environ.get("NS3_TEST_STEP_DELAY", "0"))
 
 
 def require_ns3() -> Any:
@@ -60,6 +62,7 @@ class RecordingHandler(BaseHandler):
                 rows = [[r.sim_time, r.path_id, r.metrics, r.node_id] for r in self.reports]
             return Result(msg.request_id, True, rows)
         if isinstance(msg, Command) and msg.op == "sim.step":
+            time.sleep(STEP_DELAY)
             with self._lock:
                 self.steps += 1
                 value = {"step": self.steps, "sim_time": msg.args.get("sim_time"),
@@ -80,22 +83,28 @@ class RecordingHandler(BaseHandler):
 class Server:
     """``python -m ipcgw serve`` as a child process; ``url`` is what it listens on."""
 
-    def __init__(self, url: str, tmp: Path, *, handler: str = "tests.ns3_helpers:RecordingHandler",
-                 extra: list[str] | None = None, netns: str | None = None) -> None:
+    def __init__(self, urls: str | list[str], tmp: Path, *,
+                 handler: str = "tests.ns3_helpers:RecordingHandler",
+                 extra: list[str] | None = None, netns: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        urls = [urls] if isinstance(urls, str) else urls
         self.log_path = tmp / f"server-{uuid.uuid4().hex[:6]}.log"
-        cmd = [sys.executable, "-m", "ipcgw", "serve", "--listen", url, "--handler", handler,
+        cmd = [sys.executable, "-m", "ipcgw", "-v", "serve", "--handler", handler,
                *(extra or [])]
+        for url in urls:
+            cmd += ["--listen", url]
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
-        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        path = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, env=env,
-                                     cwd=ROOT)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT,
+                                     env={**os.environ, "PYTHONPATH": path, **(env or {})})
         try:
-            self.url = self._read_url()
+            self.urls = [self._read_url() for _ in urls]
         except BaseException:
             self.stop()
             raise
+        self.url = self.urls[0]
 
     def _read_url(self, timeout: float = 20.0) -> str:
         assert self.proc.stdout is not None

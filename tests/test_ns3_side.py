@@ -1,0 +1,335 @@
+"""ns3_side against the real ns-3 (PyPI wheel) and real ``ipcgw serve`` processes.
+
+The simulations run in this process (``from ns import ns`` costs ~7 s once);
+every server is a child process on a real transport. Skipped without the
+wheel unless IPCGW_REQUIRE_NS3=1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ipcgw.errors import ConnectError
+from ipcgw.messages import Event, Report, Result
+from ipcgw.sspi import RECORD, SspiType
+from tests.ns3_helpers import Server, dump_reports, require_ns3
+
+pytestmark = pytest.mark.ns3
+
+
+@pytest.fixture(scope="module")
+def ns() -> Any:
+    return require_ns3()
+
+
+@pytest.fixture
+def sim(ns: Any) -> Iterator[Any]:
+    """A fresh simulation; destroyed (and the default simulator restored) after."""
+    yield ns
+    ns.Simulator.Destroy()
+    ns.GlobalValue.Bind("SimulatorImplementationType", ns.StringValue("ns3::DefaultSimulatorImpl"))
+
+
+def sysv_leftovers(url: str) -> list[str]:
+    """SysV queues of this server key, or last used by this process (other tests on the
+    host make and remove queues concurrently, so a before/after diff would be flaky)."""
+    key = re.match(r"sysv://(0x[0-9a-f]+)", url)
+    me = str(os.getpid())
+    with open("/proc/sysvipc/msg") as f:
+        next(f)
+        rows = [line.split() for line in f if line.strip()]
+    return [" ".join(r) for r in rows
+            if (key and int(r[0]) == int(key.group(1), 16)) or me in (r[5], r[6])]
+
+
+def url_for(transport: str, tmp: Path) -> str:
+    tag = os.urandom(4).hex()
+    return {
+        "fifo": f"fifo://{tmp}/gw-{tag}",
+        "sysv": f"sysv://{0x10000000 + int(tag, 16) % 0x6FFFFFFF:#x}",
+        "posixmq": f"posixmq:///ipcgwns3{tag}",
+        "tcp": "tcp://127.0.0.1:0",
+        "unix": f"unix://{tmp}/gw-{tag}.sock",
+    }[transport]
+
+
+def expected_filtered(raw: list[tuple[float, float, float]], alpha: float,
+                      min_interval: float) -> list[tuple[float, float, float]]:
+    """What the C++ emitter must send: EWMA over every sample, at most one per interval."""
+    out: list[tuple[float, float, float]] = []
+    a = b = 0.0
+    last = -1e300
+    for i, (t, x, y) in enumerate(raw):
+        if i == 0:
+            a, b = x, y
+        else:
+            a += alpha * (x - a)
+            b += alpha * (y - b)
+        if t - last >= min_interval:
+            out.append((t, a, b))
+            last = t
+    return out
+
+
+# ---------------------------------------------------------------- reports arrive
+
+
+@pytest.mark.parametrize("transport", ["fifo", "sysv", "tcp", "unix", "posixmq"])
+def test_wifi_reports_arrive_with_values_and_sim_times(sim: Any, tmp_path: Path,
+                                                       transport: str) -> None:
+    import ns3_side
+    from ns3_side.examples import wifi_rssi
+
+    ns = sim
+    with Server(url_for(transport, tmp_path), tmp_path) as server:
+        scenario = wifi_rssi.build(ns, start_m=10.0, speed=15.0, traffic_pps=50, duration=3.0)
+        ap_mac = scenario.ap_device.GetAddress()
+        with ns3_side.Gateway(server.url, name=f"test-{transport}") as gw:
+            raw: list[tuple[float, float, float]] = []
+            truth = gw.own(gw.cpp.WifiSignal())  # ground truth from the same trace source
+            truth.FilterFrom(ap_mac)
+            truth.fn = lambda t, a, b: raw.append((t, a, b))
+            assert truth.Attach(scenario.sta_device.GetPhy())
+            raw_hook = ns3_side.wifi_signal(gw, scenario.sta_device, 2, from_address=ap_mac)
+            filtered = ns3_side.wifi_signal(gw, scenario.sta_device, 3, alpha=0.5,
+                                            min_interval_ms=200, from_address=ap_mac)
+            gw.run(until=3.0, close=False)
+            gw.client.ping(b"")  # every report before this was handled by the server
+        rows = dump_reports(server.url)
+    assert not sysv_leftovers(server.url), "a SysV queue was left behind"
+
+    assert len(raw) > 100, "the trace source fired too rarely to test anything"
+    assert raw_hook.samples == len(raw) and raw_hook.emitted == len(raw)
+    got_raw = [(t, m["rssi_dbm"], m["snr_db"]) for t, p, m, n in rows if p == 2]
+    assert got_raw == raw  # exact: float64 sim times and dBm survive msgpack
+    assert {n for _, p, _, n in rows if p in (2, 3)} == {int(scenario.sta.GetId())}
+    assert all(0.0 < t < 3.0 for t, _, _ in raw)
+    assert [t for t, _, _ in raw] == sorted(t for t, _, _ in raw)
+    assert raw[0][1] - raw[-1][1] > 10.0, "RSSI should fall as the station walks away"
+
+    want = expected_filtered(raw, 0.5, 0.2)
+    got = [(t, m["rssi_dbm"], m["snr_db"]) for t, p, m, n in rows if p == 3]
+    assert filtered.emitted == len(want) == len(got)
+    for (tg, ag, bg), (tw, aw, bw) in zip(got, want, strict=True):
+        assert tg == tw and ag == pytest.approx(aw, abs=1e-9) and bg == pytest.approx(bw, abs=1e-9)
+
+
+def test_periodic_sampling_and_example_b_loss_per_path(sim: Any, tmp_path: Path) -> None:
+    import ns3_side
+    from ns3_side.examples import two_paths_loss
+
+    ns = sim
+    schedule = {0.0: (0.0, 0.3), 1.0: (0.3, 0.0)}
+    with Server(url_for("unix", tmp_path), tmp_path) as server:
+        paths = two_paths_loss.build(ns, pps=400, duration=2.0)
+        with ns3_side.Gateway(server.url) as gw:
+            two_paths_loss.attach(gw, paths, schedule, period_ms=250)
+            ticks: list[float] = []
+
+            def sample(t: float) -> Report:
+                ticks.append(t)
+                return Report(t, 9, {"tick": len(ticks)})
+
+            gw.every(100, sample)
+            gw.run(until=2.01, close=False)
+            gw.client.ping(b"")
+        rows = dump_reports(server.url)
+
+    assert [round(t, 9) for t in ticks] == [round(0.1 * i, 9) for i in range(1, 21)]
+    assert [(round(t, 9), m["tick"]) for t, p, m, _ in rows if p == 9] == \
+        [(round(0.1 * i, 9), i) for i in range(1, 21)]
+    loss = {1: {}, 2: {}}
+    for t, p, m, _ in rows:
+        if "loss" in m:
+            assert round(t / 0.25, 6).is_integer(), f"loss report off the 250 ms grid: {t}"
+            loss[p][round(t, 3)] = m
+    for path, (before, after) in ((1, (0.0, 0.3)), (2, (0.3, 0.0))):
+        early = [m["loss"] for t, m in loss[path].items() if t <= 1.0]
+        late = [m["loss"] for t, m in loss[path].items() if t >= 1.25]
+        assert len(early) == 4 and len(late) == 4, loss[path]
+        assert sum(early) / 4 == pytest.approx(before, abs=0.08), (path, early)
+        assert sum(late) / 4 == pytest.approx(after, abs=0.08), (path, late)
+    rtts = [m["rtt_ms"] for _, p, m, _ in rows if "rtt_ms" in m]
+    cwnds = [m["cwnd_bytes"] for _, p, m, _ in rows if "cwnd_bytes" in m]
+    assert rtts and cwnds
+    assert min(rtts) >= 2 * paths.delays_ms[0]  # an RTT cannot beat the propagation delay
+
+
+# ---------------------------------------------------------------- lockstep
+
+
+def test_lockstep_simulation_waits_for_each_reply(sim: Any, tmp_path: Path) -> None:
+    import ns3_side
+
+    delay = 0.05
+    server = Server(url_for("tcp", tmp_path), tmp_path, env={"NS3_TEST_STEP_DELAY": str(delay)})
+    with server, ns3_side.Gateway(server.url, lockstep=True, step_op="sim.step") as gw:
+        results: list[tuple[float, dict[str, Any]]] = []
+        gw.on(lambda r: results.append((gw.now(), r.value)), Result)
+        gw.every(100, lambda t: Report(t, 1, {"n": gw.reports_sent + 1}))
+        start = time.monotonic()
+        gw.run(until=1.05)
+        elapsed = time.monotonic() - start
+    assert gw.steps == 10 and len(results) == 10
+    for i, (now, value) in enumerate(results, start=1):
+        # The server had handled report i (and only i) before it answered step i,
+        # and the simulation was still at that report's sim time when the answer came.
+        assert value["step"] == i and value["reports"] == i
+        assert value["sim_time"] == pytest.approx(0.1 * i) and now == pytest.approx(0.1 * i)
+    assert elapsed >= 10 * delay
+
+
+@pytest.mark.parametrize("transport", ["tcp", "fifo", "sysv"])
+def test_lockstep_dead_server_fails_the_simulation_clearly(sim: Any, tmp_path: Path,
+                                                           transport: str) -> None:
+    import ns3_side
+
+    ns = sim
+    server = Server(url_for(transport, tmp_path), tmp_path)
+    try:
+        gw = ns3_side.Gateway(server.url, lockstep=True, step_timeout=3.0)
+        gw.every(100, lambda t: Report(t, 1, {"rssi_dbm": -50.0}))
+        gw.schedule(0.45, lambda: (server.proc.kill(), server.proc.wait()))
+        start = time.monotonic()
+        with pytest.raises(ns3_side.LockstepError) as info:
+            gw.run(until=5.0)
+        elapsed = time.monotonic() - start
+    finally:
+        server.stop()
+        if transport == "sysv":
+            _remove_sysv_queue(server.url)
+    assert elapsed < 3.0 + 2.0, f"took {elapsed:.1f} s to notice"
+    assert "sim time 0.500000" in str(info.value) and server.url in str(info.value)
+    assert ns.Simulator.Now().GetSeconds() == pytest.approx(0.5)
+    assert gw.steps == 4
+    assert not sysv_leftovers(server.url)
+
+
+def test_lockstep_frozen_server_times_out(sim: Any, tmp_path: Path) -> None:
+    import ns3_side
+
+    with Server(url_for("unix", tmp_path), tmp_path) as server:
+        gw = ns3_side.Gateway(server.url, lockstep=True, step_timeout=0.5)
+        gw.every(100, lambda t: Report(t, 1, {"snr_db": 20.0}))
+        gw.schedule(0.25, lambda: server.signal(signal.SIGSTOP))
+        with pytest.raises(ns3_side.LockstepError, match=r"did not answer within 0.5 s at "
+                                                         r"sim time 0.300000"):
+            gw.run(until=5.0)
+
+
+def _remove_sysv_queue(url: str) -> None:
+    import sysv_ipc
+
+    key = int(re.match(r"sysv://(0x[0-9a-f]+)", url).group(1), 16)  # type: ignore[union-attr]
+    with contextlib.suppress(sysv_ipc.ExistentialError):
+        sysv_ipc.MessageQueue(key).remove()
+
+
+# ---------------------------------------------------------------- back into the simulation
+
+
+def test_events_reach_the_simulation_thread_in_real_time(sim: Any, tmp_path: Path) -> None:
+    import ns3_side
+
+    ns = sim
+    ns.GlobalValue.Bind("SimulatorImplementationType",
+                        ns.StringValue("ns3::RealtimeSimulatorImpl"))
+    seen: list[tuple[str, float, int]] = []
+    server = Server(url_for("fifo", tmp_path), tmp_path)
+    with server, ns3_side.Gateway(server.url) as gw:
+        def on_event(event: Event) -> None:
+            seen.append((event.kind, gw.now(), threading.get_ident()))
+            ns.Simulator.Stop(ns.Seconds(0.1))  # act on the simulation
+
+        gw.on(on_event, Event)
+        gw.on(lambda r: seen.append(("result", gw.now(), threading.get_ident())), Result)
+        gw.schedule(0.2, lambda: gw.command("events.push", kind="SUB_ESTABLISHED",
+                                            attrs={"token": 7}))
+        gw.every(50, lambda t: None)  # keep the real-time simulation busy
+        start = time.monotonic()
+        gw.run(until=3.0)
+        elapsed = time.monotonic() - start
+    assert [kind for kind, _, _ in seen] == ["result", "SUB_ESTABLISHED"]
+    assert {ident for _, _, ident in seen} == {threading.get_ident()}
+    event_time = seen[1][1]
+    assert 0.2 <= event_time < 0.5
+    assert ns.Simulator.Now().GetSeconds() == pytest.approx(event_time + 0.1, abs=0.06)
+    assert elapsed < 1.5  # the handler's Stop ended the 3 s run early
+
+
+# ---------------------------------------------------------------- legacy sspi
+
+
+def test_legacy_sspi_fifo_gets_snr_and_backup_records(sim: Any, tmp_path: Path) -> None:
+    """An mptcpd-style reader on a plain FIFO sees WIFI_SNR and BACKUP_FLAG_ON records."""
+    from ns3_side.examples import wifi_rssi
+
+    fifo = tmp_path / "mptcp-ns3-fifo"
+    os.mkfifo(fifo, 0o600)
+    # The reader is open before the simulation starts, as mptcpd's is; the few
+    # records fit in the pipe, so it is read after the simulation.
+    rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        gw = wifi_rssi.run(f"fifo://{fifo}?framing=fixed:8&codec=sspi", duration=5.0,
+                           start_m=10.0, speed=15.0, alpha=0.3, min_interval_ms=200,
+                           backup_below=-80.0)
+        data = os.read(rfd, 1 << 16)
+    finally:
+        os.close(rfd)
+    assert len(data) % 8 == 0
+    records = [RECORD.unpack_from(data, i) for i in range(0, len(data), 8)]
+    snrs = [v for k, v in records if k == SspiType.WIFI_SNR]
+    assert len(snrs) == gw.reports_sent
+    assert len(snrs) >= 10 and snrs[0] - snrs[-1] >= 10
+    assert (SspiType.BACKUP_FLAG_ON, 2) in records
+    assert gw.reports_unsendable >= 1  # link_up has no sspi record
+    first_backup = records.index((SspiType.BACKUP_FLAG_ON, 2))
+    assert all(k == SspiType.WIFI_SNR for k, _ in records[:first_backup])
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_no_server_is_a_clear_connect_error(ns: Any, tmp_path: Path) -> None:
+    import ns3_side
+
+    start = time.monotonic()
+    with pytest.raises(ConnectError, match="no ipcgw server answering at fifo://"):
+        ns3_side.Gateway(f"fifo://{tmp_path}/nobody", timeout=1.0)
+    with pytest.raises(ConnectError, match="python -m ipcgw serve"):
+        ns3_side.Gateway("tcp://127.0.0.1:1", timeout=1.0)
+    assert time.monotonic() - start < 3.0
+
+
+def test_callback_error_stops_the_simulation_and_says_bye(sim: Any, tmp_path: Path) -> None:
+    import ns3_side
+
+    ns = sim
+    with Server(url_for("tcp", tmp_path), tmp_path) as server:
+        gw = ns3_side.Gateway(server.url)
+
+        def sample(t: float) -> Report:
+            if t > 0.25:
+                raise ValueError("sensor broke")
+            return Report(t, 1, {"rssi_dbm": -60.0})
+
+        gw.every(100, sample)
+        with pytest.raises(ns3_side.SimulationAborted, match="ValueError: sensor broke") as info:
+            gw.run(until=5.0)
+        assert isinstance(info.value.__cause__, ValueError)
+        assert ns.Simulator.Now().GetSeconds() == pytest.approx(0.3)
+        assert gw.reports_sent == 2
+        deadline = time.monotonic() + 5
+        while "said bye" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "said bye" in server.log()
