@@ -93,6 +93,7 @@ class Gateway:
         self.steps = 0
         self.failure: BaseException | None = None
         self._handlers: list[tuple[tuple[type, ...], Handler]] = []
+        self._after_emit: list[Callable[[Report], Any]] = []
         self._owned: list[Any] = []  # C++ objects ns-3 calls into
         self._inbox: deque[Message | BaseException] = deque()
         self._ids = itertools.count(_ASYNC_IDS_BASE)
@@ -149,6 +150,8 @@ class Gateway:
         self.reports_sent += 1
         if self.lockstep:
             self.step(report.sim_time)
+        for fn in self._after_emit:
+            fn(report)
 
     def report(self, path_id: int, metrics: dict[str, Any], node_id: int = 0) -> None:
         """A report stamped with the current simulation time."""
@@ -206,6 +209,12 @@ class Gateway:
         """Call ``fn(msg)`` in the simulation thread for each message of ``types`` (all if
         none): Events, Results of async commands, Stats. May act on the simulation."""
         self._handlers.append((types or (Message,), fn))
+        return fn
+
+    def after_emit(self, fn: Callable[[Report], Any]) -> Callable[[Report], Any]:
+        """Call ``fn(report)`` after each report went out (in lockstep: after the server
+        answered for it), in the simulation thread: logging, or checking its effect."""
+        self._after_emit.append(fn)
         return fn
 
     # ------------------------------------------------------------ simulation time

@@ -1,7 +1,7 @@
 """Plumbing for the ns3_side tests: a recording server handler and server processes.
 
 ``RecordingHandler`` runs inside a real ``python -m ipcgw serve`` process
-(``--handler tests.ns3_helpers:RecordingHandler``): it keeps every Report
+(``--handler ns3_helpers:RecordingHandler``): it keeps every Report
 and answers Commands the tests use to look inside the server:
 
 - ``reports.dump`` -> ``[[sim_time, path_id, metrics, node_id], ...]``
@@ -84,7 +84,7 @@ class Server:
     """``python -m ipcgw serve`` as a child process; ``url`` is what it listens on."""
 
     def __init__(self, urls: str | list[str], tmp: Path, *,
-                 handler: str = "tests.ns3_helpers:RecordingHandler",
+                 handler: str = "ns3_helpers:RecordingHandler",
                  extra: list[str] | None = None, netns: str | None = None,
                  env: dict[str, str] | None = None) -> None:
         urls = [urls] if isinstance(urls, str) else urls
@@ -95,7 +95,7 @@ class Server:
             cmd += ["--listen", url]
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
-        path = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+        path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT,
                                      env={**os.environ, "PYTHONPATH": path, **(env or {})})

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ns3_helpers import Server, dump_reports, require_ns3
 
 from ipcgw.errors import ConnectError
 from ipcgw.messages import Event, Report, Result
 from ipcgw.sspi import RECORD, SspiType
-from tests.ns3_helpers import Server, dump_reports, require_ns3
 
 pytestmark = pytest.mark.ns3
 
@@ -333,3 +334,63 @@ def test_callback_error_stops_the_simulation_and_says_bye(sim: Any, tmp_path: Pa
         while "said bye" not in server.log() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert "said bye" in server.log()
+
+
+# ---------------------------------------------------------------- example (a) end to end
+
+
+def test_example_a_rssi_policy_flips_wlan_endpoint_in_server_namespace(
+        sim: Any, tmp_path: Path) -> None:
+    """Station walks away; RssiPolicy in the server namespace sets endpoint 2 backup
+    right after the report that takes its filtered RSSI below -80 dBm (lockstep: each
+    report is handled before the simulation moves on, so the check is exact)."""
+    from conftest import require_netns, unique
+
+    require_netns()
+    import ns3_side
+    from ipcgw.mptcp.pm import PathManager
+    from ipcgw.mptcp.policy import RssiPolicy
+    from ipcgw.testbed import Testbed
+    from ns3_side.examples import wifi_rssi
+
+    ns = sim
+    tb = Testbed(prefix=unique("ipn3"), client_endpoints=[])
+    server: Server | None = None
+    try:
+        tb.up()
+        with PathManager(tb.server) as pm:
+            pm.add_endpoint(tb.server_addr(1), id=1, flags="signal")  # LTE
+            pm.add_endpoint(tb.server_addr(2), id=2, flags="signal")  # WLAN
+            server = Server(url_for("fifo", tmp_path), tmp_path, handler="mptcp",
+                            extra=["--policy", "ipcgw.mptcp.policy:RssiPolicy"],
+                            netns=tb.server)
+            scenario = wifi_rssi.build(ns, start_m=20.0, speed=15.0, duration=4.0)
+            observed: list[tuple[float, float, bool]] = []
+            with ns3_side.Gateway(server.url, name="example-a", lockstep=True) as gw:
+                hook = wifi_rssi.attach(gw, scenario, alpha=0.3, min_interval_ms=100)
+
+                @gw.after_emit
+                def look(report: Report) -> None:  # the server has handled the report
+                    if "rssi_dbm" in report.metrics:
+                        observed.append((report.sim_time, report.metrics["rssi_dbm"],
+                                         "backup" in pm.endpoint(2)["flag_names"]))
+
+                gw.run(until=4.0)
+            shown = subprocess.run(["ip", "-n", tb.server, "mptcp", "endpoint", "show"],
+                                   capture_output=True, text=True, check=True).stdout
+    finally:
+        if server is not None:
+            server.stop()
+        tb.down()
+
+    assert hook.emitted == len(observed) >= 20
+    policy = RssiPolicy()  # the server's policy, replayed on what it was sent
+    expected = []
+    for _, rssi, _ in observed:
+        policy.filtered = rssi if policy.filtered is None else (
+            policy.alpha * policy.filtered + (1 - policy.alpha) * rssi)
+        expected.append(policy.filtered < policy.threshold_dbm)
+    assert [backup for _, _, backup in observed] == expected
+    assert not expected[0] and expected[-1], "the run must cross -80 dBm"
+    line = {ln.split()[2]: ln for ln in shown.splitlines() if " id " in f" {ln} "}
+    assert "backup" in line["2"] and "backup" not in line["1"], shown

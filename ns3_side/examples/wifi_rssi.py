@@ -45,6 +45,11 @@ def build(ns: Any, *, start_m: float = 10.0, speed: float = 10.0,
     wifi = ns.WifiHelper()
     phy = ns.YansWifiPhyHelper()
     phy.SetChannel(ns.YansWifiChannelHelper.Default().Create())
+    # The default preamble detection drops everything below -82 dBm: the station
+    # would go deaf right after the -80 dBm crossing, before a filtered RSSI (the
+    # server policy's included) gets there. A real card hears down to ~-90 dBm.
+    phy.SetPreambleDetectionModel("ns3::ThresholdPreambleDetectionModel",
+                                  "MinimumRssi", ns.DoubleValue(-92.0))
     mac = ns.WifiMacHelper()
     ssid = ns.Ssid("ipcgw")
     mac.SetType("ns3::StaWifiMac", "Ssid", ns.SsidValue(ssid))
@@ -78,6 +83,34 @@ def build(ns: Any, *, start_m: float = 10.0, speed: float = 10.0,
     return WifiScenario(ap, sta, ap_devs.Get(0), sta_devs.Get(0), sta_mob)
 
 
+def attach(gw: Any, scenario: WifiScenario, *, alpha: float = 0.3,
+           min_interval_ms: float = 100.0, backup_below: float | None = None,
+           endpoint_id: int = 2) -> Any:
+    """The station's filtered RSSI/SNR and link state as path-2 reports; with
+    ``backup_below`` the simulation itself flags the endpoint (legacy mptcpd has no
+    policy of its own). Returns the RSSI hook."""
+    import ns3_side
+
+    hook = ns3_side.wifi_signal(gw, scenario.sta_device, WLAN_PATH, alpha=alpha,
+                                min_interval_ms=min_interval_ms,
+                                from_address=scenario.ap_device.GetAddress())
+    ns3_side.link_state(gw, scenario.sta_device, WLAN_PATH)
+    if backup_below is not None:
+        state = {"backup": False}
+
+        def decide(t: float) -> None:
+            value = hook.value
+            if value is None:
+                return
+            backup = value[0] < backup_below
+            if backup != state["backup"]:
+                state["backup"] = backup
+                gw.set_backup(endpoint_id, backup)
+
+        gw.every(min_interval_ms, decide)
+    return hook
+
+
 def run(url: str, *, duration: float = 10.0, start_m: float = 10.0, speed: float = 10.0,
         alpha: float = 0.3, min_interval_ms: float = 100.0, lockstep: bool = False,
         backup_below: float | None = None, endpoint_id: int = 2) -> Any:
@@ -88,24 +121,8 @@ def run(url: str, *, duration: float = 10.0, start_m: float = 10.0, speed: float
     ns, _ = load()
     scenario = build(ns, start_m=start_m, speed=speed, duration=duration)
     with ns3_side.Gateway(url, name="wifi_rssi", lockstep=lockstep) as gw:
-        hook = ns3_side.wifi_signal(gw, scenario.sta_device, WLAN_PATH, alpha=alpha,
-                                    min_interval_ms=min_interval_ms,
-                                    from_address=scenario.ap_device.GetAddress())
-        ns3_side.link_state(gw, scenario.sta_device, WLAN_PATH)
-        if backup_below is not None:
-            # The simulation decides (legacy mptcpd has no policy of its own).
-            state = {"backup": False}
-
-            def decide(t: float) -> None:
-                value = hook.value
-                if value is None:
-                    return
-                backup = value[0] < backup_below
-                if backup != state["backup"]:
-                    state["backup"] = backup
-                    gw.set_backup(endpoint_id, backup)
-
-            gw.every(min_interval_ms, decide)
+        attach(gw, scenario, alpha=alpha, min_interval_ms=min_interval_ms,
+               backup_below=backup_below, endpoint_id=endpoint_id)
         gw.run(until=duration)
     ns.Simulator.Destroy()
     return gw
