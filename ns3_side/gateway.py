@@ -387,12 +387,12 @@ class Gateway:
             self._dispatch(msg)
 
     def _receive_loop(self) -> None:
+        # Blocks without a timeout: every transport wakes a blocked recv when the
+        # client is closed, and no deadline means no polling.
         client = self.client
         while not self._closing:
             try:
-                msg = client.recv(timeout=0.25)
-            except Timeout:
-                continue
+                msg = client.recv(timeout=None)
             except IpcgwError as exc:
                 if not self._closing:
                     self._post(exc)

@@ -394,3 +394,55 @@ def test_example_a_rssi_policy_flips_wlan_endpoint_in_server_namespace(
     assert not expected[0] and expected[-1], "the run must cross -80 dBm"
     line = {ln.split()[2]: ln for ln in shown.splitlines() if " id " in f" {ln} "}
     assert "backup" in line["2"] and "backup" not in line["1"], shown
+
+
+# ---------------------------------------------------------------- lifecycle, async failures
+
+
+def test_plain_ns3_run_and_destroy_disconnect_cleanly(sim: Any, tmp_path: Path) -> None:
+    """A script that never calls gw.run/close: Simulator::Destroy says Bye for it."""
+    import ns3_side
+
+    ns = sim
+    with Server(url_for("unix", tmp_path), tmp_path) as server:
+        gw = ns3_side.Gateway(server.url)
+        gw.every(100, lambda t: Report(t, 1, {"loss": 0.0}))
+        ns.Simulator.Stop(ns.Seconds(1.0))
+        ns.Simulator.Run()
+        assert gw.reports_sent == 9 and not gw._closed
+        ns.Simulator.Destroy()
+        assert gw._closed
+        deadline = time.monotonic() + 5
+        while "said bye" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "said bye" in server.log()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "fifo"])
+def test_async_dead_server_stops_the_simulation(sim: Any, tmp_path: Path,
+                                                transport: str) -> None:
+    import ns3_side
+
+    ns = sim
+    ns.GlobalValue.Bind("SimulatorImplementationType",
+                        ns.StringValue("ns3::RealtimeSimulatorImpl"))
+    with Server(url_for(transport, tmp_path), tmp_path) as server:
+        gw = ns3_side.Gateway(server.url)
+        gw.every(50, lambda t: Report(t, 1, {"rssi_dbm": -70.0}))
+        gw.schedule(0.2, lambda: server.proc.kill())
+        start = time.monotonic()
+        with pytest.raises(ns3_side.SimulationAborted, match="lost the server at"):
+            gw.run(until=5.0)
+    assert time.monotonic() - start < 1.5
+    assert 0.2 <= ns.Simulator.Now().GetSeconds() < 1.0
+
+
+def test_bench_smoke(ns: Any) -> None:
+    """The benchmark of the report path runs (numbers are in ns3_side/README.md)."""
+    import tempfile
+
+    from ns3_side import bench
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = bench.measure("unix", 2000, tmp)
+    assert result["report_us"] > 0 and result["reports_per_s"] > 1000
