@@ -157,15 +157,29 @@ def drops(gw: Gateway, source: Any, path_id: int, *, trace: str = "Drop",
     return hook
 
 
-def queue_drops(gw: Gateway, device: Any, path_id: int, **kw: Any) -> Hook:
-    """Drops of a point-to-point (or CSMA) device's transmit queue."""
+def queue_drops(gw: Gateway, device: Any, path_id: int, *, node_id: int | None = None,
+                min_interval_ms: float = 0.0, period_ms: float = 0.0) -> Hook:
+    """``queue_drops``: packets dropped on their way out of a point-to-point or CSMA
+    device, counted at the device queue *and* at the root queue disc above it
+    (``Ipv4AddressHelper.Assign`` installs one, and it is where most drops happen)."""
     ns = gw.ns
     for cls in (ns.PointToPointNetDevice, ns.CsmaNetDevice):
         dev = ns.DynamicCast[cls](device)
         if dev:
-            kw.setdefault("node_id", _node_id(dev))
-            return drops(gw, dev.GetQueue(), path_id, trace="Drop", **kw)
-    raise TypeError(f"expected a PointToPointNetDevice or CsmaNetDevice, got {device!r}")
+            break
+    else:
+        raise TypeError(f"expected a PointToPointNetDevice or CsmaNetDevice, got {device!r}")
+    emitter = gw.cpp.PacketCount()
+    if not emitter.AttachPackets(dev.GetQueue(), "Drop"):
+        raise ValueError("the device queue has no Drop trace")
+    tc = dev.GetNode().GetObject[ns.TrafficControlLayer]()
+    qdisc = tc.GetRootQueueDiscOnDevice(dev) if tc else None
+    if qdisc:
+        emitter.AttachItems(qdisc, "Drop")
+    hook = Hook(gw, emitter, path_id, _node_id(dev) if node_id is None else node_id,
+                lambda a, b: {"queue_drops": int(a)})
+    _configure(emitter, 1.0, min_interval_ms, period_ms, True)
+    return hook
 
 
 def loss(gw: Gateway, device: Any, path_id: int, *, period_ms: float = 100.0,

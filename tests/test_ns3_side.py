@@ -104,6 +104,7 @@ def test_wifi_reports_arrive_with_values_and_sim_times(sim: Any, tmp_path: Path,
             raw_hook = ns3_side.wifi_signal(gw, scenario.sta_device, 2, from_address=ap_mac)
             filtered = ns3_side.wifi_signal(gw, scenario.sta_device, 3, alpha=0.5,
                                             min_interval_ms=200, from_address=ap_mac)
+            ns3_side.link_state(gw, scenario.sta_device, 4)
             gw.run(until=3.0, close=False)
             gw.client.ping(b"")  # every report before this was handled by the server
         rows = dump_reports(server.url)
@@ -113,10 +114,13 @@ def test_wifi_reports_arrive_with_values_and_sim_times(sim: Any, tmp_path: Path,
     assert raw_hook.samples == len(raw) and raw_hook.emitted == len(raw)
     got_raw = [(t, m["rssi_dbm"], m["snr_db"]) for t, p, m, n in rows if p == 2]
     assert got_raw == raw  # exact: float64 sim times and dBm survive msgpack
-    assert {n for _, p, _, n in rows if p in (2, 3)} == {int(scenario.sta.GetId())}
+    assert {n for _, p, _, n in rows if p in (2, 3, 4)} == {int(scenario.sta.GetId())}
     assert all(0.0 < t < 3.0 for t, _, _ in raw)
     assert [t for t, _, _ in raw] == sorted(t for t, _, _ in raw)
     assert raw[0][1] - raw[-1][1] > 10.0, "RSSI should fall as the station walks away"
+    links = [(t, m["link_up"]) for t, p, m, _ in rows if "link_up" in m]
+    # the state at attach time (t=0), then the association's link change
+    assert links[0][0] == 0.0 and any(up and 0.0 < t < 0.5 for t, up in links[1:]), links
 
     want = expected_filtered(raw, 0.5, 0.2)
     got = [(t, m["rssi_dbm"], m["snr_db"]) for t, p, m, n in rows if p == 3]
@@ -164,6 +168,8 @@ def test_periodic_sampling_and_example_b_loss_per_path(sim: Any, tmp_path: Path)
     cwnds = [m["cwnd_bytes"] for _, p, m, _ in rows if "cwnd_bytes" in m]
     assert rtts and cwnds
     assert min(rtts) >= 2 * paths.delays_ms[0]  # an RTT cannot beat the propagation delay
+    drops = [m["queue_drops"] for _, p, m, _ in rows if p == 1 and "queue_drops" in m]
+    assert drops and drops == sorted(drops) and drops[-1] > 0  # TCP overfills path 1's queue
 
 
 # ---------------------------------------------------------------- lockstep

@@ -6,7 +6,8 @@ through a packet-unit ``RateErrorModel`` whose rate follows ``schedule``
 (sim time -> (loss path 1, loss path 2)). ``ns3_side.loss`` turns each
 receiving device's ``PhyRxEnd``/``PhyRxDrop`` traces into one
 ``Report(path_id, {"loss", "packets"})`` per period; a TCP bulk flow on path 1
-adds ``cwnd_bytes`` and ``rtt_ms``.
+adds ``cwnd_bytes``, ``rtt_ms`` and (it fills the sender's queue)
+``queue_drops``.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def attach(gw: Any, paths: TwoPaths, schedule: dict[float, tuple[float, float]],
 
     hooks = [ns3_side.loss(gw, dev, path_id, period_ms=period_ms)
              for path_id, dev in enumerate(paths.rx_devices, start=1)]
+    hooks += [ns3_side.queue_drops(gw, dev, path_id, period_ms=period_ms)
+              for path_id, dev in enumerate(paths.tx_devices, start=1)]
     for when, rates in sorted(schedule.items()):
         def apply(rates: tuple[float, float] = rates) -> None:
             for model, rate in zip(paths.error_models, rates, strict=True):
