@@ -133,7 +133,7 @@ class Gateway:
 
     def emit(self, report: Report) -> None:
         """Send one report now (from the simulation thread); lockstep waits for the server."""
-        if self._dead:
+        if self._dead or self._closed:
             self.reports_dropped += 1
             return
         if self.legacy:
@@ -185,7 +185,7 @@ class Gateway:
     def command(self, op: str, *, wait: bool | None = None, **args: Any) -> Any:
         """Ask the server to act. Waits for the Result (returned) in lockstep or with
         ``wait=True``; otherwise returns at once and the Result reaches the handlers."""
-        if self._dead:
+        if self._dead or self._closed:
             return None
         if wait is None:
             wait = self.lockstep
