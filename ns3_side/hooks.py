@@ -205,8 +205,11 @@ def tcp_socket_path(node_id: int, index: int = 0) -> str:
 
 
 def _tcp_hook(gw: Gateway, emitter: Any, socket: Any, trace: str, at: float | None,
-              path_id: int, node_id: int, metrics: Metrics, alpha: float,
+              path_id: int, node_id: int | None, metrics: Metrics, alpha: float,
               min_interval_ms: float, period_ms: float) -> Hook:
+    if node_id is None:  # a Config path names its node; a socket knows it
+        match = re.match(r"/NodeList/(\d+)/", socket) if isinstance(socket, str) else None
+        node_id = int(match.group(1)) if match else _node_id(socket)
     hook = Hook(gw, emitter, path_id, node_id, metrics)
     _configure(emitter, alpha, min_interval_ms, period_ms, True)
     if isinstance(socket, str):
@@ -227,7 +230,7 @@ def _tcp_hook(gw: Gateway, emitter: Any, socket: Any, trace: str, at: float | No
 
 
 def tcp_cwnd(gw: Gateway, socket: Any, path_id: int, *, at: float | None = None,
-             node_id: int = 0, alpha: float = 1.0, min_interval_ms: float = 0.0,
+             node_id: int | None = None, alpha: float = 1.0, min_interval_ms: float = 0.0,
              period_ms: float = 0.0) -> Hook:
     """``cwnd_bytes`` of a TcpSocketBase, or of the socket at a Config path (see
     :func:`tcp_socket_path`) connected at sim time ``at`` once the app created it."""
@@ -236,7 +239,7 @@ def tcp_cwnd(gw: Gateway, socket: Any, path_id: int, *, at: float | None = None,
 
 
 def tcp_rtt(gw: Gateway, socket: Any, path_id: int, *, at: float | None = None,
-            trace: str = "RTT", node_id: int = 0, alpha: float = 1.0,
+            trace: str = "RTT", node_id: int | None = None, alpha: float = 1.0,
             min_interval_ms: float = 0.0, period_ms: float = 0.0) -> Hook:
     """``rtt_ms`` from TcpSocketBase ``RTT`` (smoothed) or ``LastRTT`` (last sample)."""
     return _tcp_hook(gw, gw.cpp.TcpRtt(), socket, trace, at, path_id, node_id,

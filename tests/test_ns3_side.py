@@ -345,6 +345,7 @@ def test_callback_error_stops_the_simulation_and_says_bye(sim: Any, tmp_path: Pa
 # ---------------------------------------------------------------- example (a) end to end
 
 
+@pytest.mark.netns
 def test_example_a_rssi_policy_flips_wlan_endpoint_in_server_namespace(
         sim: Any, tmp_path: Path) -> None:
     """Station walks away; RssiPolicy in the server namespace sets endpoint 2 backup
