@@ -5,6 +5,7 @@ The public surface is re-exported here; see the README for the picture.
 
 from __future__ import annotations
 
+from ipcgw.client import Client, connect
 from ipcgw.errors import (
     CodecError,
     ConnectError,
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PROTOCOL_VERSION",
     "Bye",
+    "Client",
     "CodecError",
     "Command",
     "ConnectError",
@@ -60,5 +62,6 @@ __all__ = [
     "Timeout",
     "TransportError",
     "Welcome",
+    "connect",
     "make_framer",
 ]

@@ -1,24 +1,217 @@
-"""The ``ipcgw`` command line."""
+"""The ``ipcgw`` command line: serve, demo, ping, send (and more from other modules)."""
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
+import signal
+import sys
+import tempfile
+import time
+from typing import Any
 
 import click
 
 from ipcgw import messages
-from ipcgw.framing import make_framer
+from ipcgw.client import connect
+from ipcgw.errors import IpcgwError
+from ipcgw.server import BaseHandler, Gateway
+from ipcgw.url import parse_url
+
+HANDLERS = {"base": "ipcgw.server:BaseHandler", "mptcp": "ipcgw.mptcp.handler:MptcpHandler"}
+
+
+def default_url(transport: str) -> str:
+    tmp = tempfile.gettempdir()
+    return {
+        "fifo": f"fifo://{tmp}/ipcgw",
+        "sysv": "sysv://0x1c0ffee",
+        "posixmq": "posixmq:///ipcgw",
+        "tcp": "tcp://127.0.0.1:7700",
+        "unix": f"unix://{tmp}/ipcgw.sock",
+        "shm": "shm:///ipcgw",
+    }[transport]
+
+
+def load_object(spec: str) -> Any:
+    """``module:Name`` -> the object (for --handler and --policy)."""
+    module, sep, name = spec.partition(":")
+    if not sep or not name:
+        raise click.BadParameter(f"expected module:Name, got {spec!r}")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise click.BadParameter(f"cannot load {spec}: {exc}") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ipcgw")
-def main() -> None:
+@click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug).")
+def main(verbose: int) -> None:
     """IPC gateway between an NS-3 simulation and the Linux MPTCP path manager."""
+    level = logging.WARNING - 10 * min(verbose, 2) if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+
+
+def build_handler(handler: str, policy: str | None, run: tuple[str, ...]) -> BaseHandler:
+    cls = load_object(HANDLERS.get(handler, handler))
+    kwargs: dict[str, Any] = {}
+    if policy:
+        kwargs["policy"] = load_object(policy)()
+    for item in run:
+        name, _, command = item.partition("=")
+        kwargs.setdefault("programs", {})[name] = command.split()
+    if kwargs and cls is BaseHandler:
+        raise click.BadParameter("--policy and --run need a path-manager handler (--handler mptcp)")
+    obj: BaseHandler = cls(**kwargs)
+    return obj
+
+
+@main.command()
+@click.option("--transport", "-t", type=click.Choice(["fifo", "sysv", "posixmq", "tcp", "unix", "shm"]),
+              help="Listen on this transport's default address (or the one given below).")
+@click.option("--path", help="fifo directory / unix socket path / posixmq or shm name.")
+@click.option("--key", help="sysv key (hex or decimal).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="tcp host.")
+@click.option("--port", type=int, default=7700, show_default=True, help="tcp port.")
+@click.option("--listen", "-l", "urls", multiple=True, metavar="URL",
+              help="Listen on URL (repeatable), e.g. 'fifo:///tmp?framing=fixed:8&codec=sspi'.")
+@click.option("--framing", help="Framing for --transport (default length:4).")
+@click.option("--codec", type=click.Choice(["msgpack", "sspi"]), help="Codec for --transport.")
+@click.option("--handler", default="base", show_default=True,
+              help="base, mptcp, or module:Class (a BaseHandler subclass).")
+@click.option("--policy", help="module:Class path-manager policy, e.g. ipcgw.mptcp.policy:RssiPolicy.")
+@click.option("--run", "run", multiple=True, metavar="NAME=COMMAND",
+              help="Program a legacy IPERF_START/TCPDUMP may start (iperf=..., tcpdump=...).")
+@click.option("--send-timeout", type=float, default=5.0, show_default=True,
+              help="Seconds a client may leave replies unread before it is dropped.")
+def serve(transport: str | None, path: str | None, key: str | None, host: str, port: int,
+          urls: tuple[str, ...], framing: str | None, codec: str | None, handler: str,
+          policy: str | None, run: tuple[str, ...], send_timeout: float) -> None:
+    """Serve clients until SIGINT/SIGTERM, then remove every OS object created."""
+    all_urls = list(urls)
+    if transport or not all_urls:
+        all_urls.insert(0, _transport_url(transport or "unix", path, key, host, port, framing, codec))
+    gateway = Gateway(build_handler(handler, policy, run), send_timeout=send_timeout)
+    signal.signal(signal.SIGTERM, lambda *_: gateway.stop())
+    signal.signal(signal.SIGINT, lambda *_: gateway.stop())
+    try:
+        for url in all_urls:
+            try:
+                endpoint = gateway.listen(url)
+            except (IpcgwError, ValueError) as exc:
+                raise click.ClickException(str(exc)) from None
+            click.echo(f"listening on {endpoint}", err=False)
+        sys.stdout.flush()
+        gateway.serve_forever()
+    finally:
+        gateway.close()
+
+
+def _transport_url(transport: str, path: str | None, key: str | None, host: str, port: int,
+                   framing: str | None, codec: str | None) -> str:
+    if transport == "tcp":
+        base = f"tcp://{host}:{port}"
+    elif transport == "sysv":
+        base = f"sysv://{key}" if key else default_url("sysv")
+    elif path:
+        base = f"{transport}://{path}" if path.startswith("/") else f"{transport}:{path}"
+    else:
+        base = default_url(transport)
+    query = "&".join(f"{k}={v}" for k, v in (("framing", framing), ("codec", codec)) if v)
+    return f"{base}?{query}" if query else base
+
+
+def _parse_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+@main.command()
+@click.argument("url")
+@click.option("--size", default=64, show_default=True, help="Payload bytes.")
+@click.option("--count", default=1000, show_default=True, help="Round trips measured.")
+@click.option("--warmup", default=100, show_default=True, help="Round trips not measured.")
+@click.option("--timeout", default=5.0, show_default=True)
+def ping(url: str, size: int, count: int, warmup: int, timeout: float) -> None:
+    """Measure round trips through a running server."""
+    payload = os.urandom(size)
+    try:
+        with connect(url, timeout=timeout, name="ipcgw-ping") as client:
+            for _ in range(warmup):
+                client.ping(payload, timeout)
+            samples = []
+            start = time.perf_counter()
+            for _ in range(count):
+                t0 = time.perf_counter_ns()
+                if client.ping(payload, timeout) != payload:
+                    raise click.ClickException("Pong payload differs from Ping payload")
+                samples.append(time.perf_counter_ns() - t0)
+            elapsed = time.perf_counter() - start
+    except IpcgwError as exc:
+        raise click.ClickException(str(exc)) from None
+    samples.sort()
+
+    def pct(p: float) -> float:
+        return samples[min(len(samples) - 1, int(p * len(samples)))] / 1000
+
+    click.echo(f"{parse_url(url).scheme} {size} B x {count}: min {samples[0] / 1000:.1f} us  "
+               f"p50 {pct(0.5):.1f} us  p99 {pct(0.99):.1f} us  max {samples[-1] / 1000:.1f} us  "
+               f"{count / elapsed:,.0f} msgs/s")
+
+
+@main.command()
+@click.argument("url")
+@click.argument("op_or_path")
+@click.argument("fields", nargs=-1)
+@click.option("--report", is_flag=True, help="Send a Report for path OP_OR_PATH instead of a Command.")
+@click.option("--sim-time", type=float, default=0.0, help="Report sim time.")
+@click.option("--timeout", default=5.0, show_default=True)
+def send(url: str, op_or_path: str, fields: tuple[str, ...], report: bool, sim_time: float,
+         timeout: float) -> None:
+    """Send one Command (OP KEY=VALUE...) or Report (--report PATH KEY=VALUE...); print the reply.
+
+    \b
+    ipcgw send unix:///tmp/ipcgw.sock endpoint.set_flags id=2 backup=true
+    ipcgw send unix:///tmp/ipcgw.sock --report 2 rssi_dbm=-85.5
+    """
+    values = {}
+    for item in fields:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        values[name] = _parse_value(text)
+    try:
+        with connect(url, timeout=timeout, name="ipcgw-send") as client:
+            if report:
+                client.send(messages.Report(sim_time, int(op_or_path), values))
+                reply = client.ping(b"", timeout)  # a round trip proves the report was read
+                click.echo("report sent")
+            elif not client.channel.codec.replies:
+                client.send(messages.Command(0, op_or_path, values))
+                click.echo("command sent (this codec has no replies)")
+            else:
+                reply = client.request(messages.Command(0, op_or_path, values), timeout)
+                click.echo(repr(reply))
+                if not (isinstance(reply, messages.Result) and reply.ok):
+                    sys.exit(1)
+    except IpcgwError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
 def selfcheck() -> None:
     """Encode and decode every message type through every framing (no OS objects)."""
+    from ipcgw.framing import make_framer
+
     samples = [
         messages.Hello(),
         messages.Report(1.0, 2, {"rssi_dbm": -80.0}),
@@ -29,6 +222,8 @@ def selfcheck() -> None:
         framer = make_framer(spec)
         stream = b"".join(framer.encode(messages.encode(m)) for m in samples)
         decoder = framer.decoder()
-        got = [messages.decode(f) for i in range(len(stream)) for f in decoder.feed(stream[i : i + 1])]
-        assert got == samples, spec
+        got = [messages.decode(f) for i in range(len(stream))
+               for f in decoder.feed(stream[i : i + 1])]
+        if got != samples:
+            raise click.ClickException(f"{spec}: round trip differs")
         click.echo(f"{spec:14} {len(samples)} messages, {len(stream)} bytes: ok")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ipcgw.errors import FramingError, FrameTooLarge
+from ipcgw.errors import FrameTooLarge, FramingError
 
 __all__ = [
     "DEFAULT_MAX_FRAME",

@@ -79,7 +79,7 @@ def _record(msg: Message) -> tuple[int, int]:
     if isinstance(msg, Bye):
         return SspiType.END, 0
     if isinstance(msg, Report) and set(msg.metrics) == {"snr_db"}:
-        return SspiType.WIFI_SNR, int(round(msg.metrics["snr_db"]))
+        return SspiType.WIFI_SNR, round(msg.metrics["snr_db"])
     if isinstance(msg, Command):
         args = msg.args
         if msg.op == "endpoint.delete":

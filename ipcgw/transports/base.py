@@ -12,11 +12,23 @@ A transport module defines one ``Transport`` subclass with:
 
 Connections are byte pipes: ``send`` writes everything or raises, ``recv``
 returns some bytes, ``b""`` at an orderly end, and raises ``Disconnected`` when
-the peer died and ``Timeout`` when nothing came in time.
+the peer died and ``Timeout`` when nothing came in time. The contract:
+
+- one thread at a time in ``recv`` (the channel above serialises readers);
+  ``send`` may be called from several threads (the channel holds a lock);
+- ``close()`` may come from any thread, wakes a blocked ``recv``/``accept``,
+  after which ``recv`` returns ``b""``;
+- a stream transport cannot tell ``kill -9`` from an orderly close: both are
+  ``b""``; queue transports detect a dead peer by its pid;
+- ``Listener.close()`` removes the OS names (FIFOs, socket files, queues) but
+  leaves accepted connections to their owner (the gateway closes sessions);
+- ``Timeout`` is also a ``TimeoutError`` and so an ``OSError``: catch it before
+  any ``except OSError``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -30,12 +42,14 @@ from ipcgw.errors import ConnectError, TransportError
 from ipcgw.url import Endpoint
 
 __all__ = [
+    "Buffer",
     "Connection",
     "Listener",
     "ListenerClosed",
     "ServerLock",
     "Transport",
     "deadline_after",
+    "is_disconnect",
     "pid_alive",
     "remaining",
 ]
@@ -123,26 +137,34 @@ class ServerLock:
         self._fd = -1
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise ConnectError(
+                    f"a live ipcgw server (pid {owner}) already serves this address "
+                    f"(lock {self.path}); stop it or pick another address"
+                ) from None
+            # The previous owner unlinks the file on release: if we locked a file
+            # that is no longer at the path, another server may lock a new one.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            raise ConnectError(
-                f"a live ipcgw server (pid {owner}) already serves this address "
-                f"(lock {self.path}); stop it or pick another address"
-            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:
         if self._fd >= 0:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            except FileNotFoundError:
-                pass
             os.close(self._fd)
             self._fd = -1
 

@@ -1,0 +1,204 @@
+"""The client API: ``ipcgw.connect(url) -> Client``.
+
+No background thread: the caller's own thread reads, so a synchronous NS-3
+script pays one wake-up per round trip, not two. Several threads may use one
+client: whichever thread is reading routes each message to the request that
+awaits it (by ``request_id``, or ``seq`` for Ping) or to the inbox that
+``recv()`` drains, and wakes the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+from collections import deque
+from typing import Any
+
+from ipcgw.channel import Channel
+from ipcgw.errors import ConnectError, Disconnected, IpcgwError, ProtocolError, Timeout
+from ipcgw.messages import (
+    PROTOCOL_VERSION,
+    Bye,
+    Command,
+    Error,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    Result,
+    Welcome,
+)
+from ipcgw.transports import connect_bytes
+from ipcgw.transports.base import deadline_after, remaining
+from ipcgw.url import Endpoint, parse_url
+
+__all__ = ["Client", "connect"]
+
+
+def connect(url: str | Endpoint, timeout: float = 5.0, name: str = "") -> Client:
+    """Connect and handshake; ConnectError (with the reason) if no server answers in time."""
+    endpoint = parse_url(url) if isinstance(url, str) else url
+    deadline = deadline_after(timeout)
+    conn = connect_bytes(endpoint, timeout)
+    client = Client(Channel(conn, endpoint), name)
+    try:
+        client._handshake(remaining(deadline) or 0.001)
+    except BaseException:
+        client.close(say_bye=False)
+        raise
+    return client
+
+
+def _reply_key(msg: Message) -> int:
+    if isinstance(msg, (Result, Error)):
+        return msg.request_id
+    if isinstance(msg, Pong):
+        return msg.seq
+    return 0
+
+
+class Client:
+    """A connected gateway client; use as a context manager."""
+
+    def __init__(self, channel: Channel, name: str = "") -> None:
+        self.channel = channel
+        self.endpoint = channel.endpoint
+        self.name = name
+        self.session = 0
+        self.server = ""
+        self._ids = itertools.count(1)
+        self._cond = threading.Condition()
+        self._reading = False
+        self._inbox: deque[Message] = deque()
+        self._replies: dict[int, Message] = {}
+        self._awaited: set[int] = set()
+        self._failure: IpcgwError | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------ public
+
+    def send(self, msg: Message) -> None:
+        """Send one message (thread-safe)."""
+        self.channel.send(msg)
+
+    def recv(self, timeout: float | None = None) -> Message:
+        """Next message that is not the reply to a pending request."""
+        return self._next(None, timeout)
+
+    def request(self, msg: Command | Ping, timeout: float | None = 5.0) -> Message:
+        """Send and wait for the matching Result / Error / Pong."""
+        key = msg.seq if isinstance(msg, Ping) else msg.request_id
+        if not key:
+            key = next(self._ids)
+            if isinstance(msg, Ping):
+                msg.seq = key
+            else:
+                msg.request_id = key
+        with self._cond:
+            self._awaited.add(key)
+        try:
+            self.send(msg)
+            return self._next(key, timeout)
+        finally:
+            with self._cond:
+                self._awaited.discard(key)
+                self._replies.pop(key, None)
+
+    def command(self, op: str, timeout: float | None = 5.0, **args: Any) -> Any:
+        """Run a server command; its value, or IpcgwError with the server's words."""
+        reply = self.request(Command(0, op, args), timeout)
+        if isinstance(reply, Result) and reply.ok:
+            return reply.value
+        text = reply.error if isinstance(reply, Result) else getattr(reply, "reason", reply)
+        raise IpcgwError(f"{op} failed: {text}")
+
+    def ping(self, payload: bytes = b"", timeout: float | None = 5.0) -> bytes:
+        reply = self.request(Ping(0, payload), timeout)
+        if not isinstance(reply, Pong):
+            raise ProtocolError(f"expected Pong, got {reply!r}")
+        return reply.payload
+
+    def close(self, say_bye: bool = True) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if say_bye and self.channel.codec.handshake:
+            with contextlib.suppress(IpcgwError):
+                self.channel.send(Bye("client closing"))
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ internals
+
+    def _handshake(self, timeout: float) -> None:
+        if not self.channel.codec.handshake:
+            return
+        ep = self.endpoint
+        self.channel.send(Hello(PROTOCOL_VERSION, ep.framing, ep.codec, self.name))
+        try:
+            reply = self.channel.recv(timeout)
+        except Timeout:
+            raise ConnectError(f"server at {ep} did not answer Hello within {timeout:.1f} s") \
+                from None
+        except Disconnected as exc:
+            raise ConnectError(f"server at {ep} closed the connection: {exc}") from None
+        if isinstance(reply, Error):
+            raise ConnectError(f"server refused: {reply.reason}")
+        if not isinstance(reply, Welcome):
+            raise ProtocolError(f"expected Welcome, got {type(reply).__name__}")
+        self.session, self.server = reply.session, reply.server
+
+    def _take(self, key: int | None) -> Message | None:
+        if key is None:
+            return self._inbox.popleft() if self._inbox else None
+        return self._replies.pop(key, None)
+
+    def _next(self, key: int | None, timeout: float | None) -> Message:
+        deadline = deadline_after(timeout)
+        cond = self._cond
+        with cond:
+            while True:
+                msg = self._take(key)
+                if msg is not None:
+                    return msg
+                if self._failure is not None:
+                    raise self._failure
+                if not self._reading:
+                    self._reading = True
+                    break
+                left = remaining(deadline)
+                if left == 0.0:
+                    raise Timeout(f"no reply within {timeout} s")
+                cond.wait(left)
+        # This thread reads; others wait on the condition.
+        try:
+            while True:
+                try:
+                    msg = self.channel.recv(remaining(deadline))
+                except Timeout:
+                    raise
+                except IpcgwError as exc:
+                    with cond:
+                        self._failure = exc
+                    raise
+                reply_key = _reply_key(msg)
+                if key is not None and reply_key == key:
+                    return msg
+                with cond:
+                    if reply_key and reply_key in self._awaited:
+                        self._replies[reply_key] = msg
+                    elif key is None:
+                        return msg
+                    else:
+                        self._inbox.append(msg)
+                    cond.notify_all()
+        finally:
+            with cond:
+                self._reading = False
+                cond.notify_all()

@@ -1,0 +1,330 @@
+"""The gateway contract, run over every transport x framing with real processes.
+
+Each test starts ``python -m ipcgw serve`` in its own process and talks to it
+through ``ipcgw.connect`` (or raw bytes where the test must misbehave).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import require_netns
+from gateway_helpers import NETNS_CROSSING, TRANSPORTS, ServerProcess, fresh_url, ipc_objects
+
+import ipcgw
+from ipcgw.errors import ConnectError
+from ipcgw.framing import make_framer
+from ipcgw.messages import Error, Hello, Ping, Pong, decode, encode
+from ipcgw.transports import connect_bytes
+
+FRAMINGS = ["length:4", "delimited:nul", "delimited:lf", "fixed:4096"]
+MAX_SIZE = 1 << 20
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[callable]:
+    started: list[ServerProcess] = []
+
+    def start(transport: str, query: str = "", **kw: object) -> ServerProcess:
+        server = ServerProcess([fresh_url(transport, tmp_path, query)], tmp_path, **kw)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+def sizes(n: int, limit: int, seed: int) -> list[int]:
+    """Log-uniform sizes 0..limit, with both ends present."""
+    rng = random.Random(seed)
+    out = [0, limit, 1, limit - 1]
+    out += [int(math.exp(rng.uniform(0, math.log(limit + 1)))) - 1 for _ in range(n - 4)]
+    return out
+
+
+def _without_lf(n: int) -> int:
+    """The largest number <= n none of whose bytes is 0x0a (so msgpack headers carry no LF)."""
+    return int.from_bytes(n.to_bytes(8, "big").replace(b"\n", b"\t"), "big")
+
+
+def ping_for(framing: str, size: int, seq: int, rng: random.Random) -> Ping:
+    """A Ping of about ``size`` payload bytes that the framing can carry."""
+    if framing != "delimited:lf":
+        return Ping(seq, rng.randbytes(size))
+    payload = rng.randbytes(_without_lf(size)).replace(b"\n", b"~")
+    msg = Ping(_without_lf(seq), payload)
+    assert b"\n" not in encode(msg)
+    return msg
+
+
+def payload_limit(framing: str) -> int:
+    if framing.startswith("fixed:"):
+        return int(framing[6:]) - 16  # room for msgpack's array/bin headers
+    return MAX_SIZE
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_echo_1000_messages_byte_exact_in_order(server_factory, transport, framing):
+    server = server_factory(transport, f"framing={framing}")
+    rng = random.Random(7)
+    seq = 1
+    with ipcgw.connect(server.url, timeout=5, name="echo") as client:
+        for size in sizes(1000, payload_limit(framing), seed=1):
+            msg = ping_for(framing, size, seq, rng)
+            client.send(msg)
+            reply = client.recv(timeout=10)
+            assert reply == Pong(msg.seq, msg.payload)
+            seq = msg.seq + 1
+    assert server.stop() == 0
+
+
+def _pinger(url: str, tag: bytes, count: int, errors: list[str]) -> None:
+    try:
+        rng = random.Random(tag)
+        with ipcgw.connect(url, timeout=5, name=tag.decode()) as client:
+            for i in range(count):
+                payload = tag + i.to_bytes(4, "big") + rng.randbytes(rng.randrange(0, 20000))
+                if client.ping(payload, timeout=10) != payload:
+                    errors.append(f"{tag!r}: reply {i} differs")
+                    return
+    except Exception as exc:
+        errors.append(f"{tag!r}: {exc!r}")
+
+
+def run_pingers(url: str, n: int, count: int) -> list[str]:
+    errors: list[str] = []
+    threads = [threading.Thread(target=_pinger, args=(url, f"c{i}".encode(), count, errors))
+               for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return errors
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_four_clients_no_cross_talk(server_factory, transport):
+    server = server_factory(transport)
+    assert run_pingers(server.url, 4, 300) == []
+    assert server.stop() == 0
+
+
+HALF_FRAME_CLIENT = textwrap.dedent("""
+    import os, signal, sys
+    from ipcgw.framing import make_framer
+    from ipcgw.messages import Hello, Ping, decode, encode
+    from ipcgw.transports import connect_bytes
+    from ipcgw.url import parse_url
+    ep = parse_url(sys.argv[1])
+    framer = make_framer(ep.framing)
+    conn = connect_bytes(ep, 5)
+    conn.send(framer.encode(encode(Hello(1, ep.framing, ep.codec, "half"))))
+    frames = framer.decoder().feed(conn.recv(5))
+    assert type(decode(frames[0])).__name__ == "Welcome"
+    frame = framer.encode(encode(Ping(1, os.urandom(100000))))
+    conn.send(frame[: len(frame) // 2])
+    print("sent-half", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_client_killed_mid_frame_costs_others_nothing(server_factory, transport):
+    server = server_factory(transport)
+    errors: list[str] = []
+    workers = [threading.Thread(target=_pinger, args=(server.url, f"w{i}".encode(), 400, errors))
+               for i in range(2)]
+    for w in workers:
+        w.start()
+    for _ in range(3):
+        half = subprocess.run([sys.executable, "-c", HALF_FRAME_CLIENT, server.url],
+                              capture_output=True, timeout=30)
+        assert half.returncode == -signal.SIGKILL, half.stderr.decode()
+        assert b"sent-half" in half.stdout
+    for w in workers:
+        w.join(120)
+    assert errors == []
+    deadline = time.monotonic() + 5
+    while "half" not in server.log().split("disconnected")[-1] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.log().count("(half,") >= 6  # 3 connects + 3 disconnects logged
+    assert server.alive()
+    assert server.stop() == 0
+
+
+NON_READER = textwrap.dedent("""
+    import sys, time
+    import ipcgw
+    from ipcgw.messages import Ping
+    client = ipcgw.connect(sys.argv[1], timeout=5, name="deaf")
+    try:
+        for i in range(1, 2000):
+            client.send(Ping(i, b"x" * 65536))
+    except ipcgw.IpcgwError as exc:
+        print("stopped:", type(exc).__name__, flush=True)
+    time.sleep(30)
+""")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_client_that_never_reads_is_dropped_alone(server_factory, transport):
+    server = server_factory(transport, extra=["--send-timeout", "1"])
+    deaf = subprocess.Popen([sys.executable, "-c", NON_READER, server.url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.5)
+        assert run_pingers(server.url, 2, 300) == []
+        deadline = time.monotonic() + 15
+        while "(deaf," not in server.log() or "dropped" not in server.log():
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.2)
+        assert run_pingers(server.url, 1, 50) == []
+    finally:
+        deaf.kill()
+        deaf.wait()
+    assert server.stop() == 0
+
+
+def _raw_session(url: str) -> tuple[object, object, object]:
+    from ipcgw.url import parse_url
+
+    ep = parse_url(url)
+    framer = make_framer(ep.framing)
+    conn = connect_bytes(ep, 5)
+    return ep, framer, conn
+
+
+def _read_until_closed(conn, framer, timeout: float = 10.0) -> list[object]:
+    decoder = framer.decoder()
+    msgs: list[object] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = conn.recv(max(0.01, deadline - time.monotonic()))
+        except ipcgw.Disconnected:
+            return msgs
+        if not data:
+            return msgs
+        msgs += [decode(f) for f in decoder.feed(data)]
+    raise AssertionError(f"server did not close; got {msgs}")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_garbage_and_oversize_header_get_error_and_disconnect(server_factory, transport):
+    server = server_factory(transport, "max_frame=100000")
+    # 1. garbage instead of a Hello
+    ep, framer, conn = _raw_session(server.url)
+    conn.send(framer.encode(os.urandom(64)))
+    replies = _read_until_closed(conn, framer)
+    conn.close()
+    assert replies and isinstance(replies[-1], Error), replies
+    assert "Hello" in replies[-1].reason
+    # 2. a valid session, then a length header claiming 2 GiB
+    ep, framer, conn = _raw_session(server.url)
+    conn.send(framer.encode(encode(Hello(1, ep.framing, ep.codec, "big"))))
+    conn.send((2**31).to_bytes(4, "big") + b"xx")
+    replies = _read_until_closed(conn, framer)
+    conn.close()
+    assert isinstance(replies[-1], Error) and "exceeds max_frame" in replies[-1].reason, replies
+    # 3. an undecodable frame inside a session: Error, and the session goes on
+    with ipcgw.connect(server.url, timeout=5) as client:
+        client.channel.send_frame(b"\xc1garbage")
+        err = client.recv(timeout=5)
+        assert isinstance(err, Error) and "bad message" in err.reason
+        assert client.ping(b"still here") == b"still here"
+    assert server.alive()
+    assert server.stop() == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_sigterm_leaves_nothing_and_restart_after_kill9_works(server_factory, tmp_path, transport):
+    before = ipc_objects()
+    url = fresh_url(transport, tmp_path)
+    first = ServerProcess([url], tmp_path)
+    try:
+        with ipcgw.connect(first.url, timeout=5) as client:
+            assert client.ping(b"a") == b"a"
+            first.proc.kill()  # kill -9 while a client is connected
+            first.proc.wait()
+            with pytest.raises(ipcgw.IpcgwError):
+                client.ping(b"b", timeout=5)
+    finally:
+        first.kill()
+    second = ServerProcess([url], tmp_path)  # reclaims whatever the first left
+    try:
+        with ipcgw.connect(second.url, timeout=5) as client:
+            assert client.ping(b"c") == b"c"
+        assert second.stop() == 0
+    finally:
+        second.kill()
+    assert ipc_objects() - before == set()
+    fs_leftovers = [p.name for p in tmp_path.iterdir() if not p.name.endswith(".log")]
+    assert fs_leftovers == []
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_second_server_on_same_address_is_refused(server_factory, tmp_path, transport):
+    url = fresh_url(transport, tmp_path).replace(":0", f":{random.randrange(20000, 60000)}")
+    first = ServerProcess([url], tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match="exited"):
+            ServerProcess([url], tmp_path)
+        with ipcgw.connect(first.url, timeout=5) as client:
+            assert client.ping(b"ok") == b"ok"
+    finally:
+        first.kill()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_no_server_gives_connect_error_within_timeout(tmp_path, transport):
+    url = fresh_url(transport, tmp_path).replace(":0", ":1")
+    start = time.monotonic()
+    with pytest.raises(ConnectError):
+        ipcgw.connect(url, timeout=1.0)
+    assert time.monotonic() - start < 3.0
+
+
+def test_handshake_mismatch_is_explained(server_factory):
+    server = server_factory("unix", "framing=length:4")
+    ep, framer, conn = _raw_session(server.url)
+    conn.send(framer.encode(encode(Hello(99, ep.framing, ep.codec, "old"))))
+    replies = _read_until_closed(conn, framer)
+    assert "protocol version 99 not supported" in replies[-1].reason
+    ep, framer, conn = _raw_session(server.url)
+    conn.send(framer.encode(encode(Hello(1, "length:2", ep.codec, "x"))))
+    replies = _read_until_closed(conn, framer)
+    assert "client uses framing length:2" in replies[-1].reason
+    other = server.url.replace("framing=length%3A4", "framing=delimited:nul").replace(
+        "framing=length:4", "framing=delimited:nul")
+    with pytest.raises(ConnectError, match=r"same (framing|URL)"):
+        ipcgw.connect(other, timeout=3)
+    server.stop()
+
+
+@pytest.mark.parametrize("transport", NETNS_CROSSING)
+def test_server_in_namespace_client_outside(server_factory, netns, transport):
+    server = server_factory(transport, netns=netns)
+    assert run_pingers(server.url, 2, 200) == []
+    assert server.stop() == 0
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix-abstract"])
+def test_namespace_bound_transports_explain_why(server_factory, netns, transport):
+    require_netns()
+    server = server_factory(transport, netns=netns)
+    with pytest.raises(ConnectError, match="namespace"):
+        ipcgw.connect(server.url, timeout=1)
+    assert server.stop() == 0
