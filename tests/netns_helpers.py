@@ -1,4 +1,4 @@
-"""Fixtures and helpers for the MPTCP tests: testbeds, event recorders, transfers.
+"""Fixtures and helpers for the MPTCP tests: testbeds, transfers, a fake session.
 
 Import the fixtures into a test module (``from netns_helpers import testbeds``).
 Every testbed has a unique prefix and is removed in a ``finally``, whatever
@@ -20,7 +20,6 @@ import pytest
 from conftest import require_netns, unique
 
 from ipcgw.messages import Event, Message
-from ipcgw.mptcp.events import EventListener, MptcpEvent
 from ipcgw.mptcp.netns import run_in_netns
 from ipcgw.testbed import Testbed
 
@@ -55,52 +54,6 @@ def testbeds() -> Iterator[Callable[..., Testbed]]:
     finally:
         for tb in made:
             tb.down()
-
-
-class Recorder:
-    """Collects MPTCP events of one namespace in the background."""
-
-    def __init__(self, netns: str | None) -> None:
-        self.events: list[MptcpEvent] = []
-        self._cond = threading.Condition()
-        self.listener = EventListener(netns, self._add).start()
-
-    def _add(self, ev: MptcpEvent) -> None:
-        with self._cond:
-            self.events.append(ev)
-            self._cond.notify_all()
-
-    def wait_for(self, kind: str, timeout: float = 10.0, **attrs: Any) -> MptcpEvent:
-        """The first event of ``kind`` whose attributes include ``attrs``."""
-        def find() -> MptcpEvent | None:
-            for ev in self.events:
-                if ev.kind == kind and all(ev.attrs.get(k) == v for k, v in attrs.items()):
-                    return ev
-            return None
-
-        with self._cond:
-            found = self._cond.wait_for(find, timeout)
-        if found is None:
-            got = [(e.kind, e.attrs) for e in self.events]
-            raise AssertionError(f"no {kind} {attrs} within {timeout} s; got {got}")
-        return found
-
-    def kinds(self, token: int | None = None) -> list[str]:
-        with self._cond:
-            return [e.kind for e in self.events if token is None or e.attrs.get("token") == token]
-
-    def close(self) -> None:
-        self.listener.stop()
-
-
-@contextlib.contextmanager
-def recorders(*netns: str | None) -> Iterator[list[Recorder]]:
-    recs = [Recorder(ns) for ns in netns]
-    try:
-        yield recs
-    finally:
-        for r in recs:
-            r.close()
 
 
 def mptcp_socket(netns: str | None) -> socket.socket:
