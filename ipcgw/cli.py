@@ -45,7 +45,26 @@ def load_object(spec: str) -> Any:
         raise click.BadParameter(f"cannot load {spec}: {exc}") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose heavier commands (netlink, ns-3, benchmarks) are imported
+    only when run, so ``ipcgw ping`` starts fast and works without them."""
+
+    lazy: dict[str, str] = {
+        "monitor": "ipcgw.mptcp.cli:monitor",
+        "testbed": "ipcgw.mptcp.cli:testbed",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            command: click.Command = load_object(self.lazy[cmd_name])
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ipcgw")
 @click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug).")
 def main(verbose: int) -> None:
@@ -208,6 +227,18 @@ def send(url: str, op_or_path: str, fields: tuple[str, ...], report: bool, sim_t
 
 
 @main.command()
+@click.option("--rounds", default=2000, show_default=True, help="Round trips per transport.")
+def demo(rounds: int) -> None:
+    """Start a server on every transport, use it like an NS-3 script would, stop it cleanly."""
+    from ipcgw.demo import run_demo
+
+    try:
+        run_demo(click.echo, rounds)
+    except IpcgwError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
 def selfcheck() -> None:
     """Encode and decode every message type through every framing (no OS objects)."""
     from ipcgw.framing import make_framer
@@ -227,3 +258,4 @@ def selfcheck() -> None:
         if got != samples:
             raise click.ClickException(f"{spec}: round trip differs")
         click.echo(f"{spec:14} {len(samples)} messages, {len(stream)} bytes: ok")
+

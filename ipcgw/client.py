@@ -16,7 +16,15 @@ from collections import deque
 from typing import Any
 
 from ipcgw.channel import Channel
-from ipcgw.errors import ConnectError, Disconnected, IpcgwError, ProtocolError, Timeout
+from ipcgw.errors import (
+    ConnectError,
+    DecodeError,
+    Disconnected,
+    FramingError,
+    IpcgwError,
+    ProtocolError,
+    Timeout,
+)
 from ipcgw.messages import (
     PROTOCOL_VERSION,
     Bye,
@@ -148,6 +156,11 @@ class Client:
                 from None
         except Disconnected as exc:
             raise ConnectError(f"server at {ep} closed the connection: {exc}") from None
+        except (FramingError, DecodeError) as exc:
+            raise ConnectError(
+                f"the answer from {ep} is not a Welcome in framing {ep.framing} / codec "
+                f"{ep.codec} ({exc}): use the same framing and codec as the server's URL"
+            ) from None
         if isinstance(reply, Error):
             raise ConnectError(f"server refused: {reply.reason}")
         if not isinstance(reply, Welcome):

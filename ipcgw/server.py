@@ -207,7 +207,7 @@ class Session:
         self.channel.send(Welcome(PROTOCOL_VERSION, self.id, self.gateway.name))
 
     def _try_send(self, msg: Message) -> None:
-        if not self.replies:
+        if not self.replies or self.closed:
             return
         with contextlib.suppress(IpcgwError):
             self.channel.send(msg)

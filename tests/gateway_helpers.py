@@ -106,6 +106,11 @@ class ServerProcess:
             self._log.close()
         return rc
 
+    def stop_ok(self) -> None:
+        """SIGTERM; the server must exit 0 (its log is the failure message)."""
+        rc = self.stop()
+        assert rc == 0, f"server exited {rc}:\n{self.log_path.read_text(errors='replace')}"
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()

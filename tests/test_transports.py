@@ -88,7 +88,7 @@ def test_echo_1000_messages_byte_exact_in_order(server_factory, transport, frami
             reply = client.recv(timeout=10)
             assert reply == Pong(msg.seq, msg.payload)
             seq = msg.seq + 1
-    assert server.stop() == 0
+    server.stop_ok()
 
 
 def _pinger(url: str, tag: bytes, count: int, errors: list[str]) -> None:
@@ -119,7 +119,7 @@ def run_pingers(url: str, n: int, count: int) -> list[str]:
 def test_four_clients_no_cross_talk(server_factory, transport):
     server = server_factory(transport)
     assert run_pingers(server.url, 4, 300) == []
-    assert server.stop() == 0
+    server.stop_ok()
 
 
 HALF_FRAME_CLIENT = textwrap.dedent("""
@@ -162,7 +162,7 @@ def test_client_killed_mid_frame_costs_others_nothing(server_factory, transport)
         time.sleep(0.1)
     assert server.log().count("(half,") == 6, server.log()  # 3 connects + 3 disconnects
     assert server.alive()
-    assert server.stop() == 0
+    server.stop_ok()
 
 
 NON_READER = textwrap.dedent("""
@@ -195,7 +195,7 @@ def test_client_that_never_reads_is_dropped_alone(server_factory, transport):
     finally:
         deaf.kill()
         deaf.wait()
-    assert server.stop() == 0
+    server.stop_ok()
 
 
 def _raw_session(url: str) -> tuple[object, object, object]:
@@ -246,7 +246,7 @@ def test_garbage_and_oversize_header_get_error_and_disconnect(server_factory, tr
         assert isinstance(err, Error) and "bad message" in err.reason
         assert client.ping(b"still here") == b"still here"
     assert server.alive()
-    assert server.stop() == 0
+    server.stop_ok()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -267,7 +267,7 @@ def test_sigterm_leaves_nothing_and_restart_after_kill9_works(server_factory, tm
     try:
         with ipcgw.connect(second.url, timeout=5) as client:
             assert client.ping(b"c") == b"c"
-        assert second.stop() == 0
+        second.stop_ok()
     finally:
         second.kill()
     assert ipc_objects() - before == set()
@@ -318,7 +318,7 @@ def test_handshake_mismatch_is_explained(server_factory):
 def test_server_in_namespace_client_outside(server_factory, netns, transport):
     server = server_factory(transport, netns=netns)
     assert run_pingers(server.url, 2, 200) == []
-    assert server.stop() == 0
+    server.stop_ok()
 
 
 @pytest.mark.parametrize("transport", ["tcp", "unix-abstract"])
@@ -327,4 +327,4 @@ def test_namespace_bound_transports_explain_why(server_factory, netns, transport
     server = server_factory(transport, netns=netns)
     with pytest.raises(ConnectError, match="namespace"):
         ipcgw.connect(server.url, timeout=1)
-    assert server.stop() == 0
+    server.stop_ok()

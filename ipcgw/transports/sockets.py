@@ -56,8 +56,8 @@ class SocketConnection(Connection):
             self._timeout = timeout
 
     def send(self, data: Buffer) -> None:
-        self._set_timeout(self.send_timeout)
         try:
+            self._set_timeout(self.send_timeout)
             self.sock.sendall(data)
         except TimeoutError:
             raise Timeout(f"{self.peer} did not read for {self.send_timeout} s") from None
@@ -65,8 +65,8 @@ class SocketConnection(Connection):
             raise Disconnected(f"{self.peer}: {exc.strerror}") from None
 
     def sendv(self, parts: Sequence[Buffer]) -> None:
-        self._set_timeout(self.send_timeout)
         try:
+            self._set_timeout(self.send_timeout)
             sent = self.sock.sendmsg(parts)
             total = sum(len(p) for p in parts)
             if sent < total:  # rare: finish the tail with sendall
@@ -77,8 +77,8 @@ class SocketConnection(Connection):
             raise Disconnected(f"{self.peer}: {exc.strerror}") from None
 
     def recv(self, timeout: float | None = None) -> bytes:
-        self._set_timeout(timeout)
         try:
+            self._set_timeout(timeout)
             n = self.sock.recv_into(self._buf)
         except (TimeoutError, BlockingIOError):  # timeout 0 makes the socket non-blocking
             raise Timeout(f"nothing from {self.peer} within {timeout} s") from None
