@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from ipcgw.client import connect
 from ipcgw.errors import IpcgwError
-from ipcgw.messages import Command, Report
+from ipcgw.messages import Command, Report, Result
 from ipcgw.transports import get_transport
 
 
@@ -65,7 +65,8 @@ def run_demo(echo: Callable[[str], None] = print, rounds: int = 2000) -> None:
         for _ in range(len(cmd[4::2])):
             line = server.stdout.readline()
             if not line:
-                raise IpcgwError(f"server failed to start: {open(log_path).read()}")
+                with open(log_path) as failed:
+                    raise IpcgwError(f"server failed to start: {failed.read()}")
             urls.append(line.removeprefix("listening on ").strip())
         echo(f"server pid {server.pid} listening on {len(urls)} endpoints")
         payload = os.urandom(64)
@@ -82,13 +83,14 @@ def run_demo(echo: Callable[[str], None] = print, rounds: int = 2000) -> None:
                     client.ping(payload)
                     samples.append(time.perf_counter_ns() - t0)
                 samples.sort()
+                answered = "Result" if isinstance(reply, Result) else "Error (no MPTCP backend)"
                 echo(f"  {url.split('?')[0]:<40} handshake ok, report sent, command answered "
-                     f"({type(reply).__name__}), {rounds} pings p50 "
-                     f"{samples[len(samples) // 2] / 1000:6.1f} us")
+                     f"with {answered}, {rounds} pings p50 {samples[len(samples) // 2] / 1000:6.1f} us")
     finally:
         server.send_signal(signal.SIGTERM)
         rc = server.wait(10)
-    log_text = open(log_path).read()
+    with open(log_path) as log_file:
+        log_text = log_file.read()
     shutil.rmtree(workdir)
     left = _ipc_names() - before
     echo(f"server exited {rc} after SIGTERM; OS objects left behind: {sorted(left) or 'none'}")
