@@ -103,7 +103,7 @@ def testbed() -> None:
 @click.option("--scenario", type=click.IntRange(1, 2),
               help="1: client subflow endpoint on path 2; 2: server signal endpoint on path 2.")
 @click.option("--path", "paths", multiple=True, metavar="RATE[/LOSS]",
-              help="One per path, e.g. --path 10 --path 10/2 (Mbit/s, loss %%); default 2 "
+              help="One per path, e.g. --path 10 --path 10/2 (Mbit/s, loss %); default 2 "
                    "unshaped paths.")
 @click.option("--client-pm", type=click.Choice(["kernel", "userspace"]), default="kernel",
               show_default=True)
