@@ -1,0 +1,382 @@
+"""The NS-3 data plane: client and server namespaces joined through simulated paths.
+
+::
+
+    <prefix>-cli                 simulation process (real time)              <prefix>-srv
+    eth1 10.0.1.1 ═TAP═ FdNetDevice ─relay─ path 1 (p2p/lte) ─relay─ FdNetDevice ═TAP═ eth1 10.0.1.2
+    eth2 10.0.2.1 ═TAP═ FdNetDevice ─relay─ path 2 (WiFi STA→AP) ─relay─ FdNetDevice ═TAP═ eth2 10.0.2.2
+
+This process (the controller) never imports ns-3. It builds the namespaces
+with :class:`ipcgw.testbed.Testbed` (sysctls incl. ``rp_filter=0``, one
+routing table per client source address, MPTCP limits and the scenario's
+endpoints) — composing, not editing it: :class:`TapTestbed` only replaces
+its veth step by TAPs and its shaping step by nothing (ns-3 shapes). The
+TAPs are opened here (``/dev/net/tun``, ``IFF_TAP|IFF_NO_PI``), moved into
+the namespaces, and their fds handed to ``python -m ns3_side.simproc``; we
+close our copies, so the TAPs live exactly as long as the simulation does.
+
+The controller is the watchdog: it reads the simulation's progress lines,
+and kills it (by pid) when ns-3 reports a fatal error (``Hard real-time
+limit exceeded``, ...), when progress stops (a hang), or on :meth:`down`;
+then it removes both namespaces. Failures surface as :class:`SimulationFailed`
+carrying ns-3's own words.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from ipcgw.errors import IpcgwError
+from ipcgw.testbed import PathSpec, Testbed, TestbedError
+from ns3_side.paths import TAP_MTU, PathConfig
+
+__all__ = ["DataPlane", "DataplaneError", "SimulationFailed", "TapTestbed", "open_tap"]
+
+log = logging.getLogger("ns3_side.dataplane")
+
+TUNSETIFF = 0x400454CA
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+ROOT = Path(__file__).resolve().parent.parent
+# ns-3's fatal-error text (NS_FATAL_ERROR / NS_ASSERT) and C++ aborts
+_FATAL = re.compile(r"NS_FATAL_ERROR|NS_ASSERT|msg=|terminate called|Aborted")
+
+
+class DataplaneError(IpcgwError):
+    """The data plane could not be built or run."""
+
+
+class SimulationFailed(DataplaneError):
+    """The simulation process died, reported a fatal error, fell silent or was killed."""
+
+
+def open_tap(name: str) -> int:
+    """A new non-persistent TAP ``name`` (gone when its last fd closes); returns the fd."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+@dataclass
+class TapTestbed(Testbed):
+    """A :class:`Testbed` whose paths are TAP pairs (for ns-3) instead of veths.
+
+    ``tap_fds[i-1] = (client fd, server fd)`` after :meth:`up`.
+    """
+
+    tap_fds: list[tuple[int, int]] = field(default_factory=list)
+
+    def up(self) -> TapTestbed:
+        if self.exists():
+            raise TestbedError(f"namespaces of {self.prefix!r} exist already "
+                               f"(remove them: ipcgw dataplane down --prefix {self.prefix})")
+        try:
+            super().up()
+        except BaseException:
+            self.close_fds()
+            raise
+        return self
+
+    def _links(self) -> None:
+        tag = uuid.uuid4().hex[:6]
+        with IPRoute() as root:
+            for i, _ in enumerate(self.paths, 1):
+                pair = []
+                for side, ns, addr in (("c", self.client, self.client_addr(i)),
+                                       ("s", self.server, self.server_addr(i))):
+                    tmp = f"ipdp{tag}{side}{i}"
+                    fd = open_tap(tmp)
+                    pair.append(fd)
+                    root.link("set", index=root.link_lookup(ifname=tmp)[0], net_ns_fd=ns)
+                    with IPRoute(netns=ns) as ipr:
+                        idx = ipr.link_lookup(ifname=tmp)[0]
+                        ipr.link("set", index=idx, ifname=self.ifname(i), mtu=TAP_MTU)
+                        ipr.addr("add", index=idx, address=addr, prefixlen=24)
+                        ipr.link("set", index=idx, state="up")
+                        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+                self.tap_fds.append((pair[0], pair[1]))
+
+    def _shaping(self) -> None:
+        """Rate, delay, loss and queues are the simulation's."""
+
+    def close_fds(self) -> None:
+        for pair in self.tap_fds:
+            for fd in pair:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.tap_fds = []
+
+    def down(self) -> None:
+        self.close_fds()
+        super().down()
+
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+class DataPlane:
+    """Namespaces + TAPs + a watched real-time ns-3 process; see the module docstring.
+
+    ``up()`` = :meth:`build` (namespaces, TAPs, routing, MPTCP endpoints) then
+    :meth:`start` (the simulation; returns once it is running). Use as a
+    context manager: whatever happens, :meth:`down` leaves nothing behind.
+    """
+
+    def __init__(self, paths: Sequence[PathConfig], *, prefix: str | None = None,
+                 scenario: int | None = 1, client_pm: str = "kernel", server_pm: str = "kernel",
+                 duration: float | None = None, hard_limit_ms: float = 500.0,
+                 progress_s: float = 0.5, heartbeat_s: float = 10.0,
+                 start_timeout: float = 90.0, on_progress: ProgressFn | None = None,
+                 log_dir: Path | None = None, seed: int = 1) -> None:
+        self.paths = list(paths)
+        self.prefix = prefix or f"ipdp{uuid.uuid4().hex[:6]}"
+        kw: dict[str, Any] = {"prefix": self.prefix, "paths": [PathSpec() for _ in self.paths],
+                              "client_pm": client_pm, "server_pm": server_pm}
+        self.testbed = (TapTestbed.scenario(scenario, **kw) if scenario  # type: ignore[assignment]
+                        else TapTestbed(**kw))
+        self.testbed: TapTestbed
+        self.duration = duration
+        self.hard_limit_ms = hard_limit_ms
+        self.progress_s = progress_s
+        self.heartbeat_s = heartbeat_s
+        self.start_timeout = start_timeout
+        self.on_progress = on_progress
+        self.seed = seed
+        self.log_dir = log_dir
+        self.progress: list[dict[str, Any]] = []
+        self.last: dict[str, Any] | None = None
+        self.done: dict[str, Any] | None = None
+        self.failure: SimulationFailed | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._ready = threading.Event()
+        self._ended = threading.Event()
+        self._last_line = time.monotonic()
+        self._stderr: list[str] = []
+        self._fatal: str | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    # -- names -----------------------------------------------------------------
+
+    @property
+    def client(self) -> str:
+        return self.testbed.client
+
+    @property
+    def server(self) -> str:
+        return self.testbed.server
+
+    def client_addr(self, path: int) -> str:
+        return self.testbed.client_addr(path)
+
+    def server_addr(self, path: int) -> str:
+        return self.testbed.server_addr(path)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def up(self, gateway: dict[str, Any] | None = None, **sim: Any) -> DataPlane:
+        try:
+            self.build()
+            self.start(gateway, **sim)
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def build(self) -> DataPlane:
+        """Namespaces, TAPs, addresses, policy routing, sysctls, MPTCP endpoints."""
+        try:
+            self.testbed.up()
+        except TestbedError as exc:
+            raise DataplaneError(str(exc)) from exc
+        return self
+
+    def start(self, gateway: dict[str, Any] | None = None, *,
+              stall: tuple[float, float] | None = None) -> None:
+        """Start the simulation (the TAP fds move to it) and wait until it runs.
+
+        ``gateway``: ``{"url", "path_id", "alpha"?, "min_interval_ms"?}`` makes it
+        report the WiFi path's RSSI to an ipcgw server. ``stall`` (tests): block
+        the simulation thread ``[at, seconds]``.
+        """
+        if not self.testbed.tap_fds:
+            raise DataplaneError("build() first")
+        self._tmp = tempfile.TemporaryDirectory(prefix="ipcgw-dp-")
+        fds = [list(pair) for pair in self.testbed.tap_fds]
+        cfg = {"paths": [p.to_json() for p in self.paths], "fds": fds, "duration": self.duration,
+               "hard_limit_ms": self.hard_limit_ms, "progress_s": self.progress_s,
+               "gateway": gateway, "stall": stall, "seed": self.seed, "netns": self.client}
+        cfg_path = Path(self._tmp.name) / "sim.json"
+        cfg_path.write_text(json.dumps(cfg))
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            (self.log_dir / "sim-config.json").write_text(json.dumps(cfg, indent=2))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ns3_side.simproc", str(cfg_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env,
+            pass_fds=[fd for pair in fds for fd in pair])
+        self.testbed.close_fds()  # the simulation owns the TAPs now
+        self._last_line = time.monotonic()
+        for target in (self._read_stdout, self._read_stderr, self._watch):
+            t = threading.Thread(target=target, daemon=True, name=f"dp-{target.__name__}")
+            t.start()
+            self._threads.append(t)
+        deadline = time.monotonic() + self.start_timeout
+        while not self._ready.wait(0.1):
+            if self._ended.is_set():
+                self._raise_failure("before it was ready")
+            if time.monotonic() > deadline:
+                self._kill(f"not ready within {self.start_timeout} s")
+                self._raise_failure("before it was ready")
+
+    def check(self) -> None:
+        """Raise :class:`SimulationFailed` if the simulation has failed."""
+        if self.failure is not None:
+            raise self.failure
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """Until the simulation ends (its ``duration``); returns its last numbers."""
+        if not self._ended.wait(timeout):
+            return None
+        self.check()
+        return self.done
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def down(self) -> None:
+        """Stop the simulation (TERM, then KILL) and remove both namespaces; idempotent."""
+        self._stopping = True
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads = []
+        self.testbed.down()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> DataPlane:
+        return self.up()
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    # -- watchdog ----------------------------------------------------------------
+
+    def _read_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self._last_line = time.monotonic()
+            try:
+                msg = json.loads(raw)
+            except ValueError:
+                continue  # cppyy's "Failed to materialize symbols" noise
+            kind = msg.pop("type", None)
+            if kind == "ready":
+                self._ready.set()
+            elif kind == "progress":
+                self.last = msg
+                self.progress.append(msg)
+                if self.on_progress is not None:
+                    try:
+                        self.on_progress(msg)
+                    except Exception:
+                        log.exception("progress callback failed")
+            elif kind == "done":
+                self.done = msg
+        self.proc.wait()
+        code = self.proc.returncode
+        if self.done is None and not self._stopping:
+            why = self._fatal or (f"exit status {code}" if code >= 0
+                                  else f"killed by signal {signal.Signals(-code).name}")
+            self._fail(f"ns-3 simulation process ended: {why}")
+        self._ended.set()
+
+    def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        sink = open(self.log_dir / "sim-stderr.log", "wb") if self.log_dir else None  # noqa: SIM115
+        try:
+            for raw in self.proc.stderr:
+                if sink:
+                    sink.write(raw)
+                    sink.flush()
+                line = raw.decode(errors="replace").rstrip()
+                if "Failed to materialize" in line or not line:
+                    continue
+                self._stderr = [*self._stderr[-40:], line]
+                if _FATAL.search(line) and self._fatal is None:
+                    m = re.search(r'msg="([^"]*)"', line)
+                    self._fatal = m.group(1) if m else line.strip()
+                    # ns-3 may hang after a fatal error instead of exiting
+                    threading.Timer(1.0, self._kill, [self._fatal]).start()
+                elif line.startswith("ns3_side.simproc:") and self._fatal is None:
+                    self._fatal = line.removeprefix("ns3_side.simproc:").strip()
+        finally:
+            if sink:
+                sink.close()
+
+    def _watch(self) -> None:
+        while not self._ended.wait(0.5):
+            if not self._ready.is_set() or self._stopping:
+                continue
+            silent = time.monotonic() - self._last_line
+            if silent > self.heartbeat_s:
+                self._kill(f"no progress for {silent:.0f} s (simulation hung or far behind "
+                           "real time)")
+                return
+
+    def _kill(self, why: str) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            log.error("killing simulation (pid %d): %s", proc.pid, why)
+            if self._fatal is None:
+                self._fatal = why
+            proc.kill()
+
+    def _fail(self, text: str) -> None:
+        tail = [line for line in self._stderr[-8:] if line]
+        detail = ("\n  " + "\n  ".join(tail)) if tail else ""
+        self.failure = SimulationFailed(f"{text} (namespaces {self.client}, {self.server})"
+                                        f"{detail}")
+        log.error("%s", self.failure)
+
+    def _raise_failure(self, when: str) -> None:
+        self._ended.wait(5)
+        if self.failure is None:
+            self._fail(f"ns-3 simulation process failed {when}")
+        raise self.failure  # type: ignore[misc]

@@ -1,0 +1,325 @@
+"""The simulation process of the data plane: ``python -m ns3_side.simproc CONFIG.json``.
+
+Started by :class:`ns3_side.dataplane.DataPlane`, which owns the namespaces
+and the TAP fds (inherited here) and watches this process: it is a separate
+process because ns-3 may hang instead of exiting after a fatal error, and
+only another process can then kill it and clean up.
+
+Topology, per path ``i``: a client ghost node whose ``FdNetDevice`` sits on
+the client namespace's ``eth<i>`` TAP, and a server ghost node on the
+server's, joined by the path's link (point-to-point, or WiFi station -> AP).
+The ghost nodes have no IP stack: a small C++ relay carries whole Ethernet
+frames across the link (header inside the payload, as the link devices
+cannot "send from" another MAC), so the kernels see one Ethernet segment per
+path, ARP included, and ns-3 never parses IP. The link's device queue is the
+path's bottleneck queue.
+
+Output (stdout, one JSON object per line): ``{"type": "ready", ...}`` once
+built, ``{"type": "progress", "sim", "wall", "lag", "rssi", ...}`` every
+``progress_s`` of sim time, ``{"type": "done"}`` at the end. Errors go to
+stderr (ns-3's own ``NS_FATAL_ERROR`` text included), exit status non-zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from ns3_side.paths import ENCAP_BYTES, TAP_MTU, PathConfig
+
+RELAY_SOURCE = r"""
+namespace ipcgw_dp {
+using namespace ns3;
+
+// One side of a path: frames from the TAP (FdNetDevice, promiscuous) go out
+// on the link device wrapped in their Ethernet header; frames from the link
+// are unwrapped and written to the TAP with their original MACs (SendFrom).
+struct Relay {
+    Ptr<NetDevice> fd;
+    Ptr<NetDevice> link;
+    Address peer;              // link-layer destination on the link
+    uint16_t carrier = 0x0800; // the only protocol a PPP link accepts
+    uint64_t to_link = 0, to_fd = 0, link_refused = 0, fd_refused = 0;
+
+    bool FromFd(Ptr<NetDevice>, Ptr<const Packet> p, uint16_t proto, const Address& from,
+                const Address& to, NetDevice::PacketType) {
+        Ptr<Packet> q = p->Copy();
+        EthernetHeader eth(false);
+        eth.SetSource(Mac48Address::ConvertFrom(from));
+        eth.SetDestination(Mac48Address::ConvertFrom(to));
+        eth.SetLengthType(proto);
+        q->AddHeader(eth);
+        if (link->Send(q, peer, carrier)) ++to_link; else ++link_refused;
+        return true;
+    }
+    bool FromLink(Ptr<NetDevice>, Ptr<const Packet> p, uint16_t, const Address&) {
+        Ptr<Packet> q = p->Copy();
+        EthernetHeader eth(false);
+        if (q->RemoveHeader(eth) == 0) { ++fd_refused; return true; }
+        if (fd->SendFrom(q, eth.GetSource(), eth.GetDestination(), eth.GetLengthType())) ++to_fd;
+        else ++fd_refused;
+        return true;
+    }
+    bool Ignore(Ptr<NetDevice>, Ptr<const Packet>, uint16_t, const Address&) { return true; }
+    void Attach() {
+        fd->SetPromiscReceiveCallback(MakeCallback(&Relay::FromFd, this));
+        fd->SetReceiveCallback(MakeCallback(&Relay::Ignore, this));
+        link->SetReceiveCallback(MakeCallback(&Relay::FromLink, this));
+    }
+};
+
+// Device queue drops (the bottleneck's), counted in C++.
+struct DropCount {
+    uint64_t n = 0;
+    void Hit(Ptr<const Packet>) { ++n; }
+    bool Attach(Ptr<Object> q) {
+        return q->TraceConnectWithoutContext("Drop", MakeCallback(&DropCount::Hit, this));
+    }
+};
+
+inline double Distance(Ptr<MobilityModel> a, Ptr<MobilityModel> b) {
+    return a->GetDistanceFrom(b);
+}
+}  // namespace ipcgw_dp
+"""
+
+
+def _emit(kind: str, **fields: Any) -> None:
+    sys.stdout.write(json.dumps({"type": kind, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+class Sim:
+    """Builds the topology from the config; the objects ns-3 calls into are kept here."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        from ns3_side._cpp import load
+
+        ns, cpp = load()
+        import cppyy
+
+        if not hasattr(cppyy.gbl, "ipcgw_dp"):
+            cppyy.cppdef(RELAY_SOURCE)
+        self.ns, self.cpp, self.dp = ns, cpp, cppyy.gbl.ipcgw_dp
+        self.cfg = cfg
+        self.keep: list[Any] = []
+        self.relays: list[tuple[Any, Any]] = []
+        self.drops: list[list[Any]] = []
+        self.wifi: dict[int, dict[str, Any]] = {}  # path id -> sta/ap devices, mobility, rssi
+        ns.GlobalValue.Bind("SimulatorImplementationType",
+                            ns.StringValue("ns3::RealtimeSimulatorImpl"))
+        ns.GlobalValue.Bind("ChecksumEnabled", ns.BooleanValue(True))
+        hard = float(cfg.get("hard_limit_ms") or 0)
+        if hard > 0:
+            ns.Config.SetDefault("ns3::RealtimeSimulatorImpl::SynchronizationMode",
+                                 ns.StringValue("HardLimit"))
+            ns.Config.SetDefault("ns3::RealtimeSimulatorImpl::HardLimit",
+                                 ns.TimeValue(ns.MilliSeconds(hard)))
+        ns.RngSeedManager.SetSeed(int(cfg.get("seed", 1)))
+        for i, (pc, fds) in enumerate(zip(cfg["paths"], cfg["fds"], strict=True), start=1):
+            self._path(i, PathConfig.from_json(pc), fds)
+
+    def _fd_device(self, node: Any, fd: int) -> Any:
+        ns = self.ns
+        helper = ns.FdNetDeviceHelper()
+        dev = helper.Install(node).Get(0)
+        fdd = ns.DynamicCast[ns.FdNetDevice](dev)
+        fdd.SetFileDescriptor(fd)
+        fdd.SetAddress(ns.Mac48Address.Allocate().ConvertTo())
+        fdd.SetMtu(TAP_MTU)  # TAP MTU <= this, or larger frames vanish
+        return fdd
+
+    def _relay(self, fd_dev: Any, link_dev: Any, peer: Any) -> Any:
+        relay = self.dp.Relay()
+        relay.fd = fd_dev
+        relay.link = link_dev
+        relay.peer = peer
+        relay.Attach()
+        self.keep.append(relay)
+        return relay
+
+    def _count_drops(self, queue: Any) -> Any:
+        counter = self.dp.DropCount()
+        counter.Attach(queue)
+        self.keep.append(counter)
+        return counter
+
+    def _path(self, i: int, pc: PathConfig, fds: list[int]) -> None:
+        ns = self.ns
+        nodes = ns.NodeContainer()
+        nodes.Create(2)
+        cli, srv = nodes.Get(0), nodes.Get(1)
+        cfd, sfd = self._fd_device(cli, fds[0]), self._fd_device(srv, fds[1])
+        if pc.kind in ("p2p", "lte"):
+            p2p = ns.PointToPointHelper()
+            p2p.SetDeviceAttribute("DataRate", ns.StringValue(f"{pc.rate_mbit * 1e6:.0f}bps"))
+            p2p.SetDeviceAttribute("Mtu", ns.UintegerValue(TAP_MTU + ENCAP_BYTES))
+            p2p.SetChannelAttribute("Delay", ns.StringValue(f"{pc.delay_ms}ms"))
+            p2p.SetQueue("ns3::DropTailQueue<Packet>",
+                         "MaxSize", ns.QueueSizeValue(ns.QueueSize(f"{pc.queue}p")))
+            devs = p2p.Install(cli, srv)
+            cdev, sdev = devs.Get(0), devs.Get(1)
+            if pc.loss > 0:
+                for dev in (cdev, sdev):
+                    model = ns.CreateObject[ns.RateErrorModel]()
+                    model.SetUnit(ns.RateErrorModel.ERROR_UNIT_PACKET)
+                    model.SetRate(pc.loss)
+                    dev.SetAttribute("ReceiveErrorModel", ns.PointerValue(model))
+                    self.keep.append(model)
+            bcast = ns.Mac48Address.GetBroadcast().ConvertTo()
+            crelay = self._relay(cfd, cdev, bcast)
+            srelay = self._relay(sfd, sdev, bcast)
+            self.drops.append([self._count_drops(ns.DynamicCast[ns.PointToPointNetDevice](d)
+                                                 .GetQueue()) for d in (cdev, sdev)])
+        else:
+            cdev, sdev, crelay, srelay = self._wifi(i, pc, cli, srv, cfd, sfd)
+            self.drops.append([])
+        self.relays.append((crelay, srelay))
+        self.keep += [nodes, cfd, sfd, cdev, sdev]
+
+    def _wifi(self, i: int, pc: PathConfig, cli: Any, srv: Any, cfd: Any,
+              sfd: Any) -> tuple[Any, Any, Any, Any]:
+        """Station on the client ghost (moving), AP on the server ghost (fixed)."""
+        ns = self.ns
+        wifi = ns.WifiHelper()
+        wifi.SetStandard(ns.WIFI_STANDARD_80211a)
+        wifi.SetRemoteStationManager("ns3::ConstantRateWifiManager",
+                                     "DataMode", ns.StringValue(pc.wifi_mode),
+                                     "ControlMode", ns.StringValue("OfdmRate6Mbps"))
+        phy = ns.YansWifiPhyHelper()
+        phy.SetChannel(ns.YansWifiChannelHelper.Default().Create())
+        phy.Set("TxPowerStart", ns.DoubleValue(pc.tx_power_dbm))
+        phy.Set("TxPowerEnd", ns.DoubleValue(pc.tx_power_dbm))
+        # As in examples/wifi_rssi.py: hear frames down to -92 dBm as a real card
+        # does, so the link degrades past -80 dBm instead of going deaf at -82.
+        phy.SetPreambleDetectionModel("ns3::ThresholdPreambleDetectionModel",
+                                      "MinimumRssi", ns.DoubleValue(-92.0))
+        mac = ns.WifiMacHelper()
+        ssid = ns.Ssid(f"ipcgw{i}")
+        mac.SetType("ns3::StaWifiMac", "Ssid", ns.SsidValue(ssid))
+        sta = wifi.Install(phy, mac, cli).Get(0)
+        mac.SetType("ns3::ApWifiMac", "Ssid", ns.SsidValue(ssid))
+        ap = wifi.Install(phy, mac, srv).Get(0)
+        for dev in (sta, ap):  # the WifiMacQueue is the bottleneck queue
+            wdev = ns.DynamicCast[ns.WifiNetDevice](dev)
+            wdev.GetMac().GetTxopQueue(ns.AC_BE_NQOS).SetMaxSize(
+                ns.QueueSize(f"{pc.queue}p"))
+        mobility = ns.MobilityHelper()
+        mobility.SetMobilityModel("ns3::ConstantPositionMobilityModel")
+        mobility.Install(srv)
+        mobility.SetMobilityModel("ns3::ConstantVelocityMobilityModel")
+        mobility.Install(cli)
+        sta_mob = cli.GetObject[ns.ConstantVelocityMobilityModel]()
+        sta_mob.SetPosition(ns.Vector(pc.start_m, 0, 0))
+        sta_mob.SetVelocity(ns.Vector(pc.speed_mps, 0, 0))
+        ap_mob = srv.GetObject[ns.MobilityModel]()
+        crelay = self._relay(cfd, sta, ap.GetAddress())
+        srelay = self._relay(sfd, ap, sta.GetAddress())
+        rssi = self.cpp.WifiSignal()  # local, for progress lines; reports use ns3_side hooks
+        rssi.alpha = 0.3
+        rssi.FilterFrom(ap.GetAddress())
+        rssi.Attach(ns.DynamicCast[ns.WifiNetDevice](sta).GetPhy())
+        self.keep.append(rssi)
+        self.wifi[i] = {"sta": sta, "ap": ap, "sta_mob": sta_mob, "ap_mob": ap_mob,
+                        "rssi": rssi}
+        return sta, ap, crelay, srelay
+
+    def progress(self, sim: float, wall: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"sim": round(sim, 3), "wall": round(wall, 3),
+                               "lag": round(wall - sim, 3)}
+        out["to_link"] = [[int(c.to_link), int(s.to_link)] for c, s in self.relays]
+        out["refused"] = [[int(c.link_refused), int(s.link_refused)] for c, s in self.relays]
+        out["queue_drops"] = [[int(d.n) for d in pair] for pair in self.drops]
+        rssi, dist = {}, {}
+        for i, w in self.wifi.items():
+            if w["rssi"].have:
+                rssi[i] = round(float(w["rssi"].a), 2)
+            dist[i] = round(float(self.dp.Distance(w["sta_mob"], w["ap_mob"])), 2)
+        out["rssi"], out["distance"] = rssi, dist
+        return out
+
+
+def run(cfg: dict[str, Any]) -> None:
+    sim = Sim(cfg)
+    ns, cpp = sim.ns, sim.cpp
+    duration = cfg.get("duration") or 10 * 86400.0
+    start = [0.0]
+
+    ticker = cpp.Ticker()
+    ticker.period = float(cfg.get("progress_s", 0.5))
+
+    def tick(t: float) -> None:
+        _emit("progress", **sim.progress(t, time.monotonic() - start[0]))
+
+    ticker.fn = tick
+    ticker.Start(ticker.period)
+    stall = cfg.get("stall")  # tests: block the simulation thread [at, seconds]
+    if stall:
+        once = cpp.Once()
+        once.fn = lambda: time.sleep(float(stall[1]))
+        once.At(float(stall[0]))
+        sim.keep.append(once)
+    gcfg = cfg.get("gateway")
+    if gcfg:
+        import ns3_side
+
+        gw = ns3_side.Gateway(gcfg["url"], name="dataplane")
+        wlan = int(gcfg["path_id"])
+        w = sim.wifi[wlan]
+        ns3_side.wifi_signal(gw, w["sta"], wlan, alpha=float(gcfg.get("alpha", 0.3)),
+                             min_interval_ms=float(gcfg.get("min_interval_ms", 100.0)),
+                             from_address=w["ap"].GetAddress())
+        ns3_side.link_state(gw, w["sta"], wlan)
+        _emit("ready", paths=len(sim.relays), gateway=gcfg["url"])
+        start[0] = time.monotonic()
+        gw.run(until=duration)
+    else:
+        _emit("ready", paths=len(sim.relays), gateway=None)
+        ns.Simulator.Stop(ns.Seconds(duration))
+        start[0] = time.monotonic()
+        ns.Simulator.Run()
+    final = sim.progress(float(ns.Simulator.Now().GetSeconds()), time.monotonic() - start[0])
+    ticker.Stop()
+    _emit("done", **final)
+    sys.stdout.flush()
+    # Destroy can hang with FdNetDevice reader threads; the fds die with us anyway.
+    os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.exit("usage: python -m ns3_side.simproc CONFIG.json")
+    with open(args[0]) as f:
+        cfg = json.load(f)
+    _die_with_parent()
+    if cfg.get("netns"):
+        from ipcgw.mptcp.netns import _setns, netns_path
+
+        fd = os.open(netns_path(cfg["netns"]), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(fd)  # main thread, before any other thread exists: the whole process
+        finally:
+            os.close(fd)
+    try:
+        run(cfg)
+    except Exception as exc:
+        print(f"ns3_side.simproc: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+def _die_with_parent() -> None:
+    """If the controller dies, so do we (our TAP fds then close, removing the TAPs)."""
+    import ctypes
+
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+if __name__ == "__main__":
+    main()
