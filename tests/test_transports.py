@@ -328,3 +328,50 @@ def test_namespace_bound_transports_explain_why(server_factory, netns, transport
     with pytest.raises(ConnectError, match="namespace"):
         ipcgw.connect(server.url, timeout=1)
     server.stop_ok()
+
+
+SSPI_WRITER_C = r"""
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
+struct sspi { int32_t type; int32_t value; };   /* as the mptcpd sspi plugin reads it */
+int main(int argc, char **argv) {
+    int fd = open(argv[1], O_WRONLY);
+    if (fd < 0) return 1;
+    for (int i = 2; i + 1 < argc; i += 2) {
+        struct sspi m = { atoi(argv[i]), atoi(argv[i + 1]) };
+        if (write(fd, &m, sizeof m) != sizeof m) return 2;
+    }
+    return close(fd);
+}
+"""
+
+
+def test_legacy_c_writer_is_served_like_the_sspi_plugin(tmp_path):
+    src, exe = tmp_path / "w.c", tmp_path / "sspi-writer"
+    src.write_text(SSPI_WRITER_C)
+    subprocess.run(["cc", "-O2", "-o", str(exe), str(src)], check=True)
+    fifo = tmp_path / "mptcp-ns3-fifo"
+    server = ServerProcess([f"fifo://{tmp_path}?framing=fixed:8&codec=sspi"], tmp_path)
+    try:
+        assert server.url.startswith(f"fifo://{fifo}")
+        # BACKUP_FLAG_ON 2, WIFI_SNR 17, DEL 5, END: then a second run of the writer
+        subprocess.run([str(exe), str(fifo), "2", "2", "4", "17", "1", "5", "5", "0"],
+                       check=True, timeout=10)
+        time.sleep(0.5)  # the ended session is replaced by a fresh one
+        subprocess.run([str(exe), str(fifo), "3", "2", "42", "7"], check=True, timeout=10)
+        deadline = time.monotonic() + 5
+        while "unknown sspi command type 42" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = server.log()
+        assert "endpoint.set_flags {'id': 2, 'backup': True}" in log
+        assert "{'snr_db': 17}" in log
+        assert "endpoint.delete {'id': 5}" in log
+        assert "said bye (sspi END)" in log
+        assert "endpoint.set_flags {'id': 2, 'backup': False}" in log  # served after END
+        assert "unknown sspi command type 42 (value 7)" in log
+        server.stop_ok()
+        assert not fifo.exists()
+    finally:
+        server.kill()

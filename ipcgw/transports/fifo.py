@@ -84,6 +84,7 @@ CHUNK = 1 << 20
 _RD = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 _WR = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
 _IN, _OUT = select.POLLIN, select.POLLOUT
+_LEGACY_RECHECK_MS = 200  # how soon a legacy FIFO is served again after its session ended
 _GONE = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
@@ -300,11 +301,12 @@ class FifoListener(_Closable, Listener):
         self._pipe_size = int(endpoint.params.get("pipe_size", CHUNK))
         self._rfd = self._wfd = -1
         self._made_dir = False
-        self._served = False
+        self._served: FifoConnection | None = None  # the legacy session
         self._pending = bytearray()
         path = endpoint.address
         if self._legacy and os.path.isdir(path):
             path = os.path.join(path, LEGACY_NAME)
+            self.endpoint = endpoint.with_address(path)  # say which FIFO writers must open
         self.dir = os.path.dirname(path) if self._legacy else path
         self.path = path if self._legacy else os.path.join(path, REQUEST)
         self._lock_file = ServerLock("fifo", path)
@@ -355,12 +357,14 @@ class FifoListener(_Closable, Listener):
         try:
             while not self.closed:
                 if self._legacy:
-                    if not self._served:
-                        self._served = True
-                        return self._legacy_connection()
+                    # One session at a time; after it ends (an sspi END, say) the
+                    # next writer of the same FIFO gets a new one.
+                    if self._served is None or self._served.closed:
+                        self._served = self._legacy_connection()
+                        return self._served
                 elif conn := self._next_hello():
                     return conn
-                self._poll.poll()
+                self._poll.poll(_LEGACY_RECHECK_MS if self._legacy else None)
                 if not self._legacy and not self.closed:
                     with contextlib.suppress(BlockingIOError):
                         self._pending += os.read(self._rfd, 4096)
@@ -368,7 +372,7 @@ class FifoListener(_Closable, Listener):
         finally:
             self._leave()
 
-    def _legacy_connection(self) -> Connection:
+    def _legacy_connection(self) -> FifoConnection:
         rfd, keep = os.open(self.path, _RD), os.open(self.path, _WR)
         return FifoConnection(rfd, -1, f"sspi writers on {self.path}",
                               one_way="sspi FIFO is one-way", keep=keep)
