@@ -231,7 +231,8 @@ class Sim:
 
     def progress(self, sim: float, wall: float) -> dict[str, Any]:
         out: dict[str, Any] = {"sim": round(sim, 3), "wall": round(wall, 3),
-                               "lag": round(wall - sim, 3)}
+                               "lag": round(wall - sim, 3),
+                               "cpu": round(time.process_time(), 3)}  # all threads
         out["to_link"] = [[int(c.to_link), int(s.to_link)] for c, s in self.relays]
         out["refused"] = [[int(c.link_refused), int(s.link_refused)] for c, s in self.relays]
         out["queue_drops"] = [[int(d.n) for d in pair] for pair in self.drops]
