@@ -9,8 +9,8 @@ Kinds:
   ``loss`` packet ratio on receive, ``queue_packets`` at each sender).
 - ``wifi``: 802.11a between a station (client side, moving) and an AP
   (server side) at a constant PHY rate ``wifi_mode``; the station starts
-  ``start_m`` from the AP and moves away at ``speed_mps``. ``delay_ms`` adds
-  a wired backhaul delay behind the AP (0: none).
+  ``start_m`` from the AP and moves away at ``speed_mps`` (``rate_mbit`` and
+  ``delay_ms`` are not used: the PHY rate and the MAC set them).
 - ``lte``: a **stand-in**. ns-3's LTE/EPC model (eNB, UE, PGW, S1-U tunnels,
   RLC/PDCP per bearer) costs far more CPU per packet than real time on two
   shared vCPUs can carry next to a WiFi path; what the handover experiment

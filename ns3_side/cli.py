@@ -1,0 +1,163 @@
+"""Click commands of the NS-3 data plane: ``dataplane run|down`` and ``experiment handover``.
+
+For ``ipcgw/cli.py``'s lazy group::
+
+    "dataplane": "ns3_side.cli:dataplane",
+    "experiment": "ns3_side.cli:experiment",
+
+Standalone: ``python -m ns3_side.cli dataplane run ...``. The simulation is a
+child of the command, and its TAPs die with it, so ``dataplane run`` stays in
+the foreground; Ctrl-C (or SIGTERM) removes everything it made.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ipcgw.errors import IpcgwError
+
+__all__ = ["dataplane", "experiment"]
+
+
+def _interrupt_on_term() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the ``finally`` that cleans up runs."""
+    def raise_interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+
+@click.group()
+def dataplane() -> None:
+    """Client/server namespaces joined through a real-time NS-3 simulation."""
+
+
+@dataplane.command("run")
+@click.option("--path", "paths", multiple=True, metavar="KIND[:k=v,...]",
+              help="One per path: p2p:rate=5,delay=10,loss=0.01,queue=50 | "
+                   "wifi:start=10,speed=2,mode=OfdmRate12Mbps | lte[:rate=..,delay=..]. "
+                   "Default: lte and wifi.")
+@click.option("--prefix", default="ipcgw", show_default=True,
+              help="Namespaces are PREFIX-cli and PREFIX-srv.")
+@click.option("--scenario", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="1: client subflow endpoint on path 2; 2: server signal endpoint on path 2.")
+@click.option("--duration", type=float, help="Seconds to run (default: until Ctrl-C).")
+@click.option("--hard-limit-ms", type=float, default=500.0, show_default=True,
+              help="ns-3 stops with 'Hard real-time limit exceeded' beyond this lag (0: best effort).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+def run_cmd(paths: tuple[str, ...], prefix: str, scenario: int, duration: float | None,
+            hard_limit_ms: float, quiet: bool) -> None:
+    """Build the namespaces and run the simulation in the foreground."""
+    from ns3_side.dataplane import DataPlane
+    from ns3_side.paths import PathConfig, lte, wifi
+
+    try:
+        configs = [PathConfig.parse(p) for p in paths] or [lte(), wifi()]
+    except (ValueError, TypeError) as exc:
+        raise click.BadParameter(str(exc)) from None
+
+    def show(m: dict[str, Any]) -> None:
+        if not quiet and int(m["sim"] * 2) % 4 == 0:  # every 2 s
+            frames = " ".join(f"p{i}:{a}/{b}" for i, (a, b) in enumerate(m["to_link"], 1))
+            rssi = " ".join(f"p{k}:{v} dBm" for k, v in m["rssi"].items())
+            click.echo(f"sim {m['sim']:7.1f} s  lag {m['lag'] * 1000:5.0f} ms  "
+                       f"frames {frames}  {rssi}")
+
+    _interrupt_on_term()
+    dp = DataPlane(configs, prefix=prefix, scenario=scenario, duration=duration,
+                   hard_limit_ms=hard_limit_ms, on_progress=show)
+    try:
+        click.echo(f"building {dp.client} / {dp.server}; starting ns-3 (~10 s)...")
+        dp.up()
+        click.echo(json.dumps({"client": dp.client, "server": dp.server, "paths": [
+            {"path": i, "kind": c.kind, "client": dp.client_addr(i), "server": dp.server_addr(i),
+             "rate_mbit": c.rate_mbit, "delay_ms": c.delay_ms, "queue_packets": c.queue}
+            for i, c in enumerate(configs, 1)]}, indent=2))
+        click.echo(f"try: ip netns exec {dp.client} ping {dp.server_addr(1)}   (Ctrl-C ends)")
+        while dp.wait(1.0) is None:
+            pass
+    except KeyboardInterrupt:
+        click.echo("stopping")
+    except IpcgwError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        dp.down()
+
+
+@dataplane.command()
+@click.option("--prefix", default="ipcgw", show_default=True)
+def down(prefix: str) -> None:
+    """Remove PREFIX-cli and PREFIX-srv left by a run that was killed."""
+    from ipcgw.testbed import Testbed
+
+    Testbed(prefix=prefix).down()
+    click.echo(f"removed {prefix}-cli and {prefix}-srv")
+
+
+@click.group()
+def experiment() -> None:
+    """Experiments on the NS-3 data plane."""
+
+
+@experiment.command()
+@click.option("--transport", "-t", type=click.Choice(["fifo", "unix", "tcp", "sysv", "posixmq"]),
+              default="fifo", show_default=True, help="Simulation -> ipcgw serve transport.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Results folder (default: results/handover-<policy>-<time>).")
+@click.option("--no-policy", is_flag=True, help="Baseline: the server gets reports, does nothing.")
+@click.option("--duration", type=float, default=30.0, show_default=True, help="Seconds.")
+@click.option("--start", "start_m", type=float, default=30.0, show_default=True,
+              help="Station's initial distance from the AP, m.")
+@click.option("--speed", "speed_mps", type=float, default=2.0, show_default=True,
+              help="Station speed away from the AP, m/s (-80 dBm is at ~44 m).")
+@click.option("--wifi-mode", default="OfdmRate12Mbps", show_default=True,
+              help="802.11a constant PHY rate (OfdmRate6Mbps ... OfdmRate54Mbps).")
+@click.option("--lte-rate", type=float, default=10.0, show_default=True, help="Mbit/s.")
+@click.option("--lte-delay", type=float, default=25.0, show_default=True, help="One way, ms.")
+@click.option("--hard-limit-ms", type=float, default=500.0, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--prefix", help="Namespace prefix (default: a unique one).")
+def handover(transport: str, out: Path | None, no_policy: bool, duration: float, start_m: float,
+             speed_mps: float, wifi_mode: str, lte_rate: float, lte_delay: float,
+             hard_limit_ms: float, seed: int, prefix: str | None) -> None:
+    """A station walks away from its AP while MPTCP sends; RssiPolicy moves the traffic.
+
+    Writes timeline.png, timeline.csv, summary.json, config.json, versions.json.
+    """
+    from ns3_side.handover import HandoverConfig
+    from ns3_side.handover import run as run_handover
+
+    cfg = HandoverConfig(transport=transport, policy=not no_policy, duration=duration,
+                         start_m=start_m, speed_mps=speed_mps, wifi_mode=wifi_mode,
+                         lte_rate_mbit=lte_rate, lte_delay_ms=lte_delay,
+                         hard_limit_ms=hard_limit_ms, seed=seed, prefix=prefix)
+    if out is None:
+        out = Path("results") / (f"handover-{'policy' if cfg.policy else 'baseline'}-"
+                                 f"{time.strftime('%Y%m%d-%H%M%S')}")
+    _interrupt_on_term()
+    try:
+        result = run_handover(cfg, out, echo=click.echo)
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted; namespaces and processes removed") from None
+    except IpcgwError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result.summary, indent=2))
+    click.echo(f"results in {out}/ (timeline.png, timeline.csv, summary.json)")
+
+
+@click.group()
+def _standalone() -> None:
+    """ns3_side commands (also under ``ipcgw``)."""
+
+
+_standalone.add_command(dataplane)
+_standalone.add_command(experiment)
+
+if __name__ == "__main__":
+    _standalone()
