@@ -1,0 +1,125 @@
+"""The C floor: compile ``bench/c/<transport>.c`` once per source version and run it.
+
+Why C at all: the ratio of ipcgw to raw Python says what the gateway's layers
+cost, but not how far Python is from what the machine can do; the C programs
+do the same syscalls with nothing on top. Binaries are cached by a hash of the
+sources and compiler, so a repeated run does not recompile. Without a
+compiler every C row is skipped with a note, never an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.hist import Histogram
+from bench.queues import QueuePair
+
+__all__ = ["C_TRANSPORTS", "CFloor", "CRun"]
+
+C_TRANSPORTS = ("fifo", "sysv", "posixmq", "tcp", "unix")
+SRC = Path(__file__).resolve().parent / "c"
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ipcgw-bench"
+
+
+@dataclass
+class CRun:
+    n: int
+    warmup: int
+    elapsed: float
+    client_cpu: float
+    server_cpu: float
+    hist: Histogram
+
+
+class CFloor:
+    """Compiled C programs, or the reason there are none."""
+
+    def __init__(self, cache: Path | None = None) -> None:
+        self.cache = cache or _cache_dir()
+        self.binaries: dict[str, Path] = {}
+        self.note = ""
+
+    def build(self) -> str:
+        """Compile what is missing; returns a note ('' when all built)."""
+        cc = shutil.which(os.environ.get("CC", "cc"))
+        if cc is None:
+            self.note = "C floor skipped: no C compiler (cc) found"
+            return self.note
+        sources = sorted(SRC.glob("*.[ch]"))
+        digest = hashlib.sha256(cc.encode())
+        for src in sources:
+            digest.update(src.name.encode() + src.read_bytes())
+        out = self.cache / digest.hexdigest()[:16]
+        out.mkdir(parents=True, exist_ok=True)
+        failures = []
+        for name in C_TRANSPORTS:
+            binary = out / f"ipcgw-bench-{name}"
+            if not binary.exists():
+                tmp = binary.with_suffix(f".tmp{os.getpid()}")
+                proc = subprocess.run(
+                    [cc, "-D_GNU_SOURCE", "-O2", "-Wall", "-o", str(tmp), str(SRC / f"{name}.c"),
+                     "-lrt"], capture_output=True, text=True, timeout=120)
+                if proc.returncode != 0:
+                    failures.append(f"{name}: {proc.stderr.strip().splitlines()[-1:]}")
+                    continue
+                tmp.replace(binary)
+            self.binaries[name] = binary
+        self.note = f"C floor: compile failed for {'; '.join(failures)}" if failures else ""
+        return self.note
+
+    def run(self, transport: str, mode: str, size: int, budget: float, client_cpu: int,
+            server_cpu: int) -> CRun:
+        """One pp (ping-pong) or tp (throughput) run; raises RuntimeError on failure."""
+        binary = self.binaries.get(transport)
+        if binary is None:
+            raise RuntimeError(self.note or f"no C program for {transport}")
+        with contextlib.ExitStack() as stack:
+            addr: list[str] = []
+            if transport == "fifo":
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ipcgw-bench-c-"))
+                addr = [os.path.join(tmp, "c2s"), os.path.join(tmp, "s2c")]
+                for path in addr:
+                    os.mkfifo(path, 0o600)
+            elif transport in ("sysv", "posixmq"):
+                pair = stack.enter_context(QueuePair(transport))
+                addr = pair.c_args()
+            cmd = [str(binary), mode, str(size), str(max(1, int(budget * 1000))),
+                   str(client_cpu), str(server_cpu), *addr]
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, start_new_session=True)
+            try:
+                out, err = proc.communicate(timeout=budget * 3 + 30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                raise RuntimeError(f"C {transport} {mode} {size} B timed out") from None
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise
+            if proc.returncode != 0:
+                raise RuntimeError(f"C {transport} {mode} failed: {err.strip()[-300:]}")
+        data = json.loads(out)
+        hist = Histogram()
+        for i, c in data["hist"]:
+            hist.counts[i] += c
+        hist.total = sum(c for _, c in data["hist"])
+        if hist.total:
+            hist.min, hist.max = data["min"], data["max"]
+        return CRun(data["n"], data["warmup"], data["elapsed_ns"] / 1e9,
+                    data["client_cpu_ns"] / 1e9, data["server_cpu_ns"] / 1e9, hist)

@@ -1,0 +1,281 @@
+"""Plans and runs a benchmark: every case, both placements, all references.
+
+Order matters on a shared machine: for each transport, size and placement the
+gateway, raw-Python and C cases run back to back, so a ratio compares figures
+taken seconds apart, not minutes. All gateway servers start first (idle
+servers cost nothing) and stop last; every OS object is removed in
+``finally`` blocks, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.cfloor import C_TRANSPORTS, CFloor
+from bench.gateway import CROSSES_NETNS, GatewayServer, Netns, available_transports, fresh_url
+from bench.measure import Record, batch_for, latency_loop, throughput_loop, warm_up
+from bench.refs import PEER_KINDS, RAW_TRANSPORTS, SkipCase, make_ref
+from bench.system import client_cpu, loadavg, pin_self, placement_cpus, proc_cpu, thread_count
+
+__all__ = ["Case", "Config", "estimate", "plan", "run"]
+
+SIZES = (64, 1024, 64 * 1024, 1024 * 1024)
+FRAMINGS = ("length:4", "delimited:nul")
+QUICK_FRAMINGS = ("length:4",)
+
+
+@dataclass
+class Config:
+    transports: list[str] | None = None  # None: every gateway transport that imports
+    framings: list[str] = field(default_factory=lambda: list(FRAMINGS))
+    sizes: list[int] = field(default_factory=lambda: list(SIZES))
+    placements: list[str] = field(default_factory=lambda: ["same", "cross"])
+    lat_time: float = 1.0  # seconds of timed round trips per case
+    tp_time: float = 1.0  # seconds of one-way sending per case
+    raw: bool = True
+    c: bool = True
+    peers: bool = True
+    netns: bool = False
+    quick: bool = False
+
+    @classmethod
+    def quick_config(cls) -> Config:
+        return cls(framings=list(QUICK_FRAMINGS), lat_time=0.05, tp_time=0.05, quick=True)
+
+
+@dataclass
+class Case:
+    kind: str
+    transport: str
+    framing: str
+    placement: str
+    size: int
+
+    @property
+    def label(self) -> str:
+        framing = f" {self.framing}" if self.framing else ""
+        return f"{self.kind} {self.transport}{framing} {self.placement} {_size(self.size)}"
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB" if n >= 1024 else f"{n} B"
+
+
+# Start-up cost per case beyond its time budgets (spawning echo children,
+# connecting, waiting for session threads), measured on a 2-vCPU VM.
+_OVERHEAD = {"ipcgw": 0.08, "raw": 0.12, "c": 0.02, "peer": 0.25}
+
+
+def plan(cfg: Config, gateway_transports: list[str]) -> list[Case]:
+    cases: list[Case] = []
+    for transport in gateway_transports:
+        for size in cfg.sizes:
+            for placement in cfg.placements:
+                for framing in cfg.framings:
+                    cases.append(Case("ipcgw", transport, framing, placement, size))
+                if cfg.raw and transport in RAW_TRANSPORTS:
+                    cases.append(Case("raw", transport, "", placement, size))
+                if cfg.c and transport in C_TRANSPORTS:
+                    cases.append(Case("c", transport, "", placement, size))
+    if cfg.peers:
+        for peer in PEER_KINDS:
+            for size in cfg.sizes:
+                for placement in cfg.placements:
+                    cases.append(Case("peer", peer, "", placement, size))
+    return cases
+
+
+def estimate(cfg: Config, cases: list[Case], servers: int) -> float:
+    per_case = cfg.lat_time * 1.2 + cfg.tp_time
+    return sum(per_case + _OVERHEAD[c.kind] for c in cases) + servers * 0.4 + 3.0
+
+
+def _wait_threads(pid: int, baseline: int, timeout: float = 1.0) -> None:
+    """Let the session thread of a closed client exit before the next CPU sample."""
+    end = time.monotonic() + timeout
+    while thread_count(pid) > baseline and time.monotonic() < end:
+        time.sleep(0.005)
+
+
+def _gateway_case(server: GatewayServer, case: Case, cfg: Config, client_cpu_n: int) -> Record:
+    import ipcgw
+    from ipcgw.messages import Report
+
+    rec = Record(case.kind, case.transport, case.framing, case.placement, case.size)
+    pin_self(client_cpu_n)
+    baseline = thread_count(server.pid)
+    payload = os.urandom(case.size)
+    try:
+        with ipcgw.connect(server.url, timeout=10.0, name="ipcgw-bench") as client:
+            if client.ping(payload) != payload:
+                raise RuntimeError("Pong payload differs from Ping payload")
+            warm_up(client.ping, payload, cfg.lat_time / 5)
+            s0, c0 = proc_cpu(server.pid), client_cpu()
+            rec.hist = latency_loop(client.ping, payload, cfg.lat_time)
+            s1, c1 = proc_cpu(server.pid), client_cpu()
+            rec.rtt_count = rec.hist.total
+            rec.cpu_client_rtt, rec.cpu_server_rtt = c1 - c0, s1 - s0
+            # One-way: Reports get no reply, so nothing waits unread on the server side;
+            # the final ping's Pong comes after the server has handled every Report.
+            report = Report(0.0, 1, {"payload": payload})
+            t0 = time.perf_counter()
+            s0, c0 = proc_cpu(server.pid), client_cpu()
+            rec.tp_msgs = throughput_loop(client.send, report, cfg.tp_time, batch_for(case.size))
+            client.ping(b"", timeout=120.0)
+            rec.tp_seconds = time.perf_counter() - t0
+            s1, c1 = proc_cpu(server.pid), client_cpu()
+            rec.cpu_client_tp, rec.cpu_server_tp = c1 - c0, s1 - s0
+    finally:
+        _wait_threads(server.pid, baseline)
+    return rec
+
+
+def _ref_case(case: Case, cfg: Config, server_cpu_n: int, client_cpu_n: int) -> Record:
+    rec = Record(case.kind, case.transport, case.framing, case.placement, case.size)
+    pin_self(client_cpu_n)
+    payload = os.urandom(case.size)
+    timeout = (cfg.lat_time + cfg.tp_time) * 4 + 30
+    with make_ref(case.kind, case.transport, "pp", case.size, server_cpu_n, timeout) as ref:
+        warm_up(ref.rtt, payload, cfg.lat_time / 5)
+        s0, c0 = proc_cpu(ref.pid), client_cpu()
+        rec.hist = latency_loop(ref.rtt, payload, cfg.lat_time)
+        s1, c1 = proc_cpu(ref.pid), client_cpu()
+        rec.rtt_count = rec.hist.total
+        rec.cpu_client_rtt, rec.cpu_server_rtt = c1 - c0, s1 - s0
+        ref.finish()
+    with make_ref(case.kind, case.transport, "tp", case.size, server_cpu_n, timeout) as ref:
+        t0 = time.perf_counter()
+        s0, c0 = proc_cpu(ref.pid), client_cpu()
+        rec.tp_msgs = throughput_loop(ref.send, payload, cfg.tp_time, batch_for(case.size))
+        got = ref.finish()
+        rec.tp_seconds = time.perf_counter() - t0
+        s1, c1 = proc_cpu(ref.pid), client_cpu()
+        rec.cpu_client_tp, rec.cpu_server_tp = c1 - c0, s1 - s0
+        if got != rec.tp_msgs * case.size:
+            raise RuntimeError(f"echo counted {got} bytes, sent {rec.tp_msgs * case.size}")
+    return rec
+
+
+def _c_case(cfloor: CFloor, case: Case, cfg: Config, server_cpu_n: int,
+            client_cpu_n: int) -> Record:
+    rec = Record(case.kind, case.transport, case.framing, case.placement, case.size)
+    pp = cfloor.run(case.transport, "pp", case.size, cfg.lat_time, client_cpu_n, server_cpu_n)
+    rec.hist, rec.rtt_count = pp.hist, pp.n
+    rec.cpu_client_rtt = pp.client_cpu
+    # The echo's CPU covers the warm-up too: scale it to the timed round trips.
+    rec.cpu_server_rtt = pp.server_cpu * pp.n / max(1, pp.n + pp.warmup)
+    tp = cfloor.run(case.transport, "tp", case.size, cfg.tp_time, client_cpu_n, server_cpu_n)
+    rec.tp_msgs, rec.tp_seconds = tp.n, tp.elapsed
+    rec.cpu_client_tp, rec.cpu_server_tp = tp.client_cpu, tp.server_cpu
+    return rec
+
+
+@contextlib.contextmanager
+def _servers(cfg: Config, transports: list[str], tmp: str, notes: list[str]
+             ) -> Iterator[dict[tuple[str, str], GatewayServer]]:
+    servers: dict[tuple[str, str], GatewayServer] = {}
+    with contextlib.ExitStack() as stack:
+        netns = stack.enter_context(Netns()).name if cfg.netns else None
+        try:
+            for transport in transports:
+                for framing in cfg.framings:
+                    url = fresh_url(transport, framing, tmp)
+                    try:
+                        servers[(transport, framing)] = GatewayServer(url, 0, netns, tmp)
+                    except Exception as exc:
+                        notes.append(f"ipcgw {transport} {framing}: server did not start: {exc}")
+            yield servers
+        finally:
+            for server in servers.values():
+                server.stop()
+
+
+def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = None
+        ) -> dict[str, Any]:
+    """Run every planned case; returns the results document (see report.py)."""
+    from bench.system import machine_info
+
+    started = time.monotonic()
+    info = machine_info()
+    notes: list[str] = []
+    transports, missing = available_transports()
+    notes += missing
+    if cfg.transports is not None:
+        transports = [t for t in transports if t in cfg.transports]
+    if cfg.netns:
+        for t in transports:
+            if t not in CROSSES_NETNS:
+                notes.append(f"{t}: skipped with --netns (does not cross network namespaces)")
+        transports = [t for t in transports if t in CROSSES_NETNS]
+        notes.append("--netns: each gateway server ran in its own network namespace")
+    placements = []
+    for p in cfg.placements:
+        try:
+            placement_cpus(p)
+            placements.append(p)
+        except ValueError as exc:
+            notes.append(f"placement {p} skipped: {exc}")
+    cfg.placements = placements
+    cfloor = CFloor()
+    if cfg.c:
+        note = cfloor.build()
+        if note:
+            notes.append(note)
+    cases = plan(cfg, transports)
+    records: list[Record] = []
+    with tempfile.TemporaryDirectory(prefix="ipcgw-bench-") as tmp, \
+            _servers(cfg, transports, tmp, notes) as servers:
+        total = len(cases)
+        try:
+            for i, case in enumerate(cases):
+                if progress:
+                    progress(case, i, total)
+                server_n, client_n = placement_cpus(case.placement)
+                try:
+                    if case.kind == "ipcgw":
+                        server = servers.get((case.transport, case.framing))
+                        if server is None:
+                            continue  # its start-up failure is in the notes
+                        if not server.alive():
+                            raise RuntimeError(f"server died: {server.log()}")
+                        rec = _gateway_case(server, case, cfg, client_n)
+                    elif case.kind == "c":
+                        if case.transport not in cfloor.binaries:
+                            continue
+                        rec = _c_case(cfloor, case, cfg, server_n, client_n)
+                    else:
+                        rec = _ref_case(case, cfg, server_n, client_n)
+                except SkipCase as exc:
+                    note = f"{case.kind} {case.transport}: {exc}"
+                    if note not in notes:
+                        notes.append(note)
+                    continue
+                except Exception as exc:
+                    rec = Record(case.kind, case.transport, case.framing, case.placement,
+                                 case.size, note=f"error: {type(exc).__name__}: {exc}"[:400])
+                records.append(rec)
+        finally:
+            pin_self(None)
+            if progress:
+                progress(None, total, total)
+    info["loadavg_end"] = loadavg()
+    return {
+        "machine": info,
+        "config": {
+            "transports": transports, "framings": cfg.framings, "sizes": cfg.sizes,
+            "placements": cfg.placements, "placement_cpus": {p: dict(zip(
+                ("server", "client"), placement_cpus(p), strict=True)) for p in cfg.placements},
+            "lat_time_s": cfg.lat_time, "tp_time_s": cfg.tp_time, "quick": cfg.quick,
+            "netns": cfg.netns, "raw": cfg.raw, "c": cfg.c, "peers": cfg.peers,
+        },
+        "notes": notes,
+        "duration_s": round(time.monotonic() - started, 1),
+        "records": records,
+    }
+

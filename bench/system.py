@@ -1,0 +1,194 @@
+"""What the machine is, where processes run, and how much CPU they used.
+
+Every figure in the report depends on these: on a 2-vCPU VM a round trip
+between two processes on one CPU and on two CPUs differ by 10x, so placement
+is pinned explicitly, and the load other users put on the machine is recorded
+next to the numbers it disturbed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "PLACEMENTS",
+    "client_cpu",
+    "ipc_limits",
+    "loadavg",
+    "machine_info",
+    "pin_self",
+    "placement_cpus",
+    "proc_cpu",
+]
+
+#: placement -> (server CPU, client CPU)
+PLACEMENTS: dict[str, tuple[int, int]] = {"same": (0, 0), "cross": (0, 1)}
+
+_SYSCTLS = {
+    "kernel.msgmax": "/proc/sys/kernel/msgmax",
+    "kernel.msgmnb": "/proc/sys/kernel/msgmnb",
+    "kernel.msgmni": "/proc/sys/kernel/msgmni",
+    "fs.mqueue.msg_max": "/proc/sys/fs/mqueue/msg_max",
+    "fs.mqueue.msgsize_max": "/proc/sys/fs/mqueue/msgsize_max",
+    "fs.mqueue.queues_max": "/proc/sys/fs/mqueue/queues_max",
+    "fs.pipe-max-size": "/proc/sys/fs/pipe-max-size",
+    "net.core.rmem_default": "/proc/sys/net/core/rmem_default",
+    "net.core.wmem_default": "/proc/sys/net/core/wmem_default",
+}
+
+
+def placement_cpus(placement: str) -> tuple[int, int]:
+    """(server CPU, client CPU); ValueError when this machine lacks the CPUs."""
+    server, client = PLACEMENTS[placement]
+    usable = os.sched_getaffinity(0) if _original_affinity is None else _original_affinity
+    if server not in usable or client not in usable:
+        raise ValueError(f"placement {placement} needs CPUs {server} and {client}; "
+                         f"usable: {sorted(usable)}")
+    return server, client
+
+
+_original_affinity: set[int] | None = None
+
+
+def pin_self(cpu: int | None) -> None:
+    """Pin every thread of this process (the sysv watchdog, zmq's I/O thread
+    too), so threads created in an earlier case do not stay on another CPU.
+    ``None`` restores the affinity the process started with."""
+    global _original_affinity
+    if _original_affinity is None:
+        _original_affinity = set(os.sched_getaffinity(0))
+    cpus = _original_affinity if cpu is None else {cpu}
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # a thread that just exited
+            os.sched_setaffinity(int(tid), cpus)
+
+
+def client_cpu() -> float:
+    """CPU seconds (user + system) of this process, all threads."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds of another process, all its threads.
+
+    Sums ``/proc/PID/task/*/schedstat`` (nanoseconds) because ``/proc/PID/stat``
+    counts in 10 ms ticks, too coarse for a 50 ms quick case; falls back to
+    ``stat`` when schedstat is missing. Threads that exit mid-case take their
+    time with them: callers wait for a server's session threads to end first.
+    """
+    total, found = 0, False
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+                    found = True
+            except (OSError, ValueError, IndexError):
+                pass
+    except OSError:
+        pass
+    if found:
+        return total / 1e9
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def thread_count(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
+
+
+def loadavg() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return []
+
+
+def ipc_limits() -> dict[str, int | None]:
+    out: dict[str, int | None] = {}
+    for name, path in _SYSCTLS.items():
+        try:
+            out[name] = int(Path(path).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            out[name] = None
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(module: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return None
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists() or shutil.which("git") is None:
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cc_version() -> str | None:
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    if cc is None:
+        return None
+    try:
+        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=10)
+        return out.stdout.splitlines()[0] if out.stdout else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cpus": sorted(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "python_impl": platform.python_implementation(),
+        "msgpack": _version("msgpack"),
+        "pyzmq": _version("pyzmq"),
+        "sysv_ipc": _version("sysv_ipc"),
+        "posix_ipc": _version("posix_ipc"),
+        "cc": _cc_version(),
+        "ipcgw_commit": _git_commit(),
+        "ipc_limits": ipc_limits(),
+        "loadavg_start": loadavg(),
+    }
