@@ -155,7 +155,9 @@ class DataPlane:
         self.prefix = prefix or f"ipdp{uuid.uuid4().hex[:6]}"
         kw: dict[str, Any] = {"prefix": self.prefix, "paths": [PathSpec() for _ in self.paths],
                               "client_pm": client_pm, "server_pm": server_pm}
-        self.testbed = (TapTestbed.scenario(scenario, **kw) if scenario  # type: ignore[assignment]
+        # a scenario's endpoint sits on path 2: a one-path data plane has none
+        use = scenario if len(self.paths) >= 2 else None
+        self.testbed = (TapTestbed.scenario(use, **kw) if use  # type: ignore[assignment]
                         else TapTestbed(**kw))
         self.testbed: TapTestbed
         self.duration = duration

@@ -41,7 +41,7 @@ class PathConfig:
     rate_mbit: float = 10.0
     delay_ms: float = 10.0
     loss: float = 0.0
-    queue_packets: int | None = None  # None: max(2 x BDP, 100 ms at the rate, 20)
+    queue_packets: int | None = None  # None: max(BDP, 100 ms at the rate, 20)
     # wifi only
     wifi_mode: str = "OfdmRate12Mbps"
     start_m: float = 10.0
@@ -67,7 +67,7 @@ class PathConfig:
         pkt_bits = (TAP_MTU + ENCAP_BYTES) * 8
         bdp = self.rate_mbit * 1e6 * 2 * self.delay_ms / 1000 / pkt_bits
         hundred_ms = self.rate_mbit * 1e6 * 0.1 / pkt_bits
-        return max(20, math.ceil(max(2 * bdp, hundred_ms)))
+        return max(20, math.ceil(max(bdp, hundred_ms)))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
