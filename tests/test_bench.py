@@ -1,0 +1,226 @@
+"""The bench's own correctness: statistics, report files, --compare. Not the speed."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+import random
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bench.cli import bench_command, parse_size
+from bench.hist import Histogram, bucket_bounds, bucket_index
+from bench.measure import CSV_COLUMNS, Record
+from bench.report import compare, rows_with_ratios
+
+
+def exact_percentile(values: list[int], p: float) -> int:
+    """Nearest-rank percentile, the definition Histogram.percentile approximates."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p * len(ordered) / 100 - 1e-9))
+    return ordered[rank - 1]
+
+
+# ---------------------------------------------------------------- histogram
+
+
+def test_buckets_cover_every_value_once() -> None:
+    rng = random.Random(1)
+    values = [0, 1, 255, 256, 257, 511, 512, 2**40 + 12345, 2**63 - 1]
+    values += [rng.randrange(1, 2**rng.randrange(1, 60)) for _ in range(5000)]
+    for v in values:
+        low, width = bucket_bounds(bucket_index(v))
+        assert low <= v < low + width
+        if v >= 256:
+            assert width / low <= 1 / 128  # bucket width is at most 0.8 % of its values
+    # consecutive buckets tile the number line
+    for i in range(1, 3000):
+        low, width = bucket_bounds(i - 1)
+        assert bucket_bounds(i)[0] == low + width
+
+
+def test_percentiles_of_uniform_sequence() -> None:
+    h = Histogram()
+    h.record_many(range(1000, 101_000))
+    assert h.total == 100_000
+    assert (h.min, h.max) == (1000, 100_999)
+    assert h.percentile(0) == 1000 and h.percentile(100) == 100_999
+    for p in (50, 90, 99, 99.9):
+        want = 1000 + math.ceil(p * 1000) - 1  # rank p% of 100000, minus 1 for 0-based
+        assert h.percentile(p) == pytest.approx(want, rel=0.004)
+
+
+@pytest.mark.parametrize("seed", [3, 7])
+def test_percentiles_of_lognormal_latencies(seed: int) -> None:
+    """A latency-like distribution (µs..ms in ns) with a long tail, against exact ranks."""
+    rng = random.Random(seed)
+    values = [int(rng.lognormvariate(math.log(20_000), 0.8)) for _ in range(50_000)]
+    values += [int(rng.uniform(1e6, 5e6)) for _ in range(100)]  # rare multi-ms stalls
+    h = Histogram()
+    h.record_many(values)
+    for p in (1, 10, 50, 90, 99, 99.9):
+        assert h.percentile(p) == pytest.approx(exact_percentile(values, p), rel=0.005), p
+    assert h.min == min(values) and h.max == max(values)
+    summary = h.summary_us()
+    assert list(summary) == ["min", "p50", "p90", "p99", "p999", "max"]
+    assert summary["p50"] == pytest.approx(exact_percentile(values, 50) / 1000, rel=0.005)
+
+
+def test_small_exact_values_and_empty() -> None:
+    h = Histogram()
+    assert h.percentile(50) == 0 and h.cdf() == []
+    h.record_many([5, 5, 5, 9])
+    assert h.percentile(50) == 5 and h.percentile(75) == 5 and h.percentile(76) == 9
+
+
+def test_round_trip_merge_and_cdf() -> None:
+    rng = random.Random(5)
+    a, b = Histogram(), Histogram()
+    a.record_many(rng.randrange(1000, 10**7) for _ in range(3000))
+    b.record_many(rng.randrange(10, 10**5) for _ in range(3000))
+    again = Histogram.from_dict(json.loads(json.dumps(a.to_dict())))
+    assert again.counts == a.counts and (again.min, again.max, again.total) == (a.min, a.max, 3000)
+    a.merge(b)
+    assert a.total == 6000 and a.min == b.min
+    cdf = a.cdf()
+    assert cdf[-1] == (a.max, 1.0)
+    assert all(x1 < x2 and f1 < f2 for (x1, f1), (x2, f2) in itertools.pairwise(cdf))
+
+
+# ---------------------------------------------------------------- ratios and compare
+
+
+def _record(kind: str, transport: str, p50_ns: int, msgs: int, placement: str = "same",
+            size: int = 64, framing: str = "") -> Record:
+    h = Histogram()
+    h.record_many([p50_ns] * 100)
+    return Record(kind, transport, framing, placement, size, hist=h, rtt_count=100,
+                  cpu_client_rtt=0.001, cpu_server_rtt=0.002, tp_msgs=msgs, tp_seconds=1.0,
+                  cpu_client_tp=0.5, cpu_server_tp=0.25)
+
+
+def test_ratios_pair_rows_of_the_same_transport_size_and_placement() -> None:
+    rows = rows_with_ratios([
+        _record("ipcgw", "unix", 30_000, 100_000, framing="length:4"),
+        _record("raw", "unix", 10_000, 400_000),
+        _record("c", "unix", 5_000, 800_000),
+        _record("raw", "unix", 99_000, 1, placement="cross"),  # must not be paired
+        _record("peer", "zmq-ipc", 40_000, 200_000),
+    ])
+    gw, raw, c, _, zmq = rows
+    assert gw["p50_vs_raw"] == pytest.approx(3.0, rel=0.01)
+    assert gw["tp_vs_raw"] == pytest.approx(0.25)
+    assert gw["p50_vs_c"] == pytest.approx(6.0, rel=0.01)
+    assert raw["p50_vs_raw"] is None and raw["tp_vs_c"] == pytest.approx(0.5)
+    assert c["p50_vs_c"] is None
+    assert zmq["p50_vs_raw"] == pytest.approx(4.0, rel=0.01)  # zmq-ipc rides on unix sockets
+    assert gw["mb_per_s"] == pytest.approx(100_000 * 64 / 1e6)
+    assert gw["cpu_client_us_per_rtt"] == pytest.approx(10.0)
+    assert gw["cpu_server_us_per_msg"] == pytest.approx(2.5)
+    assert set(CSV_COLUMNS) <= set(gw)
+
+
+def _doc(records: list[Record]) -> dict:
+    return {"machine": {"date": "d", "ipcgw_commit": "c"},
+            "results": rows_with_ratios(records)}
+
+
+def test_compare_reports_ratios_flags_and_unmatched_cases(tmp_path: Path) -> None:
+    old = _doc([_record("ipcgw", "unix", 20_000, 100_000, framing="length:4"),
+                _record("ipcgw", "fifo", 20_000, 100_000, framing="length:4"),
+                _record("raw", "tcp", 10_000, 1000)])
+    new = _doc([_record("ipcgw", "unix", 30_000, 100_000, framing="length:4"),
+                _record("ipcgw", "fifo", 20_000, 200_000, framing="length:4"),
+                _record("c", "tcp", 10_000, 1000)])
+    lines = compare(old, new)
+    unix = next(line for line in lines if line.startswith("ipcgw unix"))
+    fifo = next(line for line in lines if line.startswith("ipcgw fifo"))
+    assert "1.50x" in unix and unix.endswith("slower")
+    assert "2.00x" in fifo and fifo.endswith("faster")
+    assert any("only in the old run" in line and "raw tcp" in line for line in lines)
+    assert any("only in the new run" in line and "c tcp" in line for line in lines)
+    assert "1 cases slower and 1 faster" in lines[-1]
+
+    paths = []
+    for name, doc in (("old.json", old), ("new.json", new)):
+        paths.append(tmp_path / name)
+        paths[-1].write_text(json.dumps(doc))
+    result = CliRunner().invoke(bench_command, ["--compare", str(paths[0]), str(paths[1])])
+    assert result.exit_code == 0, result.output
+    assert "ipcgw unix length:4 same 64 B" in result.output and "slower" in result.output
+
+
+def test_parse_size() -> None:
+    assert [parse_size(s) for s in ("64", "1K", "64KiB", "1MiB", "2m")] == [
+        64, 1024, 65536, 1 << 20, 2 << 20]
+    with pytest.raises(Exception, match="size like"):
+        parse_size("lots")
+
+
+# ---------------------------------------------------------------- a tiny real run
+
+
+def test_tiny_real_run_writes_every_file(tmp_path: Path) -> None:
+    """One transport, one size, one placement, tens of milliseconds: the real
+    gateway, the raw-Python echo and (with a compiler) the C floor."""
+    out = tmp_path / "report"
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = CliRunner(env=env).invoke(bench_command, [
+        "--transport", "unix", "--framing", "length:4", "--size", "64", "--placement", "same",
+        "--lat-time", "0.02", "--tp-time", "0.02", "--no-peers", "--no-micro", "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    assert {"report.md", "results.csv", "results.json"} <= {p.name for p in out.iterdir()}
+
+    with (out / "results.csv").open() as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == CSV_COLUMNS
+        rows = list(reader)
+    kinds = {r["kind"] for r in rows}
+    assert {"ipcgw", "raw"} <= kinds
+    for r in rows:
+        assert r["note"] == "", r
+        assert (r["transport"], r["placement"], r["size"]) == ("unix", "same", "64")
+        assert float(r["lat_p50_us"]) > 0 and float(r["msgs_per_s"]) > 0
+        assert float(r["lat_min_us"]) <= float(r["lat_p50_us"]) <= float(r["lat_max_us"])
+        assert float(r["cpu_client_us_per_rtt"]) > 0 and float(r["cpu_server_us_per_msg"]) > 0
+    gw = next(r for r in rows if r["kind"] == "ipcgw")
+    assert gw["framing"] == "length:4" and float(gw["p50_vs_raw"]) > 0
+
+    doc = json.loads((out / "results.json").read_text())
+    for key in ("cpu_model", "cores", "kernel", "python", "date", "ipc_limits", "loadavg_start",
+                "loadavg_end"):
+        assert key in doc["machine"], key
+    assert doc["machine"]["ipc_limits"]["kernel.msgmax"] is not None
+    assert doc["config"]["placement_cpus"]["same"] == {"server": 0, "client": 0}
+    assert all(r["hist"]["total"] == int(r["rtt_count"]) for r in doc["results"])
+
+    md = (out / "report.md").read_text()
+    assert "## Summary: who wins at each size" in md and "## Targets" in md and "### 64 B" in md
+    assert "| same | ipcgw | unix | length:4 |" in md
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "plots skipped" in md
+    else:
+        assert (out / "latency_cdf_64B.png").stat().st_size > 1000
+    if "c" not in kinds:
+        assert "C floor" in md  # skipped with a note, never silently
+    # nothing left behind: no echo or server process, no queue, no temp dir of ours
+    assert not [p for p in Path("/tmp").glob("ipcgw-bench-*") if p.stat().st_uid == os.getuid()
+                and p.is_dir() and any(p.iterdir())]
+
+
+def test_micro_bench_covers_every_framing_and_the_codecs() -> None:
+    from bench.micro import run_micro
+
+    rows = run_micro(0.002)
+    names = {r["name"] for r in rows}
+    assert {"length:4", "delimited:nul", "delimited:lf", "fixed:N"} <= names
+    assert any(n.startswith("msgpack") for n in names) and any(n.startswith("sspi") for n in names)
+    assert all(r["per_s"] > 0 for r in rows)
