@@ -83,6 +83,7 @@ class Record:
     cpu_client_tp: float = float("nan")
     cpu_server_tp: float = float("nan")
     note: str = ""
+    load1: float | None = None  # 1-min load average when the case started (others' work)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -106,6 +107,7 @@ class Record:
             "cpu_server_us_per_rtt": _per(self.cpu_server_rtt, self.rtt_count),
             "cpu_client_us_per_msg": _per(self.cpu_client_tp, self.tp_msgs),
             "cpu_server_us_per_msg": _per(self.cpu_server_tp, self.tp_msgs),
+            "load1": self.load1,
             "note": self.note,
         }
         return row

@@ -151,6 +151,10 @@ def _markdown(doc: dict[str, Any], rows: list[dict[str, Any]], notes: list[str],
     md.append(f"- {load_text}" + (" — **the machine was busy: absolute figures are "
                                   "disturbed; ratios, taken seconds apart, less so**" if high
                                   else "") + "\n")
+    loads = sorted(r["load1"] for r in rows if r.get("load1") is not None)
+    if loads:
+        md.append(f"- 1-min load when each case started: min {loads[0]}, median "
+                  f"{loads[len(loads) // 2]}, max {loads[-1]} (column `load1` in results.csv)\n")
     limits = m.get("ipc_limits", {})
     md.append("- IPC limits: " + ", ".join(f"{k} {v}" for k, v in limits.items()) + "\n")
     pc = cfg.get("placement_cpus", {})

@@ -227,6 +227,9 @@ def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = 
         note = cfloor.build()
         if note:
             notes.append(note)
+    no_ref = [t for t in transports if t not in RAW_TRANSPORTS]
+    if no_ref and (cfg.raw or cfg.c):
+        notes.append(f"{', '.join(no_ref)}: no raw-Python or C reference (ipcgw rows only)")
     cases = plan(cfg, transports)
     records: list[Record] = []
     with tempfile.TemporaryDirectory(prefix="ipcgw-bench-") as tmp, \
@@ -237,6 +240,7 @@ def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = 
                 if progress:
                     progress(case, i, total)
                 server_n, client_n = placement_cpus(case.placement)
+                load1 = (loadavg() or [None])[0]
                 try:
                     if case.kind == "ipcgw":
                         server = servers.get((case.transport, case.framing))
@@ -259,6 +263,7 @@ def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = 
                 except Exception as exc:
                     rec = Record(case.kind, case.transport, case.framing, case.placement,
                                  case.size, note=f"error: {type(exc).__name__}: {exc}"[:400])
+                rec.load1 = load1
                 records.append(rec)
         finally:
             pin_self(None)
