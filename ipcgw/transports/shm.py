@@ -12,7 +12,8 @@ Features
   and waits on a POSIX semaphore (``posix_ipc`` releases the GIL); a writer
   posts it only when that flag is set. A writer waiting for room does the same
   on a second semaphore. Idle costs one timed wake-up per 0.25 s per waiting
-  thread.
+  thread. Each side writes its CPU affinity into the segment; when both are
+  pinned to the same single CPU nobody spins (the peer could not run meanwhile).
 - Memory ordering: this relies on x86-64 TSO (stores are seen in program
   order, loads are not reordered with loads) and on 8-byte counters being
   single aligned stores and loads (``memoryview.cast("Q")`` element access is
@@ -38,7 +39,7 @@ Features
 
 URL
 ===
-``shm:///NAME[?ring=1048576&spin_us=200&mode=0600]``
+``shm:///NAME[?ring=1048576&spin_us=50&mode=0600]``
 
 - ``/dev/shm/NAME.sock`` — the rendezvous Unix socket (path, not abstract);
 - per client ``/NAME.c<n>-<8 hex>.seg`` and the semaphores
@@ -90,7 +91,7 @@ __all__ = ["ShmConnection", "ShmListener", "ShmTransport"]
 
 SHM_DIR = "/dev/shm"
 DEFAULT_RING = 1 << 20
-DEFAULT_SPIN_US = 200
+DEFAULT_SPIN_US = 50
 SLICE = 0.25  # seconds between liveness checks while asleep
 MAGIC = int.from_bytes(b"IPCGWSHM", "little")  # written last: the segment is initialised
 HEADER = 4096
@@ -100,7 +101,7 @@ _PEERCRED = struct.Struct("3i")
 
 # Word (8-byte) indexes in the header. Each writer's words sit on their own
 # 128-byte line (two cache lines: adjacent-line prefetch) to avoid false sharing.
-W_MAGIC, W_RING, W_CLOSED = 0, 1, 2  # W_CLOSED + 0 client, + 1 server
+W_MAGIC, W_RING, W_CLOSED, W_CPUS = 0, 1, 2, 4  # W_CLOSED/W_CPUS + 0 client, + 1 server
 
 
 def _words(ring: int) -> tuple[int, int, int, int]:
@@ -156,6 +157,11 @@ def _param(endpoint: Endpoint, key: str, default: int, low: int) -> int:
     return value
 
 
+def _cpu_mask() -> int:
+    """Our allowed CPUs as a bit mask (bit 63 stands for every CPU >= 63); never 0."""
+    return sum(1 << min(cpu, 63) for cpu in set(os.sched_getaffinity(0))) or 1 << 63
+
+
 def _peer_pid(sock: socket.socket) -> int:
     with contextlib.suppress(OSError):
         return _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
@@ -184,6 +190,10 @@ class ShmConnection(Connection):
         self._head = self._q[self._oh]
         self._tail = self._q[self._it]
         self._spin_ns = spin_us * 1000
+        self._mask = _cpu_mask()
+        self._q[W_CPUS + int(server)] = self._mask
+        self._peer_cpus = W_CPUS + 1 - int(server)
+        self._spin_checked = False
         self._chunk = max(4096, self._ring // 4)  # publish big writes in pieces: the reader overlaps
         self._send_lock = threading.Lock()
         self._wfence = threading.Lock()
@@ -198,7 +208,8 @@ class ShmConnection(Connection):
     # ------------------------------------------------------------ receive
 
     def recv(self, timeout: float | None = None) -> bytes:
-        self._users.append(None)
+        users = self._users
+        users.append(None)
         try:
             if self.closed:
                 return b""
@@ -217,19 +228,22 @@ class ShmConnection(Connection):
                 data = self._mm[start:self._ibase + ring] + self._mm[self._ibase:self._ibase + off + n - ring]
             self._tail = head
             q[self._it] = head  # loads before this store stay before it (TSO): the writer may reuse
-            with self._rfence:  # full barrier, then: does the writer wait for room?
-                pass
+            fence = self._rfence  # full barrier, then: does the writer wait for room?
+            fence.acquire()
+            fence.release()
             if q[self._isleep_w]:
                 self._i_space.release()
             return data
         finally:
-            self._leave()
+            users.pop()
+            if self.closed and not users:
+                self._release_once()
 
     def _wait_data(self, tail: int, timeout: float | None) -> int:
         """The new head, or -1 at an orderly end (peer closed and drained, or we closed)."""
         q, ih = self._q, self._ih
         now = time.perf_counter_ns
-        end = now() + self._spin_ns
+        end = now() + self._spin_budget()
         while True:  # bounded busy wait: no syscall, keeps the GIL for spin_us at most
             head = q[ih]
             if head != tail:
@@ -258,6 +272,15 @@ class ShmConnection(Connection):
             if deadline is not None and remaining(deadline) == 0.0:
                 raise Timeout(f"nothing from {self.peer} within {timeout} s")
 
+    def _spin_budget(self) -> int:
+        """Spinning while the peer is pinned to our only CPU just delays it: don't."""
+        if not self._spin_checked and (peer := self._q[self._peer_cpus]):
+            self._spin_checked = True
+            both = peer | self._mask
+            if both.bit_count() == 1 and both != 1 << 63:
+                self._spin_ns = 0
+        return self._spin_ns
+
     def _check_peer(self) -> None:
         if self._poll.poll(0):
             raise Disconnected(f"{self.peer} died (its rendezvous socket closed)")
@@ -265,7 +288,30 @@ class ShmConnection(Connection):
     # ------------------------------------------------------------ send
 
     def send(self, data: Buffer) -> None:
-        self.sendv((data,))
+        users = self._users
+        users.append(None)
+        try:
+            with self._send_lock:
+                # Hot path: a small frame that fits before the ring end and in the free room.
+                q, head, ring = self._q, self._head, self._ring
+                n, off = len(data), head % ring
+                fast = (type(data) is bytes and off + n <= ring and n <= self._chunk
+                        and head + n - q[self._ot] <= ring and not self.closed
+                        and not q[self._peer_closed])
+                if fast:
+                    start = self._obase + off
+                    self._mm[start:start + n] = data
+                    self._head = head = head + n
+                    q[self._oh] = head  # one 8-byte store, after the data (TSO keeps the order)
+                else:
+                    self._write(data)
+            # Releasing the lock was a full barrier (lock xadd): now, is the reader asleep?
+            if fast and q[self._osleep_r]:
+                self._o_data.release()
+        finally:
+            users.pop()
+            if self.closed and not users:
+                self._release_once()
 
     def sendv(self, parts: Sequence[Buffer]) -> None:
         self._users.append(None)
@@ -303,8 +349,8 @@ class ShmConnection(Connection):
             head += k
             self._head = head
             q[self._oh] = head  # one 8-byte store, after the data stores (TSO keeps the order)
-            with self._wfence:  # full barrier, then: is the reader asleep?
-                pass
+            self._wfence.acquire()  # full barrier, then: is the reader asleep?
+            self._wfence.release()
             if q[self._osleep_r]:
                 self._o_data.release()
 
@@ -312,7 +358,7 @@ class ShmConnection(Connection):
         """Until the reader frees room; Timeout after send_timeout without progress."""
         q, ot, ring = self._q, self._ot, self._ring
         now = time.perf_counter_ns
-        end = now() + self._spin_ns
+        end = now() + self._spin_budget()
         while now() < end:
             if head - q[ot] < ring:
                 return
