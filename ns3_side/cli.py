@@ -13,6 +13,7 @@ the foreground; Ctrl-C (or SIGTERM) removes everything it made.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -26,8 +27,17 @@ __all__ = ["dataplane", "experiment"]
 
 
 def _interrupt_on_term() -> None:
-    """SIGTERM unwinds like Ctrl-C, so the ``finally`` that cleans up runs."""
-    def raise_interrupt(*_: Any) -> None:
+    """SIGTERM unwinds like Ctrl-C, so the ``finally`` that cleans up runs.
+
+    Only in this process: pyroute2 forks helpers (``netns.create``) that
+    inherit the handler and get SIGTERM when done; unwinding there would run
+    our cleanup in the child and delete the namespaces under us.
+    """
+    me = os.getpid()
+
+    def raise_interrupt(signum: int, _frame: Any) -> None:
+        if os.getpid() != me:
+            os._exit(128 + signum)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, raise_interrupt)
