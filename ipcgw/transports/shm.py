@@ -32,8 +32,7 @@ Features
 - Nothing is left behind: the client unlinks the segment and semaphore names
   as soon as it has opened them (the kernel frees the objects when both sides
   are gone, however they end); the server unlinks them at session close, and
-  under ``ServerLock("shm", NAME)`` sweeps stale ``NAME.c*`` names at start
-  and at close.
+  under ``ServerLock("shm", NAME)`` sweeps stale ``NAME.c*`` names at start.
 - Crosses network namespaces (``/dev/shm`` is a file system, semaphores and
   the socket live there).
 
@@ -503,7 +502,8 @@ class ShmListener(Listener):
         os.eventfd_write(self._wake, 1)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # ours: we hold the ServerLock until just below
-        _sweep(self.name)
+        # No sweep here: accepted sessions own their names (unlinked by the client once
+        # opened, by the server session at close); a new server sweeps after a crash.
         self._lock_file.release()
         if not self._users:
             self._release_once()
