@@ -52,6 +52,7 @@ class LazyGroup(click.Group):
     lazy: dict[str, str] = {
         "monitor": "ipcgw.mptcp.cli:monitor",
         "testbed": "ipcgw.mptcp.cli:testbed",
+        "bench": "bench.cli:bench_command",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
