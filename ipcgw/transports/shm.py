@@ -291,12 +291,13 @@ class ShmConnection(Connection):
         users.append(None)
         try:
             with self._send_lock:
+                if self.closed:  # first: after close the mapping may be gone
+                    raise Disconnected(f"connection to {self.peer} closed")
                 # Hot path: a small frame that fits before the ring end and in the free room.
                 q, head, ring = self._q, self._head, self._ring
                 n, off = len(data), head % ring
                 fast = (type(data) is bytes and off + n <= ring and n <= self._chunk
-                        and head + n - q[self._ot] <= ring and not self.closed
-                        and not q[self._peer_closed])
+                        and head + n - q[self._ot] <= ring and not q[self._peer_closed])
                 if fast:
                     start = self._obase + off
                     self._mm[start:start + n] = data
