@@ -133,7 +133,11 @@ class LengthDecoder(_Buffer):
     def feed(self, data: bytes) -> list[bytes]:
         frames: list[bytes] = []
         hdr = self._hdr
-        if not self.pending and self._need < 0:
+        if self._need < 0 and self._off == len(self._buf):
+            if len(data) > hdr:  # the request/response case: exactly one whole frame
+                size = int.from_bytes(data[:hdr], "big")
+                if size == len(data) - hdr and size <= self._max:
+                    return [bytes(data[hdr:])]
             # Fast path: parse straight from ``data`` and stash only the tail.
             view = memoryview(data)
             pos, end = 0, len(data)
@@ -148,7 +152,7 @@ class LengthDecoder(_Buffer):
                 pos += size
             if pos < end:
                 self._buf += view[pos:]
-            self._parse(frames)
+                self._parse(frames)
             return frames
         self._buf += data
         self._parse(frames)
