@@ -284,6 +284,7 @@ def test_second_server_on_same_address_is_refused(server_factory, tmp_path, tran
             ServerProcess([url], tmp_path)
         with ipcgw.connect(first.url, timeout=5) as client:
             assert client.ping(b"ok") == b"ok"
+        first.stop_ok()  # and leaves nothing for the next test to reclaim
     finally:
         first.kill()
 

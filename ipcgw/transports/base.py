@@ -43,6 +43,7 @@ from ipcgw.url import Endpoint
 
 __all__ = [
     "Buffer",
+    "CloseOnce",
     "Connection",
     "Listener",
     "ListenerClosed",
@@ -85,6 +86,56 @@ class Connection(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release OS objects; idempotent; wakes a recv blocked in another thread."""
+
+
+class CloseOnce:
+    """close() from any thread (or a signal handler) while other threads are
+    inside recv/send/accept, without an fd or a mapping being freed under them.
+
+    ``close()`` runs ``_on_close`` at once (wake the blocked threads, unlink
+    names); ``_release`` frees what they may still be using, and runs exactly
+    once, in whichever thread leaves last. Bookkeeping is list append/pop,
+    which the GIL makes atomic: a lock would cost more than the syscall it
+    guards on the hot path, and could deadlock a signal handler. Operations
+    bracket themselves with ``_enter``/``_leave`` and check ``closed`` first.
+    """
+
+    def __init__(self) -> None:
+        self._users: list[None] = []
+        self._open = [True]  # popped once by close()
+        self._unreleased = [True]  # popped once by whoever releases
+        self.closed = False
+
+    def _enter(self) -> None:
+        self._users.append(None)
+
+    def _leave(self) -> None:
+        self._users.pop()
+        if self.closed and not self._users:
+            self._release_once()
+
+    def close(self) -> None:
+        try:
+            self._open.pop()
+        except IndexError:
+            return
+        self.closed = True
+        self._on_close()
+        if not self._users:
+            self._release_once()
+
+    def _release_once(self) -> None:
+        try:
+            self._unreleased.pop()
+        except IndexError:
+            return
+        self._release()
+
+    def _on_close(self) -> None:
+        """Work that must happen at close() even while others are still inside."""
+
+    def _release(self) -> None:
+        """Free what threads inside recv/send/accept may still be using."""
 
 
 class Listener(ABC):

@@ -62,6 +62,7 @@ from typing import ClassVar
 from ipcgw.errors import ConnectError, Disconnected, Timeout, TransportError
 from ipcgw.transports.base import (
     Buffer,
+    CloseOnce,
     Connection,
     Listener,
     ListenerClosed,
@@ -115,52 +116,15 @@ def _grow(fd: int, size: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
 
 
-class _Closable:
-    """close() from any thread (or a signal handler), without an fd number
-    being reused under a thread still polling or reading it.
-
-    close() signals an eventfd that every poll set contains; the fds themselves
-    are released by whoever leaves last. Bookkeeping uses list append/pop,
-    which the GIL makes atomic: a lock here would cost more than the syscall
-    it guards on the hot path, and could deadlock a signal handler.
-    Every operation checks ``closed`` after ``_enter`` and before touching fds.
-    """
+class _Closable(CloseOnce):
+    """CloseOnce with an eventfd in every poll set, so close() wakes poll()."""
 
     def __init__(self) -> None:
-        self._users: list[None] = []
-        self._open = [True]  # popped once by close()
-        self._unreleased = [True]  # popped once by whoever releases
-        self.closed = False
+        super().__init__()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
-    def _enter(self) -> None:
-        self._users.append(None)
-
-    def _leave(self) -> None:
-        self._users.pop()
-        if self.closed and not self._users:
-            self._release_once()
-
-    def close(self) -> None:
-        try:
-            self._open.pop()
-        except IndexError:
-            return
-        self.closed = True
-        os.eventfd_write(self._wake, 1)
-        self._on_close()
-        if not self._users:
-            self._release_once()
-
-    def _release_once(self) -> None:
-        try:
-            self._unreleased.pop()
-        except IndexError:
-            return
-        self._release()
-
     def _on_close(self) -> None:
-        """Work that must happen at close() even while others still hold fds."""
+        os.eventfd_write(self._wake, 1)
 
     def _release(self) -> None:
         _close(self._wake)
@@ -284,6 +248,7 @@ class FifoConnection(_Closable, Connection):
             raise Timeout(f"{self.peer} did not read for {timeout} s")
 
     def _on_close(self) -> None:
+        super()._on_close()
         for path in self._paths:
             _unlink(path)
 
@@ -409,6 +374,7 @@ class FifoListener(_Closable, Listener):
         return FifoConnection(rfd, wfd, f"fifo client pid {pid}", paths)
 
     def _on_close(self) -> None:
+        super()._on_close()
         _unlink(self.path)
         if not self._legacy and os.path.isdir(self.dir):
             self._sweep()

@@ -76,6 +76,7 @@ import posix_ipc
 from ipcgw.errors import ConnectError, Disconnected, Timeout, TransportError
 from ipcgw.transports.base import (
     Buffer,
+    CloseOnce,
     Connection,
     Listener,
     ListenerClosed,
@@ -167,7 +168,7 @@ def _peer_pid(sock: socket.socket) -> int:
     return 0
 
 
-class ShmConnection(Connection):
+class ShmConnection(CloseOnce, Connection):
     """One side of a client's ring pair. Attributes ``_o*`` are the outgoing
     ring (we produce), ``_i*`` the incoming one (we consume)."""
 
@@ -199,10 +200,7 @@ class ShmConnection(Connection):
         self._rfence = threading.Lock()
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)  # the peer never writes: readable = gone
-        self._users: list[None] = []
-        self._open = [True]
-        self._unreleased = [True]
-        self.closed = False
+        CloseOnce.__init__(self)
 
     # ------------------------------------------------------------ receive
 
@@ -380,31 +378,15 @@ class ShmConnection(Connection):
 
     # ------------------------------------------------------------ close
 
-    def close(self) -> None:
-        try:
-            self._open.pop()
-        except IndexError:
-            return
-        self.closed = True
+    def _on_close(self) -> None:
         self._q[self._my_closed] = 1
         for sem in self._sems.values():  # wake the peer and our own blocked threads
             with contextlib.suppress(posix_ipc.Error):
                 sem.release()
         if self._names:
             _unlink(*self._names)
-        if not self._users:
-            self._release_once()
 
-    def _leave(self) -> None:
-        self._users.pop()
-        if self.closed and not self._users:
-            self._release_once()
-
-    def _release_once(self) -> None:
-        try:
-            self._unreleased.pop()
-        except IndexError:
-            return
+    def _release(self) -> None:
         self._q.release()
         self._mm.close()
         for sem in self._sems.values():
@@ -413,7 +395,7 @@ class ShmConnection(Connection):
         self._sock.close()
 
 
-class ShmListener(Listener):
+class ShmListener(CloseOnce, Listener):
     def __init__(self, endpoint: Endpoint) -> None:
         _check_platform()
         self.endpoint = endpoint
@@ -424,9 +406,7 @@ class ShmListener(Listener):
         self._ids = itertools.count(1)
         self._lock_file = ServerLock("shm", self.name)
         self._lock_file.acquire()
-        self.closed = False
-        self._users: list[None] = []
-        self._unreleased = [True]
+        CloseOnce.__init__(self)
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
@@ -463,9 +443,7 @@ class ShmListener(Listener):
                     csock.close()  # the client went away, or we ran out of shm: next one
             raise ListenerClosed(f"shm listener on {self.path} closed")
         finally:
-            self._users.pop()
-            if self.closed and not self._users:
-                self._release_once()
+            self._leave()
 
     def _session(self, csock: socket.socket) -> Connection:
         cid = f"c{next(self._ids)}-{secrets.token_hex(4)}"
@@ -496,24 +474,15 @@ class ShmListener(Listener):
         pid = _peer_pid(csock)
         return ShmConnection(mm, sems, csock, True, self.spin_us, f"shm client pid {pid}", names)
 
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
+    def _on_close(self) -> None:
         os.eventfd_write(self._wake, 1)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # ours: we hold the ServerLock until just below
         # No sweep here: accepted sessions own their names (unlinked by the client once
         # opened, by the server session at close); a new server sweeps after a crash.
         self._lock_file.release()
-        if not self._users:
-            self._release_once()
 
-    def _release_once(self) -> None:
-        try:
-            self._unreleased.pop()
-        except IndexError:
-            return
+    def _release(self) -> None:
         self._sock.close()
         os.close(self._wake)
 
