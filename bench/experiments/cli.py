@@ -1,0 +1,81 @@
+"""``ipcgw experiment``: run a matrix from a TOML file, rebuild or compare reports.
+
+Registered lazily in ipcgw's CLI as ``experiment = bench.experiments.cli:experiment``
+(ipcgw itself never imports bench). It is a click group so other commands
+(the data plane's ``handover``) can be added to it with ``experiment.add_command``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["experiment"]
+
+
+@click.group()
+def experiment() -> None:
+    """The seed's evaluation: file transfers, video, iperf3 per policy and transport."""
+
+
+@experiment.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory (default: results/<name>).")
+@click.option("--resume", is_flag=True, help="Continue a matrix: skip cells already in results.jsonl.")
+@click.option("--logs", is_flag=True, help="Keep ns-3 logs per cell under OUT/logs.")
+def run(config: Path, out: Path | None, resume: bool, logs: bool) -> None:
+    """Run every cell of CONFIG, then write report.md, results.csv and plots."""
+    from bench.experiments.config import ConfigError, load
+    from bench.experiments.report import build_report
+    from bench.experiments.runner import run_experiment
+
+    try:
+        exp = load(config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    out = out or Path("results") / exp.name
+    total = len(exp.cells())
+    click.echo(f"{exp.name}: {total} cells -> {out}")
+    t0 = time.monotonic()
+
+    def progress(i: int, n: int, rec: dict[str, Any]) -> None:
+        what = (f"{rec.get('time_s', float('nan')):.3f} s" if rec["status"] == "ok"
+                else f"FAILED: {str(rec.get('reason')).splitlines()[0][:120]}")
+        click.echo(f"[{i}/{n} {time.monotonic() - t0:5.0f}s] {rec['key']}: {what}")
+
+    logging.getLogger("ipcgw").setLevel(logging.WARNING)
+    try:
+        run_experiment(exp, out, resume=resume, progress=progress,
+                       log_dir=(out / "logs") if logs else None)
+    except FileExistsError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"report: {build_report(out)}")
+
+
+@experiment.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def report(out: Path) -> None:
+    """Rebuild report.md, results.csv and plots of OUT from its results.jsonl."""
+    from bench.experiments.report import build_report
+
+    click.echo(str(build_report(out)))
+
+
+@experiment.command()
+@click.argument("a", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("b", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the comparison to this file.")
+def compare(a: Path, b: Path, out: Path | None) -> None:
+    """Compare two experiment directories measure by measure (A vs B)."""
+    from bench.experiments.report import compare as do_compare
+
+    text = do_compare(a, b)
+    if out:
+        out.write_text(text)
+    click.echo(text)

@@ -1,0 +1,194 @@
+"""Runs an experiment's cells, one JSON line each, resumable.
+
+Each cell gets fresh namespaces (unique prefix), its own gateway and
+processes, and a deadline (``timeout_s``). Whatever goes wrong inside a
+cell — the simulation misses its real-time limit, a process dies, the
+deadline passes, a transfer comes up short — becomes ``status: "failed"``
+with the reason, and everything the cell made is removed before the next
+one starts. Results are appended (and flushed) after every cell, so an
+interrupted matrix loses at most the cell that was running; ``resume``
+skips the keys already in ``results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.experiments.config import Cell, Experiment
+from bench.experiments.control import PolicyGateway
+from bench.experiments.setups import make_setup, wifi_path
+from bench.experiments.workloads import ROOT, CellFailed, _Procs, agent, run_workload
+
+__all__ = ["RESULTS", "done_keys", "run_cell", "run_experiment", "versions"]
+
+log = logging.getLogger(__name__)
+
+RESULTS = "results.jsonl"
+LEAD_S = 0.5  # reporter, mobility and workload start together this long after setup
+
+
+def versions() -> dict[str, Any]:
+    """What produced the numbers: a report without this cannot be compared honestly."""
+    out: dict[str, Any] = {"kernel": os.uname().release, "python": platform.python_version(),
+                           "machine": platform.machine(), "cpus": os.cpu_count(),
+                           "loadavg_at_start": os.getloadavg()}
+    for pkg in ("ipcgw", "ns3", "pyroute2", "matplotlib"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    try:
+        out["git"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                    capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out["git"] = None
+    for prog, flag in (("iperf3", "--version"), ("mptcpize", "--version")):
+        try:
+            text = subprocess.run([prog, flag], capture_output=True, text=True, timeout=5).stdout
+            out[prog] = text.splitlines()[0].strip() if text else None
+        except (OSError, subprocess.SubprocessError):
+            out[prog] = None
+    return out
+
+
+def done_keys(out_dir: Path) -> set[str]:
+    path = out_dir / RESULTS
+    keys: set[str] = set()
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                keys.add(json.loads(line)["key"])
+            except (ValueError, KeyError):
+                continue  # a line cut by the interruption
+    return keys
+
+
+def run_cell(cell: Cell, timeout_s: float, log_dir: Path | None = None) -> dict[str, Any]:
+    """One cell, start to clean up; never raises for a failure of the cell itself."""
+    rec: dict[str, Any] = {**cell.describe(), "status": "ok", "reason": None}
+    started = time.monotonic()
+    deadline = started + timeout_s
+    rec["started"] = time.time()
+    prefix = f"ixp{uuid.uuid4().hex[:6]}"
+    setup = make_setup(cell.setup, prefix, log_dir)
+    gateway: PolicyGateway | None = None
+    n_paths = len(cell.setup.paths)
+    try:
+        with _Procs() as procs:
+            setup.build(cell.seed)
+            url = None
+            if cell.policy.needs_gateway:
+                gateway = PolicyGateway(cell.policy.spec or "", cell.policy.args,
+                                        cell.transport, setup.client)
+                url = gateway.start()
+            setup.start(url)
+            t0 = time.monotonic() + LEAD_S
+            mob = cell.setup.mobility
+            if url and mob and not setup.reports_in_sim:
+                reporter = procs.start(setup.client, agent(
+                    "report", "--url", url, "--start", t0, "--start-m", mob.get("start_m", 30.0),
+                    "--speed", mob.get("speed_mps", 5.0), "--path", wifi_path(cell.setup) or 2,
+                    "--duration", timeout_s, "--seed", cell.seed))
+                del reporter
+            setup.begin(t0)
+            time.sleep(max(0.0, t0 - time.monotonic()))
+            rec.update(run_workload(cell, setup, deadline, n_paths))
+            setup.check()
+            losses = setup.losses()
+            for i, n in enumerate(losses, 1):
+                rec[f"p{i}_lost_pkts"] = n
+            rec["lost_pkts"] = (sum(n for n in losses if n is not None)
+                                if any(n is not None for n in losses) else None)
+            if gateway is not None:
+                rec.update(_gateway_measures(gateway, setup))
+            mobility = getattr(setup, "mobility", None)
+            if mobility is not None:
+                rec["mobility_trace"] = mobility.trace[::4]
+    except Exception as exc:  # every failure of a cell is data; ^C is not (it propagates)
+        rec["status"] = "failed"
+        sim_failure = getattr(getattr(setup, "dp", None), "failure", None)
+        rec["reason"] = (str(sim_failure) if sim_failure else
+                         str(exc) if isinstance(exc, CellFailed) else f"{type(exc).__name__}: {exc}")
+        log.debug("cell %s failed:\n%s", cell.key, traceback.format_exc())
+    finally:
+        _cleanup(gateway, setup)
+    info = setup.info
+    rec["dataplane_ran"] = info.get("dataplane")
+    last = getattr(setup, "last_progress", None)
+    if last:
+        rec["sim_lag_s"] = last.get("lag")
+    rec["wall_s"] = time.monotonic() - started
+    return rec
+
+
+def _cleanup(gateway: PolicyGateway | None, setup: Any) -> None:
+    for step in ((gateway.stop if gateway is not None else None), setup.down):
+        if step is None:
+            continue
+        try:
+            step()
+        except Exception as exc:  # keep cleaning
+            log.warning("cleanup step failed: %s", exc)
+
+
+def _gateway_measures(gateway: PolicyGateway, setup: Any) -> dict[str, Any]:
+    reactions = gateway.reactions(setup.sim_to_mono)
+    ipc = gateway.ipc_delays_ms(setup.sim_to_mono)
+    out: dict[str, Any] = {"reports": len(gateway.probe.reports),
+                           "decisions": len(gateway.probe.decisions), "reactions": reactions}
+    if reactions:
+        # the handover: the first decision that sets a backup flag (a policy's
+        # first report may just confirm the flags the path already has)
+        first = next((r for r in reactions if r["what"][-1] is True), reactions[0])
+        out["reaction_ms"] = first["reaction_ms"]
+        out["reaction_ipc_ms"] = first["ipc_ms"]
+        out["reaction_seen_ms"] = first["seen_ms"]
+        out["handover_sim_s"] = first["sim"]
+    if ipc:
+        out["ipc_median_ms"] = statistics.median(ipc)
+    return out
+
+
+Progress = Callable[[int, int, dict[str, Any]], None]
+
+
+def run_experiment(exp: Experiment, out_dir: Path, resume: bool = False,
+                   progress: Progress | None = None, log_dir: Path | None = None) -> Path:
+    """Run every cell not yet in ``out_dir/results.jsonl``; returns that file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = out_dir / RESULTS
+    if results.exists() and results.stat().st_size and not resume:
+        raise FileExistsError(f"{results} exists: pass --resume to continue it, "
+                              "or choose another --out")
+    if exp.source and Path(exp.source).exists():
+        (out_dir / "config.toml").write_text(Path(exp.source).read_text())
+    meta_path = out_dir / "meta.json"
+    meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta.setdefault("runs", []).append({"versions": versions(), "started": time.time()})
+    meta["experiment"] = exp.to_json()
+    meta_path.write_text(json.dumps(meta, indent=2))
+    skip = done_keys(out_dir) if resume else set()
+    cells = exp.cells()
+    with results.open("a") as f:
+        for i, cell in enumerate(cells, 1):
+            if cell.key in skip:
+                continue
+            rec = run_cell(cell, exp.timeout_s, log_dir)
+            f.write(json.dumps(rec, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            if progress is not None:
+                progress(i, len(cells), rec)
+    return results
