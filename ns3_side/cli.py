@@ -12,10 +12,12 @@ the foreground; Ctrl-C (or SIGTERM) removes everything it made.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,9 @@ from ipcgw.errors import IpcgwError
 __all__ = ["dataplane", "experiment"]
 
 
-def _interrupt_on_term() -> None:
-    """SIGTERM unwinds like Ctrl-C, so the ``finally`` that cleans up runs.
+@contextlib.contextmanager
+def _interrupt_on_term() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C while the block runs, so its cleanup runs.
 
     Only in this process: pyroute2 forks helpers (``netns.create``) that
     inherit the handler and get SIGTERM when done; unwinding there would run
@@ -40,7 +43,11 @@ def _interrupt_on_term() -> None:
             os._exit(128 + signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.group()
@@ -79,19 +86,19 @@ def run_cmd(paths: tuple[str, ...], prefix: str, scenario: int, duration: float 
             click.echo(f"sim {m['sim']:7.1f} s  lag {m['lag'] * 1000:5.0f} ms  "
                        f"frames {frames}  {rssi}")
 
-    _interrupt_on_term()
     dp = DataPlane(configs, prefix=prefix, scenario=scenario, duration=duration,
                    hard_limit_ms=hard_limit_ms, on_progress=show)
     try:
-        click.echo(f"building {dp.client} / {dp.server}; starting ns-3 (~10 s)...")
-        dp.up()
-        click.echo(json.dumps({"client": dp.client, "server": dp.server, "paths": [
-            {"path": i, "kind": c.kind, "client": dp.client_addr(i), "server": dp.server_addr(i),
-             "rate_mbit": c.rate_mbit, "delay_ms": c.delay_ms, "queue_packets": c.queue}
-            for i, c in enumerate(configs, 1)]}, indent=2))
-        click.echo(f"try: ip netns exec {dp.client} ping {dp.server_addr(1)}   (Ctrl-C ends)")
-        while dp.wait(1.0) is None:
-            pass
+        with _interrupt_on_term():
+            click.echo(f"building {dp.client} / {dp.server}; starting ns-3 (~10 s)...")
+            dp.up()
+            click.echo(json.dumps({"client": dp.client, "server": dp.server, "paths": [
+                {"path": i, "kind": c.kind, "client": dp.client_addr(i),
+                 "server": dp.server_addr(i), "rate_mbit": c.rate_mbit, "delay_ms": c.delay_ms,
+                 "queue_packets": c.queue} for i, c in enumerate(configs, 1)]}, indent=2))
+            click.echo(f"try: ip netns exec {dp.client} ping {dp.server_addr(1)}   (Ctrl-C ends)")
+            while dp.wait(1.0) is None:
+                pass
     except KeyboardInterrupt:
         click.echo("stopping")
     except IpcgwError as exc:
@@ -150,9 +157,9 @@ def handover(transport: str, out: Path | None, no_policy: bool, duration: float,
     if out is None:
         out = Path("results") / (f"handover-{'policy' if cfg.policy else 'baseline'}-"
                                  f"{time.strftime('%Y%m%d-%H%M%S')}")
-    _interrupt_on_term()
     try:
-        result = run_handover(cfg, out, echo=click.echo)
+        with _interrupt_on_term():
+            result = run_handover(cfg, out, echo=click.echo)
     except KeyboardInterrupt:
         raise click.ClickException("interrupted; namespaces and processes removed") from None
     except IpcgwError as exc:

@@ -85,8 +85,10 @@ class PathConfig:
         if base is None:
             raise ValueError(f"path kind must be one of {KINDS}, got {kind!r}")
         names = {"rate": "rate_mbit", "delay": "delay_ms", "loss": "loss",
-                 "queue": "queue_packets", "mode": "wifi_mode", "start": "start_m",
-                 "speed": "speed_mps", "power": "tx_power_dbm"}
+                 "queue": "queue_packets"}
+        if kind == "wifi":
+            names = {"mode": "wifi_mode", "start": "start_m", "speed": "speed_mps",
+                     "power": "tx_power_dbm", "queue": "queue_packets"}
         kw: dict[str, Any] = {}
         for item in filter(None, rest.split(",")):
             key, sep, value = item.partition("=")

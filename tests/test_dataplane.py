@@ -33,33 +33,41 @@ def require_ns3_wheel() -> None:
         pytest.skip("needs the ns3 wheel")
 
 
-def leftovers(prefix: str) -> list[str]:
+def _root_routing() -> str:
+    return "\n".join(subprocess.run(argv, capture_output=True, text=True).stdout
+                     for argv in (["ip", "rule"], ["ip", "route", "show", "table", "all"]))
+
+
+def leftovers(prefix: str, dp: DataPlane | None = None) -> list[str]:
     """Namespaces, root-namespace TAPs and processes a data plane named ``prefix`` left."""
     found = [f"netns {n}" for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                                   text=True).stdout.split() if n.startswith(prefix)]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     found += [f"link {line.split(':')[1].strip()}" for line in links.splitlines()
               if ": ipdp" in line]
-    procs = subprocess.run(["pgrep", "-af", f"{prefix}|ns3_side.simproc"], capture_output=True,
-                           text=True).stdout
-    found += [f"process {p}" for p in procs.splitlines()
-              if "pgrep" not in p and str(os.getpid()) not in p.split()[0]]
+    procs = subprocess.run(["pgrep", "-af", prefix], capture_output=True, text=True).stdout
+    found += [f"process {p}" for p in procs.splitlines() if "pgrep" not in p]
+    if dp is not None and dp.proc is not None and dp.proc.poll() is None:
+        found.append(f"simulation process {dp.proc.pid}")
     return found
 
 
 @pytest.fixture
 def dataplanes() -> Iterator[list[DataPlane]]:
-    """Data planes a test makes; each is torn down and checked afterwards."""
+    """Data planes a test makes; each is torn down and checked afterwards, and the
+    root namespace's rules and routes are what they were."""
     require_netns()
     require_ns3_wheel()
     made: list[DataPlane] = []
+    routing = _root_routing()
     try:
         yield made
     finally:
         for dp in made:
             dp.down()
     for dp in made:
-        assert not [x for x in leftovers(dp.prefix) if "simproc" not in x or dp.prefix in x]
+        assert not leftovers(dp.prefix, dp)
+    assert _root_routing() == routing
 
 
 # ------------------------------------------------------------------ no root needed
@@ -72,11 +80,25 @@ def test_path_specs_parse_and_queues_are_deliberate() -> None:
     assert PathConfig.parse("lte").kind == "lte"
     # default queue: the larger of one BDP and 100 ms at the rate, in 1514-byte frames
     assert p2p(100, 50).queue == 826 and p2p(5, 10).queue == 42
-    for bad in ("ppp", "p2p:rate", "p2p:colour=red", "p2p:loss=1.5"):
+    for bad in ("ppp", "p2p:rate", "p2p:colour=red", "p2p:loss=1.5", "p2p:speed=2",
+                "wifi:delay=5"):
         with pytest.raises(ValueError):
             PathConfig.parse(bad)
     assert PathConfig.from_json(wifi(5, 1).to_json()) == wifi(5, 1)
     assert lte().delay_ms == 25 and lte().queue >= 50
+
+
+def test_cli_reads_like_its_help_and_rejects_bad_paths() -> None:
+    from click.testing import CliRunner
+
+    from ns3_side.cli import dataplane, experiment
+
+    runner = CliRunner()
+    out = runner.invoke(experiment, ["handover", "--help"]).output
+    for option in ("--transport", "--out", "--no-policy", "--duration", "--speed"):
+        assert option in out
+    bad = runner.invoke(dataplane, ["run", "--path", "p2p:colour=red"])
+    assert bad.exit_code == 2 and "bad path option" in bad.output
 
 
 # ------------------------------------------------------------------ real ns-3, real kernel
@@ -110,6 +132,28 @@ def test_two_p2p_paths_ping_rtts_and_mptcp_fills_both(dataplanes: list[DataPlane
     assert rates[1] > 1.0 and rates[2] > 1.0, f"both paths carry data: {rates}"
     assert sum(rates.values()) >= 0.8 * 10.0, f"per path Mbit/s: {rates}"
     assert dp.last is not None and dp.last["lag"] < 0.25, dp.last
+
+
+@pytest.mark.netns
+@pytest.mark.ns3
+@pytest.mark.slow
+def test_scenario_2_server_signal_endpoint_gets_a_subflow_on_path_2(
+        dataplanes: list[DataPlane]) -> None:
+    """ADD_ADDR from the server: the client's join leaves through path 2 and both carry."""
+    from ns3_side.traffic import Bulk, PathSampler
+
+    dp = DataPlane([p2p(5, 10), p2p(5, 20)], scenario=2)
+    dataplanes.append(dp)
+    dp.up()
+    sampler = PathSampler(dp.client, {dp.client_addr(1): 1, dp.client_addr(2): 2},
+                          interval=0.5).start()
+    with Bulk(dp.client, dp.server, dp.server_addr(1)):
+        time.sleep(6)
+    sampler.stop()
+    rates = sampler.rate_between(2.0, 6.5)
+    dp.check()
+    assert rates[1] > 1.0 and rates[2] > 1.0, rates
+    assert sum(rates.values()) >= 0.8 * 10.0, rates
 
 
 @pytest.mark.netns
@@ -152,7 +196,7 @@ def test_killed_simulation_is_reported_and_leaves_nothing(dataplanes: list[DataP
     with pytest.raises(SimulationFailed, match="killed by signal SIGKILL"):
         dp.wait(10)
     dp.down()
-    assert not leftovers(dp.prefix)
+    assert not leftovers(dp.prefix, dp)
 
 
 @pytest.mark.netns
@@ -165,7 +209,7 @@ def test_missed_real_time_limit_kills_with_ns3_message(dataplanes: list[DataPlan
     with pytest.raises(SimulationFailed, match="Hard real-time limit exceeded"):
         dp.wait(15)
     dp.down()
-    assert not leftovers(dp.prefix)
+    assert not leftovers(dp.prefix, dp)
 
 
 @pytest.mark.netns
@@ -177,4 +221,4 @@ def test_hung_simulation_is_killed_by_the_watchdog(dataplanes: list[DataPlane]) 
     with pytest.raises(SimulationFailed, match="no progress"):
         dp.wait(15)
     dp.down()
-    assert not leftovers(dp.prefix)
+    assert not leftovers(dp.prefix, dp)
