@@ -28,7 +28,9 @@ def experiment() -> None:
               help="Output directory (default: results/<name>).")
 @click.option("--resume", is_flag=True, help="Continue a matrix: skip cells already in results.jsonl.")
 @click.option("--logs", is_flag=True, help="Keep ns-3 logs per cell under OUT/logs.")
-def run(config: Path, out: Path | None, resume: bool, logs: bool) -> None:
+@click.option("--prefix", default="ixp", show_default=True,
+              help="Namespace name prefix (distinct per concurrent run).")
+def run(config: Path, out: Path | None, resume: bool, logs: bool, prefix: str) -> None:
     """Run every cell of CONFIG, then write report.md, results.csv and plots."""
     from bench.experiments.config import ConfigError, load
     from bench.experiments.report import build_report
@@ -51,7 +53,7 @@ def run(config: Path, out: Path | None, resume: bool, logs: bool) -> None:
     logging.getLogger("ipcgw").setLevel(logging.WARNING)
     try:
         run_experiment(exp, out, resume=resume, progress=progress,
-                       log_dir=(out / "logs") if logs else None)
+                       log_dir=(out / "logs") if logs else None, prefix=prefix)
     except FileExistsError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"report: {build_report(out)}")

@@ -14,6 +14,8 @@
     dataplane = "veth"                       # or "ns3"
     paths = [{rate_mbit = 10}, {rate_mbit = 20, loss_pct = 1}]
     mobility = {path = 2, start_m = 40, speed_mps = 5}   # veth: emulated WiFi
+    hold_s = 3   # with a policy: run at least this long (sim time), so the
+                 # handover happens and its reaction time is measured
 
     [[workload]]
     kind = "file"            # "iperf3", "video"
@@ -84,6 +86,7 @@ class SetupSpec:
     paths: list[Any]
     mobility: dict[str, Any] | None = None
     hard_limit_ms: float = 500.0
+    hold_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,7 @@ def _setup(item: dict[str, Any], i: int) -> SetupSpec:
         raise ConfigError(f"setup {i}: mobility is the veth emulation; ns3 paths move "
                           "themselves (wifi:start=..,speed=..)")
     return SetupSpec(str(item.get("name", f"{dp}{i}")), dp, list(paths), mob,
-                     float(item.get("hard_limit_ms", 500.0)))
+                     float(item.get("hard_limit_ms", 500.0)), float(item.get("hold_s", 0.0)))
 
 
 def _workloads(item: dict[str, Any], i: int) -> list[WorkloadSpec]:

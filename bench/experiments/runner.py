@@ -75,14 +75,17 @@ def done_keys(out_dir: Path) -> set[str]:
     return keys
 
 
-def run_cell(cell: Cell, timeout_s: float, log_dir: Path | None = None) -> dict[str, Any]:
-    """One cell, start to clean up; never raises for a failure of the cell itself."""
+def run_cell(cell: Cell, timeout_s: float, log_dir: Path | None = None,
+             prefix: str = "ixp") -> dict[str, Any]:
+    """One cell, start to clean up; never raises for a failure of the cell itself.
+
+    Namespaces are ``<prefix><6 hex>-cli/-srv``: a distinct ``prefix`` keeps
+    concurrent runs (a test beside a long matrix) out of each other's way."""
     rec: dict[str, Any] = {**cell.describe(), "status": "ok", "reason": None}
     started = time.monotonic()
     deadline = started + timeout_s
     rec["started"] = time.time()
-    prefix = f"ixp{uuid.uuid4().hex[:6]}"
-    setup = make_setup(cell.setup, prefix, log_dir)
+    setup = make_setup(cell.setup, f"{prefix}{uuid.uuid4().hex[:6]}", log_dir)
     gateway: PolicyGateway | None = None
     n_paths = len(cell.setup.paths)
     try:
@@ -105,6 +108,10 @@ def run_cell(cell: Cell, timeout_s: float, log_dir: Path | None = None) -> dict[
             setup.begin(t0)
             time.sleep(max(0.0, t0 - time.monotonic()))
             rec.update(run_workload(cell, setup, deadline, n_paths))
+            if gateway is not None and cell.setup.hold_s:
+                # let the walk reach the handover, so its reaction time is measured
+                # even when the workload ended first
+                time.sleep(max(0.0, min(t0 + cell.setup.hold_s, deadline) - time.monotonic()))
             setup.check()
             losses = setup.losses()
             for i, n in enumerate(losses, 1):
@@ -148,10 +155,12 @@ def _gateway_measures(gateway: PolicyGateway, setup: Any) -> dict[str, Any]:
     ipc = gateway.ipc_delays_ms(setup.sim_to_mono)
     out: dict[str, Any] = {"reports": len(gateway.probe.reports),
                            "decisions": len(gateway.probe.decisions), "reactions": reactions}
+    first = None
     if reactions:
         # the handover: the first decision that sets a backup flag (a policy's
         # first report may just confirm the flags the path already has)
-        first = next((r for r in reactions if r["what"][-1] is True), reactions[0])
+        first = next((r for r in reactions if r["what"][-1] is True), None)
+    if first is not None:
         out["reaction_ms"] = first["reaction_ms"]
         out["reaction_ipc_ms"] = first["ipc_ms"]
         out["reaction_seen_ms"] = first["seen_ms"]
@@ -165,7 +174,8 @@ Progress = Callable[[int, int, dict[str, Any]], None]
 
 
 def run_experiment(exp: Experiment, out_dir: Path, resume: bool = False,
-                   progress: Progress | None = None, log_dir: Path | None = None) -> Path:
+                   progress: Progress | None = None, log_dir: Path | None = None,
+                   prefix: str = "ixp") -> Path:
     """Run every cell not yet in ``out_dir/results.jsonl``; returns that file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / RESULTS
@@ -185,7 +195,7 @@ def run_experiment(exp: Experiment, out_dir: Path, resume: bool = False,
         for i, cell in enumerate(cells, 1):
             if cell.key in skip:
                 continue
-            rec = run_cell(cell, exp.timeout_s, log_dir)
+            rec = run_cell(cell, exp.timeout_s, log_dir, prefix)
             f.write(json.dumps(rec, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())

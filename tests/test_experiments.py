@@ -1,0 +1,265 @@
+"""``ipcgw experiment``: statistics and video scoring (no root), then real matrices
+in namespaces checked against ground truth (root; forced in CI)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from bench.experiments.config import ConfigError, parse, parse_size
+from bench.experiments.stats import summarize, t975
+from bench.experiments.video import frame_sizes, score
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "bench" / "experiments" / "examples"
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_t_quantiles_and_ci_match_textbook_values() -> None:
+    assert t975(1) == pytest.approx(12.706)
+    assert t975(4) == pytest.approx(2.776)
+    assert t975(30) == pytest.approx(2.042)
+    assert 1.96 <= t975(500) < 2.0
+    s = summarize([1, 2, 3, 4, 5])
+    assert (s.n, s.mean) == (5, 3.0)
+    assert s.std == pytest.approx(math.sqrt(2.5))
+    assert s.ci95 == pytest.approx(2.776 * math.sqrt(2.5) / math.sqrt(5))
+    assert s.low < 3 < s.high
+
+
+def test_summary_of_few_or_missing_values() -> None:
+    assert summarize([]).n == 0 and math.isnan(summarize([]).mean)
+    one = summarize([2.5])
+    assert one.mean == 2.5 and math.isnan(one.ci95)
+    assert summarize([1.0, float("nan"), 3.0]).n == 2
+    assert summarize([4.0, 4.0, 4.0]).ci95 == 0.0
+
+
+# ---------------------------------------------------------------- video scoring
+
+
+def test_video_all_frames_on_time() -> None:
+    arrivals = [0.5 + i * 0.04 for i in range(25)]  # 25 fps, everything 0.5 s in advance
+    s = score(arrivals, fps=25, startup_s=1.0, start=0.0)
+    assert (s.frames, s.received, s.on_time, s.stalls, s.stall_time_s) == (25, 25, 25, 0, 0.0)
+    assert s.on_time_ratio == 1.0
+
+
+def test_video_one_late_frame_stalls_once_and_shifts_the_rest() -> None:
+    fps, startup = 10.0, 1.0
+    arrivals = [startup + i / fps - 0.05 for i in range(10)]
+    arrivals[3] = startup + 0.3 + 0.5  # due at 1.3 s, arrives at 1.8 s
+    arrivals[4] = 1.81  # due 1.4 fixed; the buffering player now wants it at 1.9: fine
+    s = score(arrivals, fps, startup)
+    assert s.stalls == 1
+    assert s.stall_time_s == pytest.approx(0.5)
+    assert s.on_time == 8  # frames 3 and 4 missed their fixed deadlines
+    assert s.max_late_s == pytest.approx(0.5)
+
+
+def test_video_missing_frames_count_as_late_and_end_playback() -> None:
+    s = score([0.1, 0.2, None, None], fps=10, startup_s=0.5)
+    assert (s.received, s.on_time, s.stalls) == (2, 2, 0)
+    with pytest.raises(ValueError):
+        score([0.1], fps=0, startup_s=1)
+
+
+def test_frame_sizes_match_the_bitrate_and_have_i_frames() -> None:
+    sizes = frame_sizes(bitrate_mbit=4.0, fps=25, duration_s=4, seed=3)
+    assert len(sizes) == 100
+    assert sum(sizes) * 8 / 4 / 1e6 == pytest.approx(4.0, rel=0.01)
+    assert sizes[0] > 2 * sizes[1]  # an I frame leads each group
+    assert frame_sizes(4.0, 25, 4, seed=3) == sizes
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_config_expands_the_matrix() -> None:
+    exp = parse({"repetitions": 2, "policies": ["kernel", "rssi"], "transports": ["unix", "fifo"],
+                 "setup": [{"name": "a", "paths": [{}, {}]}],
+                 "workload": [{"kind": "file", "sizes": ["64K", "1M"]}, {"kind": "video"}]})
+    cells = exp.cells()
+    # kernel: no gateway, so one transport "-"; rssi: one cell per transport
+    assert len(cells) == 2 * (1 + 2) * 3
+    assert len({c.key for c in cells}) == len(cells)
+    assert {c.transport for c in cells if c.policy.name == "kernel"} == {"-"}
+    assert [c.rep for c in cells[:9]] == [0] * 9  # repetition-major
+    assert {c.seed for c in cells} == {1, 2}
+    assert parse_size("32MB") == 32 << 20 and parse_size("64K") == 65536
+
+
+@pytest.mark.parametrize("raw, words", [
+    ({"setup": [{}], "workload": [{"kind": "file", "sizes": ["1K"]}], "bogus": 1}, "bogus"),
+    ({"setup": [{"dataplane": "tap"}], "workload": [{"kind": "video"}]}, "dataplane"),
+    ({"setup": [{}], "workload": [{"kind": "file"}]}, "sizes"),
+    ({"setup": [{}], "workload": [{"kind": "video"}], "transports": ["carrier-pigeon"]},
+     "transport"),
+    ({"setup": [{}], "workload": [{"kind": "file", "sizes": ["1Q"]}]}, "size"),
+])
+def test_bad_configs_name_the_problem(raw: dict[str, Any], words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        parse(raw)
+
+
+def test_shipped_examples_parse() -> None:
+    from bench.experiments.config import load
+
+    for name in ("quick", "seed", "ns3"):
+        assert load(EXAMPLES / f"{name}.toml").cells()
+
+
+# ---------------------------------------------------------------- report and compare (no root)
+
+
+def _fake(out: Path, scale: float) -> None:
+    out.mkdir()
+    with (out / "results.jsonl").open("w") as f:
+        for rep in range(3):
+            for size in (65536, 1 << 20):
+                f.write(json.dumps({
+                    "key": f"s|kernel|-|file:{size}|{rep}", "status": "ok", "setup": "s",
+                    "dataplane": "veth", "dataplane_ran": "veth", "policy": "kernel",
+                    "transport": "-", "workload": "file", "label": f"file:{size}", "size": size,
+                    "rep": rep, "bytes": size, "time_s": scale * size / 1e6 * (1 + rep / 10),
+                    "retrans": rep, "lost_pkts": 0, "p1_bytes": size, "p2_bytes": 0,
+                    "bytes_sent_total": size}) + "\n")
+        f.write(json.dumps({"key": "s|kernel|-|file:x|0", "status": "failed", "setup": "s",
+                            "reason": "timeout: boom", "label": "file:x"}) + "\n")
+
+
+def test_report_and_compare_from_results_alone(tmp_path: Path) -> None:
+    from bench.experiments.report import build_report, compare
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    _fake(a, 1.0)
+    _fake(b, 2.0)
+    text = build_report(a).read_text()
+    assert "## File transfers" in text and "## Failed cells" in text and "timeout: boom" in text
+    assert len((a / "results.csv").read_text().splitlines()) == 1 + 7
+    diff = compare(a, b)
+    assert "+100.0 %" in diff  # B is twice as slow
+    assert "time_s" in diff
+
+
+# ---------------------------------------------------------------- real runs (root)
+
+
+PREFIX = "ixt"
+
+
+@pytest.fixture
+def no_leftovers() -> Iterator[None]:
+    """Every namespace a run makes (prefix ``ixt``) is gone afterwards."""
+    from conftest import require_netns
+    from netns_helpers import require_nft
+
+    require_netns()
+    require_nft()
+    from pyroute2 import netns
+
+    before = {n for n in netns.listnetns() if n.startswith(PREFIX)}
+    yield
+    after = {n for n in netns.listnetns() if n.startswith(PREFIX)}
+    assert after <= before, f"namespaces left behind: {sorted(after - before)}"
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_quick_example_produces_a_complete_report(tmp_path: Path, no_leftovers: None) -> None:
+    """quick.toml through the CLI: 8 cells, all ok, every section and plot, and the
+    RSSI policy's handover timed through the unix transport."""
+    from bench.experiments.cli import experiment
+
+    out = tmp_path / "quick"
+    result = CliRunner().invoke(experiment, ["run", str(EXAMPLES / "quick.toml"),
+                                             "--out", str(out), "--prefix", PREFIX])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 8
+    assert all(r["status"] == "ok" for r in records), [r["reason"] for r in records]
+    for r in records:
+        assert r["bytes"] == r["size"] and r["checksum_ok"]
+        assert r["dataplane_ran"] == "veth"
+    rssi = [r for r in records if r["policy"] == "rssi"]
+    assert all(r["reports"] > 5 and 0 < r["reaction_ms"] < 1000 for r in rssi), rssi
+    report = (out / "report.md").read_text()
+    for section in ("## File transfers", "## Path-manager reaction time", "## Versions",
+                    "## Configuration", "kernel 6.", "time_vs_size.png"):
+        assert section in report
+    for png in ("time_vs_size.png", "retrans_vs_size.png", "losses_vs_size.png",
+                "reaction_per_transport.png"):
+        assert (out / png).stat().st_size > 1000
+    assert len((out / "results.csv").read_text().splitlines()) == 9
+
+
+GROUND_TRUTH = {
+    "name": "truth", "repetitions": 1, "seed": 5, "timeout_s": 30,
+    "policies": ["kernel", "bench.experiments.nowhere:NoPolicy"], "transports": ["unix"],
+    "setup": [{"name": "clean", "paths": [{"rate_mbit": 20}, {"rate_mbit": 20}]},
+              {"name": "lossy", "paths": [{"rate_mbit": 20, "loss_pct": 3},
+                                          {"rate_mbit": 20, "loss_pct": 3}]}],
+    "workload": [{"kind": "file", "sizes": ["64K", "1M"]}],
+}
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_measures_match_ground_truth_failures_are_isolated_and_resume_works(
+        tmp_path: Path, no_leftovers: None) -> None:
+    from bench.experiments.report import build_report, compare
+    from bench.experiments.runner import run_experiment
+
+    exp = parse(GROUND_TRUTH)
+    out = tmp_path / "truth"
+    seen: list[str] = []
+    run_experiment(exp, out, progress=lambda i, n, rec: seen.append(rec["key"]), prefix=PREFIX)
+    lines = (out / "results.jsonl").read_text().splitlines()
+    by = {r["key"]: r for r in map(json.loads, lines)}
+    assert len(by) == len(lines) == 8
+
+    # a failing cell (its policy cannot be loaded) is recorded, the rest ran
+    bad = [r for r in by.values() if r["policy"] == "NoPolicy"]
+    assert len(bad) == 4 and all(r["status"] == "failed" and "nowhere" in r["reason"] for r in bad)
+    good = {(r["setup"], r["size"]): r for r in by.values() if r["policy"] == "kernel"}
+    assert all(r["status"] == "ok" for r in good.values()), [r["reason"] for r in good.values()]
+
+    for (_setup, size), r in good.items():
+        assert r["bytes"] == size and r["checksum_ok"]
+        assert r["bytes_sent_total"] >= size  # the sender's subflows carried it all
+    assert good[("clean", 65536)]["lost_pkts"] == 0
+    assert good[("clean", 1 << 20)]["lost_pkts"] == 0
+    assert good[("clean", 1 << 20)]["retrans"] == 0
+    assert good[("lossy", 1 << 20)]["lost_pkts"] > 0
+    assert good[("lossy", 1 << 20)]["retrans"] > 0
+    assert good[("clean", 1 << 20)]["time_s"] > good[("clean", 65536)]["time_s"]
+    # 1 MiB at 2 x 20 Mbit/s cannot take less than 0.2 s of serialisation
+    assert good[("clean", 1 << 20)]["time_s"] > (1 << 20) * 8 / 40e6
+
+    # without --resume an existing result file is not overwritten
+    with pytest.raises(FileExistsError):
+        run_experiment(exp, out, prefix=PREFIX)
+    # interrupted after 7 cells: resume runs exactly the missing one
+    (out / "results.jsonl").write_text("\n".join(lines[:7]) + "\n")
+    again: list[str] = []
+    run_experiment(exp, out, resume=True, progress=lambda i, n, rec: again.append(rec["key"]),
+                   prefix=PREFIX)
+    assert again == [json.loads(lines[7])["key"]]
+    after = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in after[:7]] == [json.loads(x)["key"] for x in lines[:7]]
+    assert [r["started"] for r in after[:7]] == [json.loads(x)["started"] for x in lines[:7]]
+    # nothing left: resume runs nothing
+    run_experiment(exp, out, resume=True, progress=lambda *a: pytest.fail("ran a done cell"),
+                   prefix=PREFIX)
+
+    report = build_report(out).read_text()
+    assert "4 ok, 4 failed" in report and "## Failed cells" in report
+    diff = compare(out, out)
+    assert "| clean | file:1M | kernel | time_s |" in diff and "+0.0 %" in diff
