@@ -1,12 +1,14 @@
 """``ipcgw experiment``: run a matrix from a TOML file, rebuild or compare reports.
 
 Registered lazily in ipcgw's CLI as ``experiment = bench.experiments.cli:experiment``
-(ipcgw itself never imports bench). It is a click group so other commands
-(the data plane's ``handover``) can be added to it with ``experiment.add_command``.
+(ipcgw itself never imports bench). The data plane's ``handover`` command
+(``ns3_side.cli:handover``) joins this group lazily, so one ``experiment``
+name serves both and ``run``/``compare`` work where ns-3 is not installed.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from pathlib import Path
@@ -17,7 +19,31 @@ import click
 __all__ = ["experiment"]
 
 
-@click.group()
+class _Group(click.Group):
+    """Subcommands that live elsewhere are imported only when used (and hidden
+    from the list when their package cannot be imported)."""
+
+    lazy = {"handover": "ns3_side.cli:handover"}
+
+    def _load(self, name: str) -> click.Command | None:
+        module, _, attr = self.lazy[name].partition(":")
+        try:
+            command: click.Command = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            return None
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        extra = [n for n in self.lazy if n not in self.commands and self._load(n) is not None]
+        return sorted([*super().list_commands(ctx), *extra])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            return self._load(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Group)
 def experiment() -> None:
     """The seed's evaluation: file transfers, video, iperf3 per policy and transport."""
 
