@@ -128,7 +128,7 @@ def experiment() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Results folder (default: results/handover-<policy>-<time>).")
 @click.option("--no-policy", is_flag=True, help="Baseline: the server gets reports, does nothing.")
-@click.option("--duration", type=float, default=30.0, show_default=True, help="Seconds.")
+@click.option("--duration", type=float, default=40.0, show_default=True, help="Seconds.")
 @click.option("--start", "start_m", type=float, default=30.0, show_default=True,
               help="Station's initial distance from the AP, m.")
 @click.option("--speed", "speed_mps", type=float, default=2.0, show_default=True,

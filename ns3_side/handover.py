@@ -53,7 +53,7 @@ class HandoverConfig:
 
     transport: str = "fifo"
     policy: bool = True
-    duration: float = 30.0
+    duration: float = 40.0
     start_m: float = 30.0
     speed_mps: float = 2.0
     wifi_mode: str = "OfdmRate12Mbps"
@@ -181,6 +181,7 @@ def run(cfg: HandoverConfig, out: Path, *, echo: Printer | None = print) -> Hand
     marks: list[tuple[float, dict[str, Any]]] = []  # (monotonic, sim progress)
     dp = DataPlane(cfg.paths(), prefix=cfg.prefix, scenario=1, duration=cfg.duration,
                    hard_limit_ms=cfg.hard_limit_ms, seed=cfg.seed, log_dir=out,
+                   progress_s=min(0.25, cfg.sample_s),
                    on_progress=lambda m: marks.append((time.monotonic(), m)))
     server: _Server | None = None
     bulk: Bulk | None = None
