@@ -171,7 +171,8 @@ class LengthDecoder(_Buffer):
                 off += hdr
             if end - off < need:
                 break
-            frames.append(bytes(buf[off : off + need]))
+            with memoryview(buf) as view:  # one copy, not two; released before any resize
+                frames.append(bytes(view[off : off + need]))
             off += need
             need = -1
         self._off, self._need = off, need

@@ -22,6 +22,7 @@ import errno
 import os
 import socket
 import stat
+import struct
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -41,46 +42,70 @@ __all__ = ["TcpTransport", "UnixTransport"]
 _RECV_SIZE = 256 * 1024
 
 
+_TIMEVAL = struct.Struct("ll")
+# A kernel receive timeout within this fraction of the one asked for is kept:
+# re-setting it on every call would cost a syscall per message.
+_SLACK = 0.05
+
+
 class SocketConnection(Connection):
+    """Blocking socket with its timeouts kept in the kernel (SO_RCVTIMEO /
+    SO_SNDTIMEO): Python's own socket timeouts add a poll() before every call."""
+
     def __init__(self, sock: socket.socket, peer: str) -> None:
         self.sock = sock
         self.peer = peer
         self._buf = bytearray(_RECV_SIZE)
         self._view = memoryview(self._buf)
-        self._timeout: float | None = None
+        self._rcvtimeo: float | None = None  # None: wait forever
+        self._send_timeout: float | None = None
         sock.settimeout(None)
 
-    def _set_timeout(self, timeout: float | None) -> None:
-        if timeout != self._timeout:
-            self.sock.settimeout(timeout)
-            self._timeout = timeout
+    @property  # type: ignore[override]
+    def send_timeout(self) -> float | None:
+        return self._send_timeout
+
+    @send_timeout.setter
+    def send_timeout(self, value: float | None) -> None:
+        self._send_timeout = value
+        self._kernel_timeout(socket.SO_SNDTIMEO, value)
+
+    def _kernel_timeout(self, option: int, timeout: float | None) -> None:
+        seconds = 0.0 if timeout is None else max(timeout, 1e-6)  # 0 means forever to the kernel
+        self.sock.setsockopt(socket.SOL_SOCKET, option,
+                             _TIMEVAL.pack(int(seconds), int(seconds % 1 * 1_000_000)))
 
     def send(self, data: Buffer) -> None:
         try:
-            self._set_timeout(self.send_timeout)
             self.sock.sendall(data)
-        except TimeoutError:
-            raise Timeout(f"{self.peer} did not read for {self.send_timeout} s") from None
+        except BlockingIOError:  # SO_SNDTIMEO passed without progress
+            raise Timeout(f"{self.peer} did not read for {self._send_timeout} s") from None
         except OSError as exc:
             raise Disconnected(f"{self.peer}: {exc.strerror}") from None
 
     def sendv(self, parts: Sequence[Buffer]) -> None:
         try:
-            self._set_timeout(self.send_timeout)
             sent = self.sock.sendmsg(parts)
             total = sum(len(p) for p in parts)
             if sent < total:  # rare: finish the tail with sendall
                 self.sock.sendall(memoryview(b"".join(parts))[sent:])
-        except TimeoutError:
-            raise Timeout(f"{self.peer} did not read for {self.send_timeout} s") from None
+        except BlockingIOError:
+            raise Timeout(f"{self.peer} did not read for {self._send_timeout} s") from None
         except OSError as exc:
             raise Disconnected(f"{self.peer}: {exc.strerror}") from None
 
     def recv(self, timeout: float | None = None) -> bytes:
         try:
-            self._set_timeout(timeout)
-            n = self.sock.recv_into(self._buf)
-        except (TimeoutError, BlockingIOError):  # timeout 0 makes the socket non-blocking
+            if timeout is not None and timeout <= 0:
+                n = self.sock.recv_into(self._buf, 0, socket.MSG_DONTWAIT)
+            else:
+                current = self._rcvtimeo
+                if timeout != current and (timeout is None or current is None
+                                           or abs(timeout - current) > _SLACK * timeout):
+                    self._kernel_timeout(socket.SO_RCVTIMEO, timeout)
+                    self._rcvtimeo = timeout
+                n = self.sock.recv_into(self._buf)
+        except BlockingIOError:  # SO_RCVTIMEO passed, or nothing there for timeout 0
             raise Timeout(f"nothing from {self.peer} within {timeout} s") from None
         except OSError as exc:
             if is_disconnect(exc):
@@ -128,8 +153,6 @@ class SocketListener(Listener):
 
 
 def _peer_pid(sock: socket.socket) -> int:
-    import struct
-
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return int(struct.unpack("3i", creds)[0])
 
