@@ -76,7 +76,7 @@ class Client:
         self.session = 0
         self.server = ""
         self._ids = itertools.count(1)
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())  # never re-entered: a Lock is cheaper
         self._reading = False
         self._inbox: deque[Message] = deque()
         self._replies: dict[int, Message] = {}
@@ -104,14 +104,14 @@ class Client:
             else:
                 msg.request_id = key
         with self._cond:
-            self._awaited.add(key)
+            self._awaited.add(key)  # before sending: another reading thread must keep our reply
         try:
             self.send(msg)
-            return self._next(key, timeout)
-        finally:
+        except BaseException:
             with self._cond:
                 self._awaited.discard(key)
-                self._replies.pop(key, None)
+            raise
+        return self._next(key, timeout)
 
     def command(self, op: str, timeout: float | None = 5.0, **args: Any) -> Any:
         """Run a server command; its value, or IpcgwError with the server's words."""
@@ -173,25 +173,31 @@ class Client:
         return self._replies.pop(key, None)
 
     def _next(self, key: int | None, timeout: float | None) -> Message:
+        """Next message for ``key`` (a request id) or, with None, for the inbox.
+
+        Whoever finds no thread reading becomes the reader; the others wait on
+        the condition. A request's bookkeeping is undone in the same critical
+        section that ends it, so a round trip takes the lock only three times.
+        """
         deadline = deadline_after(timeout)
         cond = self._cond
-        with cond:
-            while True:
-                msg = self._take(key)
-                if msg is not None:
-                    return msg
-                if self._failure is not None:
-                    raise self._failure
-                if not self._reading:
-                    self._reading = True
-                    break
-                left = remaining(deadline)
-                if left == 0.0:
-                    raise Timeout(f"no reply within {timeout} s")
-                cond.wait(left)
-        # This thread reads; others wait on the condition.
+        reading = False
         try:
-            while True:
+            with cond:
+                while True:
+                    msg = self._take(key)
+                    if msg is not None:
+                        return msg
+                    if self._failure is not None:
+                        raise self._failure
+                    if not self._reading:
+                        self._reading = reading = True
+                        break
+                    left = remaining(deadline)
+                    if left == 0.0:
+                        raise Timeout(f"no reply within {timeout} s")
+                    cond.wait(left)
+            while True:  # this thread reads
                 try:
                     msg = self.channel.recv(remaining(deadline))
                 except Timeout:
@@ -213,5 +219,9 @@ class Client:
                     cond.notify_all()
         finally:
             with cond:
-                self._reading = False
+                if reading:
+                    self._reading = False
+                if key is not None:
+                    self._awaited.discard(key)
+                    self._replies.pop(key, None)
                 cond.notify_all()
