@@ -53,6 +53,8 @@ class LazyGroup(click.Group):
         "monitor": "ipcgw.mptcp.cli:monitor",
         "testbed": "ipcgw.mptcp.cli:testbed",
         "bench": "bench.cli:bench_command",
+        "dataplane": "ns3_side.cli:dataplane",
+        "experiment": "ns3_side.cli:experiment",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
