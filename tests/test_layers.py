@@ -1,0 +1,59 @@
+"""The architecture, pinned: each layer imports only what it may."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import ipcgw
+
+PACKAGE = Path(ipcgw.__file__).parent
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_framing_and_codecs_are_sans_io():
+    for module in ("framing.py", "messages.py", "sspi.py", "codecs.py", "errors.py"):
+        found = imports_of(PACKAGE / module)
+        io = {n for n in found if n.split(".")[0] in {"os", "socket", "select", "sysv_ipc",
+                                                     "posix_ipc", "mmap", "subprocess"}}
+        assert not io, f"{module} does I/O: {io}"
+        inner = {n for n in found if n.startswith("ipcgw.")}
+        assert inner <= {"ipcgw.errors", "ipcgw.messages"}, f"{module} reaches across: {inner}"
+
+
+def test_transports_know_nothing_of_messages_or_sessions():
+    for path in (PACKAGE / "transports").glob("*.py"):
+        inner = {n for n in imports_of(path) if n.startswith("ipcgw.")}
+        assert inner <= {"ipcgw.errors", "ipcgw.url", "ipcgw.transports.base",
+                         "ipcgw.transports._mq", "ipcgw.transports"}, f"{path.name}: {inner}"
+
+
+def test_core_package_never_imports_ns3_side_bench_or_ns():
+    code = (
+        "import importlib, pkgutil, sys, ipcgw\n"
+        "for m in pkgutil.walk_packages(ipcgw.__path__, 'ipcgw.'):\n"
+        "    if not m.name.endswith('__main__'):\n"
+        "        importlib.import_module(m.name)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ns3_side', 'bench', 'ns', 'cppyy'))\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_public_surface_is_importable_from_the_top():
+    for name in ipcgw.__all__:
+        assert hasattr(ipcgw, name), name
