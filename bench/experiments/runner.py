@@ -99,12 +99,12 @@ def run_cell(cell: Cell, timeout_s: float, log_dir: Path | None = None,
             setup.start(url)
             t0 = time.monotonic() + LEAD_S
             mob = cell.setup.mobility
+            reporter = None
             if url and mob and not setup.reports_in_sim:
                 reporter = procs.start(setup.client, agent(
                     "report", "--url", url, "--start", t0, "--start-m", mob.get("start_m", 30.0),
                     "--speed", mob.get("speed_mps", 5.0), "--path", wifi_path(cell.setup) or 2,
                     "--duration", timeout_s, "--seed", cell.seed))
-                del reporter
             setup.begin(t0)
             time.sleep(max(0.0, t0 - time.monotonic()))
             rec.update(run_workload(cell, setup, deadline, n_paths))
@@ -113,6 +113,11 @@ def run_cell(cell: Cell, timeout_s: float, log_dir: Path | None = None,
                 # even when the workload ended first
                 time.sleep(max(0.0, min(t0 + cell.setup.hold_s, deadline) - time.monotonic()))
             setup.check()
+            if reporter is not None and reporter.poll() is not None:
+                # the simulation's stand-in died: the policy ran blind, the cell is void
+                err = reporter.stderr.read() if reporter.stderr else ""
+                raise CellFailed(f"reporter exited with status {reporter.returncode}: "
+                                 f"{' | '.join(err.strip().splitlines()[-2:])}")
             losses = setup.losses()
             for i, n in enumerate(losses, 1):
                 rec[f"p{i}_lost_pkts"] = n
