@@ -263,3 +263,41 @@ def test_measures_match_ground_truth_failures_are_isolated_and_resume_works(
     assert "4 ok, 4 failed" in report and "## Failed cells" in report
     diff = compare(out, out)
     assert "| clean | file:1M | kernel | time_s |" in diff and "+0.0 %" in diff
+
+
+def _require_ns3_wheel() -> None:
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("ns") is None:
+        if os.environ.get("IPCGW_REQUIRE_NS3") == "1":
+            pytest.fail("IPCGW_REQUIRE_NS3=1 but the ns3 wheel is not installed")
+        pytest.skip("needs the ns3 wheel (the [ns3] extra)")
+
+
+@pytest.mark.netns
+@pytest.mark.ns3
+@pytest.mark.slow
+def test_ns3_cell_runs_in_the_simulated_paths_and_times_the_handover(
+        tmp_path: Path, no_leftovers: None) -> None:
+    """One cell on the NS-3 data plane: the simulation reports its station's RSSI
+    through a unix socket, the RSSI policy flips the WiFi endpoint, the file arrives."""
+    _require_ns3_wheel()
+    from bench.experiments.runner import run_experiment
+
+    exp = parse({"name": "ns3", "repetitions": 1, "timeout_s": 90, "policies": ["rssi"],
+                 "transports": ["unix"],
+                 "setup": [{"name": "ns3", "dataplane": "ns3", "hold_s": 4,
+                            "paths": ["p2p:rate=10,delay=10", "wifi:start=40,speed=5"]}],
+                 "workload": [{"kind": "file", "sizes": ["256K"]}]})
+    out = tmp_path / "ns3"
+    run_experiment(exp, out, prefix=PREFIX)
+    (rec,) = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert rec["status"] == "ok", rec["reason"]
+    assert rec["dataplane_ran"] == "ns3"
+    assert rec["bytes"] == 256 * 1024 and rec["checksum_ok"]
+    # 10 ms one way on path 1: no transfer is faster than one round trip
+    assert rec["time_s"] > 0.02
+    assert rec["p1_lost_pkts"] == 0  # a lossless, uncongested p2p path
+    assert rec["reports"] > 5 and rec["reaction_ms"] is not None
+    assert 0.5 < rec["handover_sim_s"] < 4.0
