@@ -54,7 +54,7 @@ class LazyGroup(click.Group):
         "testbed": "ipcgw.mptcp.cli:testbed",
         "bench": "bench.cli:bench_command",
         "dataplane": "ns3_side.cli:dataplane",
-        "experiment": "ns3_side.cli:experiment",
+        "experiment": "bench.experiments.cli:experiment",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
