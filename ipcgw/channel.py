@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from typing import NoReturn
 
 from ipcgw.codecs import get_codec
 from ipcgw.errors import Disconnected, Timeout
@@ -56,17 +57,27 @@ class Channel:
         frames = self._frames
         if frames:
             return frames.popleft()
+        if timeout is None:  # the server's loop: no deadline arithmetic
+            while not frames:
+                data = self.conn.recv(None)
+                if not data:
+                    self._eof()
+                frames.extend(self._decoder.feed(data))
+            return frames.popleft()
         deadline = deadline_after(timeout)
         while not frames:
             data = self.conn.recv(remaining(deadline))
             if not data:
-                held = self._decoder.pending
-                tail = f" in the middle of a frame ({held} bytes held)" if held else ""
-                raise Disconnected(f"{self.conn.peer} closed the channel{tail}")
+                self._eof()
             frames.extend(self._decoder.feed(data))
             if not frames and deadline is not None and remaining(deadline) == 0.0:
                 raise Timeout(f"no complete frame from {self.conn.peer} within {timeout} s")
         return frames.popleft()
+
+    def _eof(self) -> NoReturn:
+        held = self._decoder.pending
+        tail = f" in the middle of a frame ({held} bytes held)" if held else ""
+        raise Disconnected(f"{self.conn.peer} closed the channel{tail}")
 
     def close(self) -> None:
         self.conn.close()

@@ -163,22 +163,24 @@ class Session:
             log.info("%s %s", self, reason)
 
     def _serve(self, handler: BaseHandler) -> None:
-        channel = self.channel
-        while not self.closed:
+        # Every round trip runs this loop once: locals, no property calls.
+        recv, send, on_message = self.channel.recv, self.channel.send, handler.on_message
+        is_closed, replies = self._closed.is_set, self.replies
+        while not is_closed():
             try:
-                msg = channel.recv()
+                msg = recv()
             except DecodeError as exc:
                 log.warning("%s: bad message: %s", self, exc)
                 self._try_send(Error(f"bad message: {exc}"))
                 continue
             try:
-                reply = handler.on_message(self, msg)
+                reply = on_message(self, msg)
             except Exception as exc:
                 log.exception("%s: handler failed on %r", self, msg)
                 reply = Error(f"internal error handling {type(msg).__name__}: {exc}",
                               getattr(msg, "request_id", 0))
-            if reply is not None:
-                self.send(reply)
+            if reply is not None and replies:
+                send(reply)
             if isinstance(msg, Bye):
                 self._close_reason = f"said bye ({msg.reason})" if msg.reason else "said bye"
                 return
