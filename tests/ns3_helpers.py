@@ -132,6 +132,10 @@ class Server:
     def signal(self, sig: int) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
+            if sig == signal.SIGSTOP:  # kill() returns before the target has stopped
+                deadline = time.monotonic() + 5
+                while _state(self.proc.pid) not in ("T", "t") and time.monotonic() < deadline:
+                    time.sleep(0.001)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (after SIGCONT, in case a test froze it), then SIGKILL if needed."""
@@ -160,3 +164,12 @@ def dump_reports(url: str) -> list[list[Any]]:
 
     with ipcgw.connect(url, timeout=5.0, name="test-dump") as client:
         return list(client.command("reports.dump", timeout=10.0))
+
+
+def _state(pid: int) -> str:
+    """The one-letter state in /proc/PID/stat (T: stopped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b") ", 1)[1][:1].decode()
+    except (OSError, IndexError):
+        return "?"
