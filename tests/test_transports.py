@@ -376,3 +376,21 @@ def test_legacy_c_writer_is_served_like_the_sspi_plugin(tmp_path):
         assert not fifo.exists()
     finally:
         server.kill()
+
+
+def test_sysv_rendezvous_queue_removed_under_a_live_server_is_recreated(server_factory):
+    import sysv_ipc
+
+    server = server_factory("sysv")
+    key = int(server.url.split("://")[1].split("?")[0], 16)
+    sysv_ipc.MessageQueue(key).remove()  # what a stray `ipcrm` does
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            with ipcgw.connect(server.url, timeout=1) as client:
+                assert client.ping(b"back") == b"back"
+            break
+        except ConnectError:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.1)
+    server.stop_ok()

@@ -374,7 +374,15 @@ class SysvListener(Listener):
             except _GONE:
                 if self._closed:
                     raise ListenerClosed("listener closed") from None
-                raise TransportError(f"rendezvous queue {_hex(self.key)} was removed") from None
+                # Someone ran ipcrm on our rendezvous queue: we hold the ServerLock, so
+                # the key is ours; recreate it rather than stop serving new clients.
+                try:
+                    self.rendezvous = _queue(self.key, sysv_ipc.IPC_CREAT, self.endpoint.mode)
+                except (sysv_ipc.Error, OSError) as exc:
+                    raise TransportError(
+                        f"rendezvous queue {_hex(self.key)} was removed and cannot be "
+                        f"recreated: {exc}") from None
+                continue
             except sysv_ipc.Error:  # EINTR
                 continue
             hello = unpack_hello(payload)
