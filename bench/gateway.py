@@ -92,7 +92,7 @@ class GatewayServer:
                  send_timeout: float = 60.0) -> None:
         self.requested = url
         self.cpu = cpu
-        cmd = [sys.executable, "-m", "ipcgw", "serve", "--listen", url,
+        cmd = [sys.executable, "-P", "-m", "ipcgw", "serve", "--listen", url,
                "--handler", "bench.handler:BenchHandler", "--send-timeout", str(send_timeout)]
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]  # execs: the pid stays the server's

@@ -64,7 +64,7 @@ class Ref:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.echo", self.child_kind or self.transport, self.mode,
+            [sys.executable, "-P", "-m", "bench.echo", self.child_kind or self.transport, self.mode,
              str(self.size), *args],
             pass_fds=pass_fds, preexec_fn=_pin_to(self.server_cpu), env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -53,7 +53,7 @@ def _ipc_names() -> set[str]:
 def run_demo(echo: Callable[[str], None] = print, rounds: int = 2000) -> None:
     workdir = tempfile.mkdtemp(prefix="ipcgw-demo-")
     before = _ipc_names()
-    cmd = [sys.executable, "-m", "ipcgw", "serve"]
+    cmd = [sys.executable, "-P", "-m", "ipcgw", "serve"]
     for url in demo_urls(workdir, uuid.uuid4().hex[:6]):
         cmd += ["--listen", url]
     log_path = os.path.join(workdir, "server.log")

@@ -35,7 +35,7 @@ from ipcgw.messages import Report
 
 @contextmanager
 def _server(url: str) -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "ipcgw", "serve", "--listen", url],
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "ipcgw", "serve", "--listen", url],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert proc.stdout is not None

@@ -240,7 +240,7 @@ class DataPlane:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ns3_side.simproc", str(cfg_path)],
+            [sys.executable, "-P", "-m", "ns3_side.simproc", str(cfg_path)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env,
             pass_fds=[fd for pair in fds for fd in pair])
         self.testbed.close_fds()  # the simulation owns the TAPs now

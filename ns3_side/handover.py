@@ -95,7 +95,7 @@ class _Server:
     """``ipcgw serve`` in the client namespace; stopped with SIGTERM (it cleans up)."""
 
     def __init__(self, netns: str, url: str, policy: bool, log_path: Path) -> None:
-        cmd = ["ip", "netns", "exec", netns, sys.executable, "-m", "ipcgw", "-v", "serve",
+        cmd = ["ip", "netns", "exec", netns, sys.executable, "-P", "-m", "ipcgw", "-v", "serve",
                "--listen", url, "--handler", "mptcp"]
         if policy:
             cmd += ["--policy", POLICY]

@@ -58,7 +58,7 @@ class _Procs:
 
 
 def agent(mode: str, *args: Any) -> list[str]:
-    return [sys.executable, "-m", "bench.experiments.agent", mode, *map(str, args)]
+    return [sys.executable, "-P", "-m", "bench.experiments.agent", mode, *map(str, args)]
 
 
 def _wait_ready(proc: subprocess.Popen[str], deadline: float, what: str) -> None:
