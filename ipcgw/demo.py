@@ -53,8 +53,9 @@ def _ipc_names() -> set[str]:
 def run_demo(echo: Callable[[str], None] = print, rounds: int = 2000) -> None:
     workdir = tempfile.mkdtemp(prefix="ipcgw-demo-")
     before = _ipc_names()
+    wanted = demo_urls(workdir, uuid.uuid4().hex[:6])
     cmd = [sys.executable, "-P", "-m", "ipcgw", "serve"]
-    for url in demo_urls(workdir, uuid.uuid4().hex[:6]):
+    for url in wanted:
         cmd += ["--listen", url]
     log_path = os.path.join(workdir, "server.log")
     with open(log_path, "wb") as log:
@@ -62,7 +63,7 @@ def run_demo(echo: Callable[[str], None] = print, rounds: int = 2000) -> None:
     try:
         assert server.stdout is not None
         urls = []
-        for _ in range(len(cmd[4::2])):
+        for _ in wanted:
             line = server.stdout.readline()
             if not line:
                 with open(log_path) as failed:
