@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -25,13 +26,25 @@ from bench.queues import QueuePair
 
 __all__ = ["C_TRANSPORTS", "CFloor", "CRun"]
 
-C_TRANSPORTS = ("fifo", "sysv", "posixmq", "tcp", "unix")
+C_TRANSPORTS = ("fifo", "sysv", "posixmq", "tcp", "unix", "shm")
 SRC = Path(__file__).resolve().parent / "c"
+_shm_ids = itertools.count(1)
 
 
 def _cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "ipcgw-bench"
+
+
+def _shm_args(stack: contextlib.ExitStack, client_cpu: int, server_cpu: int) -> list[str]:
+    """BASE and SPIN_US for shm.c. It unlinks its names before fork(); unlinking them
+    here too covers a program killed between creating and unlinking them."""
+    from bench import shmring
+
+    base = f"/ipcgwb-{os.getpid()}-c{next(_shm_ids)}"
+    stack.callback(shmring.unlink, shmring.names(base))
+    spin = 0 if client_cpu == server_cpu else shmring.SPIN_US  # as the raw and ipcgw sides
+    return [base, str(spin)]
 
 
 @dataclass
@@ -71,7 +84,7 @@ class CFloor:
                 tmp = binary.with_suffix(f".tmp{os.getpid()}")
                 proc = subprocess.run(
                     [cc, "-D_GNU_SOURCE", "-O2", "-Wall", "-o", str(tmp), str(SRC / f"{name}.c"),
-                     "-lrt"], capture_output=True, text=True, timeout=120)
+                     "-lrt", "-pthread"], capture_output=True, text=True, timeout=120)
                 if proc.returncode != 0:
                     failures.append(f"{name}: {proc.stderr.strip().splitlines()[-1:]}")
                     continue
@@ -96,6 +109,8 @@ class CFloor:
             elif transport in ("sysv", "posixmq"):
                 pair = stack.enter_context(QueuePair(transport))
                 addr = pair.c_args()
+            elif transport == "shm":
+                addr = _shm_args(stack, client_cpu, server_cpu)
             cmd = [str(binary), mode, str(size), str(max(1, int(budget * 1000))),
                    str(client_cpu), str(server_cpu), *addr]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -48,6 +48,8 @@ def _sizes(_ctx: Any, _param: Any, value: tuple[str, ...]) -> list[int] | None:
               help="CPU placements (default both: same = one CPU, cross = one each).")
 @click.option("--lat-time", type=float, help="Seconds of timed round trips per case (default 1.0).")
 @click.option("--tp-time", type=float, help="Seconds of one-way sending per case (default 1.0).")
+@click.option("--idle-time", type=float,
+              help="Seconds of the shm idle-CPU measurement (default 10, 2 with --quick; 0: skip).")
 @click.option("--raw/--no-raw", default=True, show_default=True, help="Raw-Python references.")
 @click.option("--c/--no-c", "c_floor", default=True, show_default=True, help="C floor (needs cc).")
 @click.option("--peers/--no-peers", default=True, show_default=True,
@@ -63,8 +65,9 @@ def _sizes(_ctx: Any, _param: Any, value: tuple[str, ...]) -> list[int] | None:
               help="With --compare: flag changes larger than this fraction.")
 def bench_command(quick: bool, out: Path, transports: tuple[str, ...], framings: tuple[str, ...],
                   sizes: list[int] | None, placements: tuple[str, ...], lat_time: float | None,
-                  tp_time: float | None, raw: bool, c_floor: bool, peers: bool, micro: bool,
-                  netns: bool, compare_files: tuple[Path, Path] | None, threshold: float) -> None:
+                  tp_time: float | None, idle_time: float | None, raw: bool, c_floor: bool,
+                  peers: bool, micro: bool, netns: bool, compare_files: tuple[Path, Path] | None,
+                  threshold: float) -> None:
     """Latency and throughput of every transport through the real gateway, next to
     raw Python, a C floor and ZeroMQ / multiprocessing.Pipe, pinned to one CPU and
     across two; writes report.md, results.csv, results.json and plots to --out."""
@@ -99,6 +102,8 @@ def bench_command(quick: bool, out: Path, transports: tuple[str, ...], framings:
         cfg.lat_time = lat_time
     if tp_time is not None:
         cfg.tp_time = tp_time
+    if idle_time is not None:
+        cfg.idle_time = idle_time
     cfg.raw, cfg.c, cfg.peers, cfg.netns = raw, c_floor, peers, netns
 
     from bench.gateway import available_transports

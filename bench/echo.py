@@ -3,8 +3,9 @@
 Kept free of ipcgw imports, so its start-up and its loop cost only what the
 mechanism itself costs. The protocol (shared with bench/c/common.h): send
 one ready message, then either echo SIZE-byte messages (``pp``) or count
-received bytes (``tp``) until the end marker (EOF on streams, a zero-length
-message on queues and message sockets), then answer the count in 8 bytes.
+received bytes (``tp``) until the end marker (EOF on streams and on the shm
+rings, a zero-length message on queues and message sockets), then answer the
+count in 8 bytes.
 """
 
 from __future__ import annotations
@@ -70,6 +71,19 @@ def _fifo(c2s: str, s2c: str, mode: str, size: int) -> None:
             view = view[os.write(wfd, view):]
 
     _stream(lambda v: os.readv(rfd, (v,)), write, mode, size)
+
+
+def _shm(spin_us: str, objs: list[str], mode: str, size: int) -> None:
+    """The shm rings are a byte stream: the stream loop runs on them unchanged.
+    A blocked wait gives up when our parent (the bench) is gone."""
+    from bench.shmring import ShmEnd
+
+    parent = os.getppid()
+    end = ShmEnd(objs, server=True, spin_us=int(spin_us), alive=lambda: os.getppid() == parent)
+    try:
+        _stream(end.read_into, end.write, mode, size)
+    finally:
+        end.close()
 
 
 def _queue(kind: str, c2s: str, s2c: str, mode: str, size: int) -> None:
@@ -173,6 +187,8 @@ def main(argv: list[str]) -> int:
             _tcp(args[0], mode, size)
         elif kind == "fifo":
             _fifo(args[0], args[1], mode, size)
+        elif kind == "shm":
+            _shm(args[0], args[1:], mode, size)
         elif kind in ("sysv", "posixmq"):
             _queue(kind, args[0], args[1], mode, size)
         elif kind in ("zmq-ipc", "zmq-tcp"):

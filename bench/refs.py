@@ -12,6 +12,7 @@ outlives the case, so a dead echo cannot hang the whole run.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import select
 import socket
@@ -27,9 +28,10 @@ from bench.queues import QueuePair, sysv_msgmax
 
 __all__ = ["PEER_KINDS", "RAW_TRANSPORTS", "Ref", "SkipCase", "make_ref"]
 
-RAW_TRANSPORTS = ("fifo", "sysv", "posixmq", "tcp", "unix")
+RAW_TRANSPORTS = ("fifo", "sysv", "posixmq", "tcp", "unix", "shm")
 PEER_KINDS = ("zmq-ipc", "zmq-tcp", "mp-pipe")
 _ROOT = str(Path(__file__).resolve().parent.parent)
+_shm_ids = itertools.count(1)
 
 
 class SkipCase(Exception):
@@ -140,7 +142,7 @@ class Ref:
 
 
 class _StreamRef(Ref):
-    """Sockets and FIFOs: sendall/write, then exact reads into a reusable buffer."""
+    """Sockets, FIFOs and the shm rings: write all, then exact reads into a reusable buffer."""
 
     def _init_buffers(self) -> None:
         self._buf = bytearray(max(self.size, 8))
@@ -272,6 +274,38 @@ class RawFifo(_StreamRef):
 
     def _end(self) -> None:
         self._close_w()  # EOF is the end marker
+
+
+class RawShm(_StreamRef):
+    """Two shared-memory rings (``bench/shmring.py``), spin-then-sleep: ipcgw's shm
+    mechanism without its framing, codec, send lock and close protocol. The names
+    are unlinked once the echo has opened them, and in ``close()`` on every path."""
+
+    transport = "shm"
+
+    def start(self) -> None:
+        from bench import shmring
+
+        objs = shmring.names(f"/ipcgwb-{os.getpid()}-{next(_shm_ids)}")
+        self._stack.callback(shmring.unlink, objs)
+        shmring.create(objs)
+        # As ipcgw's transport: no spinning when both sides share the only CPU.
+        spin = 0 if os.sched_getaffinity(0) == {self.server_cpu} else shmring.SPIN_US
+        self._spawn([str(spin), *objs])
+        self.end = shmring.ShmEnd(objs, server=False, spin_us=spin)
+        self._stack.callback(self.end.close)
+        self._read = self.end.read_into
+        self._write = self.end.write
+        self._init_buffers()
+        self._read_exact(1)  # ready: the echo has opened every object
+        shmring.unlink(objs)
+
+    def _end(self) -> None:
+        self.end.end()
+
+    def _unblock(self) -> None:
+        with contextlib.suppress(AttributeError):
+            self.end.abort()
 
 
 # ---------------------------------------------------------------- queues
@@ -428,7 +462,7 @@ class MpPipeRef(Ref):
 
 
 _RAW: dict[str, type[Ref]] = {"unix": RawUnix, "tcp": RawTcp, "fifo": RawFifo, "sysv": RawSysv,
-                              "posixmq": RawPosixMq}
+                              "posixmq": RawPosixMq, "shm": RawShm}
 
 
 def make_ref(kind: str, transport: str, mode: str, size: int, server_cpu: int,

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.hist import Histogram
+from bench.idle import IDLE_TARGET_PCT
 from bench.measure import CSV_COLUMNS, Record
 
-__all__ = ["compare", "load", "rows_with_ratios", "write_report"]
+__all__ = ["compare", "load", "rows_with_ratios", "shm_targets", "write_report"]
 
 #: Which raw/C transport a peer is measured against.
 PEER_BASE = {"zmq-ipc": "unix", "zmq-tcp": "tcp", "mp-pipe": "unix"}
@@ -35,6 +36,12 @@ TARGETS_TEXT = [
     ("p50 64 B vs C", "<= 1.2x C floor cross-CPU, <= 2.5x same-CPU"),
     ("MB/s 1 MiB vs C", ">= 0.5x C floor throughput"),
 ]
+
+#: The shm issue's targets compare shm with the transports that cost a syscall per message.
+SYSCALL_TRANSPORTS = ("fifo", "sysv", "posixmq", "tcp", "unix")
+SHM_P50_FACTOR = 5.0  # shm's 64 B p50 at least 5x lower than the best syscall transport's
+SHM_TP_FACTOR = 1.0  # shm's 1 MiB MB/s at least the best syscall transport's
+SHM_FRAMING, SHM_PLACEMENT = "length:4", "cross"
 
 
 def _size(n: int) -> str:
@@ -85,6 +92,7 @@ def write_report(doc: dict[str, Any], out: Path) -> list[Path]:
     if plot_note:
         notes.append(plot_note)
     json_doc["notes"] = notes
+    json_doc["shm_targets"] = shm = shm_targets(rows, doc["config"], doc.get("shm_idle"))
     path = out / "results.json"
     path.write_text(json.dumps(json_doc, indent=1) + "\n")
     written.append(path)
@@ -98,7 +106,7 @@ def write_report(doc: dict[str, Any], out: Path) -> list[Path]:
     written.append(path)
 
     path = out / "report.md"
-    path.write_text(_markdown(doc, rows, notes, plots))
+    path.write_text(_markdown(doc, rows, notes, plots, shm))
     written.append(path)
     return written + plots
 
@@ -140,7 +148,7 @@ def _load_line(machine: dict[str, Any]) -> tuple[str, bool]:
 
 
 def _markdown(doc: dict[str, Any], rows: list[dict[str, Any]], notes: list[str],
-              plots: list[Path]) -> str:
+              plots: list[Path], shm: dict[str, Any]) -> str:
     m, cfg = doc["machine"], doc["config"]
     load_text, high = _load_line(m)
     md = ["# ipcgw benchmark report\n"]
@@ -179,6 +187,8 @@ def _markdown(doc: dict[str, Any], rows: list[dict[str, Any]], notes: list[str],
     md.append(_summary(rows, cfg))
     md.append("\n## Targets\n\n")
     md.append(_targets(rows, cfg))
+    md.append("\n## shm targets\n\n")
+    md.append(_shm_section(shm, rows, cfg))
     md.append("\n## Results per payload size\n")
     for size in cfg["sizes"]:
         md.append(f"\n### {_size(size)}\n\n")
@@ -306,6 +316,135 @@ def _targets(rows: list[dict[str, Any]], cfg: dict[str, Any]) -> str:
             ])
     text = f"ipcgw with framing `{framing}`; {met} targets met, {missed} missed.\n\n"
     return text + _table(header, lines)
+
+
+# ---------------------------------------------------------------- shm targets
+
+
+def shm_targets(rows: list[dict[str, Any]], cfg: dict[str, Any], idle: dict[str, Any] | None
+                ) -> dict[str, Any]:
+    """The shm issue's three targets, each from this run's own figures: the 64 B p50
+    and the 1 MiB throughput of ipcgw over shm against the best syscall transport
+    (ipcgw rows, `length:4`, `cross`), and the idle CPU of a connected shm client.
+    A target whose inputs did not run has ``met: None`` and a ``missing`` reason."""
+    return {
+        "framing": SHM_FRAMING, "placement": SHM_PLACEMENT,
+        "p50_64B": _vs_syscall(rows, cfg, 64, "lat_p50_us", SHM_P50_FACTOR),
+        "mb_per_s_1MiB": _vs_syscall(rows, cfg, 1 << 20, "mb_per_s", SHM_TP_FACTOR),
+        "idle_cpu": _idle_target(idle),
+    }
+
+
+def _not_configured(cfg: dict[str, Any], size: int) -> str:
+    for what, wanted, ran in (("framing", SHM_FRAMING, cfg["framings"]),
+                              ("placement", SHM_PLACEMENT, cfg["placements"]),
+                              ("size", size, cfg["sizes"]), ("transport", "shm", cfg["transports"])):
+        if wanted not in ran:
+            shown = _size(wanted) if what == "size" else wanted
+            return f"{what} {shown} was not in this run"
+    return ""
+
+
+def _vs_syscall(rows: list[dict[str, Any]], cfg: dict[str, Any], size: int, key: str,
+                factor: float) -> dict[str, Any]:
+    """shm against the best syscall transport on ``key``; for p50 (lower is better)
+    the ratio is best/shm, for MB/s shm/best, so the goal is always ratio >= factor."""
+    lower = key == "lat_p50_us"
+    out: dict[str, Any] = {"size": size, "metric": key, "goal_ratio": factor, "met": None}
+    sel = {r["transport"]: r for r in rows if r["kind"] == "ipcgw" and r["size"] == size
+           and r["framing"] == SHM_FRAMING and r["placement"] == SHM_PLACEMENT}
+    shm = sel.get("shm")
+    syscall = {t: r for t, r in sel.items() if t in SYSCALL_TRANSPORTS
+               and not r["note"].startswith("error") and r[key]}
+    out["compared"] = sorted(syscall)
+    out["not_run"] = [t for t in SYSCALL_TRANSPORTS if t not in syscall]
+    where = f"{_size(size)}, {SHM_PLACEMENT}, {SHM_FRAMING}"
+    if reason := _not_configured(cfg, size):
+        out["missing"] = reason
+    elif shm is None or shm["note"].startswith("error") or not shm[key]:
+        out["missing"] = f"shm did not run at {where}" + (f" ({shm['note']})" if shm else "")
+    elif not syscall:
+        out["missing"] = (f"no syscall transport ({', '.join(SYSCALL_TRANSPORTS)}) ran at "
+                          f"{where}")
+    if "missing" in out:
+        return out
+    pick = min if lower else max
+    best = pick(syscall, key=lambda t: syscall[t][key])
+    ratio = syscall[best][key] / shm[key] if lower else shm[key] / syscall[best][key]
+    out.update(shm=shm[key], best=best, best_value=syscall[best][key], ratio=round(ratio, 3),
+               met=ratio >= factor)
+    return out
+
+
+def _idle_target(idle: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"goal_percent": IDLE_TARGET_PCT, "met": None}
+    if not idle:
+        out["missing"] = "not measured (shm was not in this run, or --idle-time 0)"
+    elif "error" in idle:
+        out["missing"] = f"not measured: {idle['error']}"
+    else:
+        out.update(percent=idle["cpu_percent"], seconds=idle["seconds"],
+                   server_cpu_s=idle["server_cpu_s"], client_cpu_s=idle["client_cpu_s"],
+                   resolution_percent=idle["resolution_percent"],
+                   met=idle["cpu_percent"] < IDLE_TARGET_PCT)
+    return out
+
+
+def _mark(t: dict[str, Any], value: str) -> str:
+    if t["met"] is None:
+        return f"not measured: {t['missing']}".replace("|", "/")
+    return f"{value} {'✓' if t['met'] else '✗'}"
+
+
+def _shm_section(shm: dict[str, Any], rows: list[dict[str, Any]], cfg: dict[str, Any]) -> str:
+    p50, tp, idle = shm["p50_64B"], shm["mb_per_s_1MiB"], shm["idle_cpu"]
+    targets = (p50, tp, idle)
+    met = sum(t["met"] is True for t in targets)
+    missed = sum(t["met"] is False for t in targets)
+    text = (f"The targets of the shm issue, each from this run: ipcgw rows, framing "
+            f"`{SHM_FRAMING}`, `{SHM_PLACEMENT}` placement; {met} met, {missed} missed, "
+            f"{3 - met - missed} not measured.\n\n")
+
+    def best(t: dict[str, Any], unit: str) -> str:
+        return "-" if t["met"] is None else f"{t['best']} {_f(t['best_value'])} {unit}"
+
+    lines = [
+        ["p50 round trip, 64 B", f"≥ {SHM_P50_FACTOR:g}x lower than the best syscall transport",
+         "-" if p50["met"] is None else f"{_f(p50['shm'])} µs", best(p50, "µs"),
+         _mark(p50, "-" if p50["met"] is None else _x(p50["ratio"]))],
+        ["one-way MB/s, 1 MiB", f"≥ {SHM_TP_FACTOR:g}x the best syscall transport",
+         "-" if tp["met"] is None else f"{_f(tp['shm'])} MB/s", best(tp, "MB/s"),
+         _mark(tp, "-" if tp["met"] is None else _x(tp["ratio"]))],
+        ["idle CPU, one connected silent client", f"< {IDLE_TARGET_PCT:g} % of one CPU "
+         "(server + client)", "-" if idle["met"] is None else
+         f"{idle['percent']:.2f} % over {idle['seconds']:.1f} s", "-",
+         _mark(idle, "-" if idle["met"] is None else f"{idle['percent']:.2f} %")],
+    ]
+    text += _table(["target", "goal", "shm", "best syscall transport", "result"], lines)
+    return text + _shm_notes(shm, rows)
+
+
+def _shm_notes(shm: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """Which syscall transports were compared, the idle figure's parts, and the shm
+    mechanism's own floor (raw Python, C) for scale."""
+    notes = []
+    for t in (shm["p50_64B"], shm["mb_per_s_1MiB"]):
+        if t["met"] is not None and t["not_run"]:
+            notes.append(f"{_size(t['size'])}: best of {', '.join(t['compared'])}; "
+                         f"{', '.join(t['not_run'])} did not run")
+    idle = shm["idle_cpu"]
+    if idle["met"] is not None:
+        notes.append(f"idle: `ipcgw serve` {idle['server_cpu_s']:.2f} s + client "
+                     f"{idle['client_cpu_s']:.2f} s of CPU (`/proc/PID/stat` utime+stime) over "
+                     f"{idle['seconds']:.1f} s; one clock tick is {idle['resolution_percent']:.2f} %")
+    ref = {(r["kind"], r["size"]): r for r in _ok(rows) if r["kind"] in ("raw", "c")
+           and r["transport"] == "shm" and r["placement"] == SHM_PLACEMENT}
+    scale = [f"{kind} {_size(size)} {_f(r[key])} {unit}" for kind in ("raw", "c")
+             for size, key, unit in ((64, "lat_p50_us", "µs p50"), (1 << 20, "mb_per_s", "MB/s"))
+             if (r := ref.get((kind, size))) and r[key]]
+    if scale:
+        notes.append("the same rings without ipcgw (cross): " + ", ".join(scale))
+    return "\n" + "".join(f"- {n}\n" for n in notes) if notes else ""
 
 
 def _micro_table(micro: list[dict[str, Any]]) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.cfloor import C_TRANSPORTS, CFloor
 from bench.gateway import CROSSES_NETNS, GatewayServer, Netns, available_transports, fresh_url
+from bench.idle import measure_idle
 from bench.measure import Record, batch_for, latency_loop, throughput_loop, warm_up
 from bench.refs import PEER_KINDS, RAW_TRANSPORTS, SkipCase, make_ref
 from bench.system import client_cpu, loadavg, pin_self, placement_cpus, proc_cpu, thread_count
@@ -43,10 +44,12 @@ class Config:
     peers: bool = True
     netns: bool = False
     quick: bool = False
+    idle_time: float = 10.0  # seconds of the shm idle-CPU window (0: not measured)
 
     @classmethod
     def quick_config(cls) -> Config:
-        return cls(framings=list(QUICK_FRAMINGS), lat_time=0.05, tp_time=0.05, quick=True)
+        return cls(framings=list(QUICK_FRAMINGS), lat_time=0.05, tp_time=0.05, quick=True,
+                   idle_time=2.0)
 
 
 @dataclass
@@ -59,6 +62,8 @@ class Case:
 
     @property
     def label(self) -> str:
+        if self.kind == "idle":
+            return f"idle CPU of an {self.transport} connection"
         framing = f" {self.framing}" if self.framing else ""
         return f"{self.kind} {self.transport}{framing} {self.placement} {_size(self.size)}"
 
@@ -93,7 +98,8 @@ def plan(cfg: Config, gateway_transports: list[str]) -> list[Case]:
 
 def estimate(cfg: Config, cases: list[Case], servers: int) -> float:
     per_case = cfg.lat_time * 1.2 + cfg.tp_time
-    return sum(per_case + _OVERHEAD[c.kind] for c in cases) + servers * 0.4 + 3.0
+    idle = cfg.idle_time + 1.0 if cfg.idle_time and any(c.transport == "shm" for c in cases) else 0
+    return sum(per_case + _OVERHEAD[c.kind] for c in cases) + servers * 0.4 + 3.0 + idle
 
 
 def _wait_threads(pid: int, baseline: int, timeout: float = 1.0) -> None:
@@ -176,6 +182,26 @@ def _c_case(cfloor: CFloor, case: Case, cfg: Config, server_cpu_n: int,
     return rec
 
 
+def _idle_case(cfg: Config, servers: dict[tuple[str, str], GatewayServer]) -> dict[str, Any]:
+    """The shm idle-CPU figure on the run's own shm server (length:4 when it ran).
+    The client sits on the cross placement's client CPU, like the other targets'."""
+    framings = sorted(cfg.framings, key=lambda f: f != "length:4")
+    server = next((servers[("shm", f)] for f in framings if ("shm", f) in servers), None)
+    if server is None or not server.alive():
+        return {"error": "no shm server running (see the notes)"}
+    try:
+        client_n: int | None = placement_cpus("cross")[1]
+    except ValueError:
+        client_n = None  # one usable CPU: leave the client unpinned
+    pin_self(None)
+    try:
+        result = measure_idle(server.url, server.pid, cfg.idle_time, client_n)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:400]}
+    result["server_cpu"] = server.cpu
+    return result
+
+
 @contextlib.contextmanager
 def _servers(cfg: Config, transports: list[str], tmp: str, notes: list[str]
              ) -> Iterator[dict[tuple[str, str], GatewayServer]]:
@@ -232,6 +258,7 @@ def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = 
         notes.append(f"{', '.join(no_ref)}: no raw-Python or C reference (ipcgw rows only)")
     cases = plan(cfg, transports)
     records: list[Record] = []
+    shm_idle: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="ipcgw-bench-") as tmp, \
             _servers(cfg, transports, tmp, notes) as servers:
         total = len(cases)
@@ -265,6 +292,10 @@ def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = 
                                  case.size, note=f"error: {type(exc).__name__}: {exc}"[:400])
                 rec.load1 = load1
                 records.append(rec)
+            if cfg.idle_time > 0 and "shm" in transports:
+                if progress:
+                    progress(Case("idle", "shm", "", "", 0), total, total)
+                shm_idle = _idle_case(cfg, servers)
         finally:
             pin_self(None)
             if progress:
@@ -278,9 +309,11 @@ def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = 
                 ("server", "client"), placement_cpus(p), strict=True)) for p in cfg.placements},
             "lat_time_s": cfg.lat_time, "tp_time_s": cfg.tp_time, "quick": cfg.quick,
             "netns": cfg.netns, "raw": cfg.raw, "c": cfg.c, "peers": cfg.peers,
+            "idle_time_s": cfg.idle_time,
         },
         "notes": notes,
         "duration_s": round(time.monotonic() - started, 1),
         "records": records,
+        "shm_idle": shm_idle,
     }
 

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,161 @@ def test_micro_bench_covers_every_framing_and_the_codecs() -> None:
     assert {"length:4", "delimited:nul", "delimited:lf", "fixed:N"} <= names
     assert any(n.startswith("msgpack") for n in names) and any(n.startswith("sspi") for n in names)
     assert all(r["per_s"] > 0 for r in rows)
+
+
+# ---------------------------------------------------------------- shm references and targets
+
+
+def _our_shm_names() -> list[str]:
+    """POSIX shm/semaphore names this process's bench made (``/ipcgwb-PID-…``)."""
+    mine = f"ipcgwb-{os.getpid()}-"
+    return [n for n in os.listdir("/dev/shm") if n.removeprefix("sem.").startswith(mine)]
+
+
+def _placement() -> str:
+    return "cross" if len(os.sched_getaffinity(0)) > 1 else "same"
+
+
+@pytest.mark.parametrize("mode", ["pp", "tp"])
+def test_raw_shm_ref_streams_payloads_larger_than_the_ring(mode: str) -> None:
+    """3 MiB through 1 MiB rings: the echo gets (and in pp returns) every byte."""
+    from bench.refs import make_ref
+    from bench.shmring import RING
+
+    size = 3 * RING
+    payload = os.urandom(size)
+    with make_ref("raw", "shm", mode, size, 0, 30.0) as ref:
+        assert not _our_shm_names()  # unlinked once the echo had opened them
+        for _ in range(2):
+            if mode == "pp":
+                ref.rtt(payload)
+                assert bytes(ref._buf[:size]) == payload
+            else:
+                ref.send(payload)
+        got = ref.finish()
+    assert got == 2 * size  # bytes the echo counted
+    assert ref.proc is not None and ref.proc.returncode == 0
+    assert not _our_shm_names()
+
+
+def test_raw_shm_ref_fails_cleanly_when_the_echo_dies() -> None:
+    from bench.refs import make_ref
+
+    ref = make_ref("raw", "shm", "pp", 64, 0, 30.0)
+    with ref:
+        ref.rtt(b"x" * 64)
+        assert ref.proc is not None
+        ref.proc.kill()
+        with pytest.raises(EOFError):
+            for _ in range(1000):  # the watchdog wakes the waiting side within a slice
+                ref.rtt(b"x" * 64)
+    assert not _our_shm_names()
+
+
+def test_c_shm_floor_runs_and_leaves_no_names(tmp_path: Path) -> None:
+    from bench.cfloor import CFloor
+
+    cfloor = CFloor(tmp_path / "cache")
+    if cfloor.build() and "shm" not in cfloor.binaries:
+        pytest.skip(cfloor.note)
+    server, client = (0, 1) if _placement() == "cross" else (0, 0)
+    for mode, size in (("pp", 64), ("pp", 2 << 20), ("tp", 3 << 20)):
+        run = cfloor.run("shm", mode, size, 0.02, client, server)
+        assert run.n > 0 and run.elapsed > 0
+        if mode == "pp":
+            assert run.hist.total == run.n and run.hist.min > 0
+    assert not _our_shm_names()
+
+
+def test_idle_measurement_of_a_real_shm_server(tmp_path: Path) -> None:
+    """A connected client that sends nothing: a small, non-negative share of a CPU."""
+    from bench.gateway import GatewayServer, fresh_url
+    from bench.idle import measure_idle
+
+    server = GatewayServer(fresh_url("shm", "length:4", str(tmp_path)), 0, None, str(tmp_path))
+    try:
+        result = measure_idle(server.url, server.pid, 0.5, 1 if _placement() == "cross" else 0)
+        time.sleep(0.3)  # the session logs its end
+        log = server.log()
+    finally:
+        server.stop()
+    assert result["seconds"] == pytest.approx(0.5, abs=0.2)
+    assert 0 <= result["cpu_percent"] < 50
+    assert result["cpu_percent"] == pytest.approx(
+        (result["server_cpu_s"] + result["client_cpu_s"]) / result["seconds"] * 100, abs=0.01)
+    assert "ipcgw-bench-idle" in log and "said bye" in log  # it left cleanly, not killed
+
+
+def _gw(transport: str, p50_ns: int, msgs: int, size: int, note: str = "") -> Record:
+    rec = _record("ipcgw", transport, p50_ns, msgs, placement="cross", size=size,
+                  framing="length:4")
+    rec.note = note
+    return rec
+
+
+def _cfg(transports: list[str]) -> dict:
+    return {"framings": ["length:4"], "placements": ["cross"], "sizes": [64, 1 << 20],
+            "transports": transports}
+
+
+def test_shm_targets_pick_the_best_syscall_transport() -> None:
+    from bench.report import shm_targets
+
+    rows = rows_with_ratios([
+        _gw("shm", 8_000, 1, 64), _gw("unix", 45_000, 1, 64), _gw("fifo", 30_000, 1, 64),
+        _gw("tcp", 1_000, 1, 64, note="error: RuntimeError: broken"),  # failed rows don't count
+        _gw("shm", 1, 5000, 1 << 20), _gw("unix", 1, 6000, 1 << 20),
+    ])
+    idle = {"cpu_percent": 0.4, "seconds": 10.0, "server_cpu_s": 0.01, "client_cpu_s": 0.03,
+            "resolution_percent": 0.1}
+    t = shm_targets(rows, _cfg(["shm", "unix", "fifo", "tcp"]), idle)
+    assert t["p50_64B"]["best"] == "fifo" and t["p50_64B"]["ratio"] == pytest.approx(3.75, rel=0.01)
+    assert t["p50_64B"]["met"] is False
+    assert t["p50_64B"]["not_run"] == ["sysv", "posixmq", "tcp"]
+    assert t["mb_per_s_1MiB"]["best"] == "unix" and t["mb_per_s_1MiB"]["met"] is False
+    assert t["idle_cpu"]["met"] is True and t["idle_cpu"]["percent"] == 0.4
+
+    only_shm = shm_targets(rows_with_ratios([_gw("shm", 8_000, 1, 64)]), _cfg(["shm"]), None)
+    assert only_shm["p50_64B"]["met"] is None
+    assert "no syscall transport" in only_shm["p50_64B"]["missing"]
+    assert "was not in this run" in only_shm["mb_per_s_1MiB"]["missing"] or \
+        "shm did not run" in only_shm["mb_per_s_1MiB"]["missing"]
+    assert "not measured" in only_shm["idle_cpu"]["missing"]
+    same = shm_targets(rows, {**_cfg(["shm", "unix"]), "placements": ["same"]}, idle)
+    assert same["p50_64B"]["missing"] == "placement cross was not in this run"
+
+
+def test_tiny_real_run_with_shm_has_its_references_and_targets(tmp_path: Path) -> None:
+    """shm alone: ipcgw, raw-Python and C rows, the idle figure, and a targets section
+    that says the syscall ratios could not be taken instead of inventing them."""
+    out = tmp_path / "report"
+    placement = _placement()
+    result = CliRunner(env={"XDG_CACHE_HOME": str(tmp_path / "cache")}).invoke(bench_command, [
+        "--transport", "shm", "--framing", "length:4", "--size", "64", "--placement", placement,
+        "--lat-time", "0.02", "--tp-time", "0.02", "--idle-time", "0.5", "--no-peers",
+        "--no-micro", "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "results.json").read_text())
+    rows = {r["kind"]: r for r in doc["results"]}
+    assert {"ipcgw", "raw"} <= set(rows)
+    for r in rows.values():
+        assert r["note"] == "" and r["transport"] == "shm", r
+        assert r["lat_p50_us"] > 0 and r["mb_per_s"] > 0
+    assert rows["ipcgw"]["p50_vs_raw"] > 0
+    if "c" in rows:
+        assert rows["ipcgw"]["p50_vs_c"] > 0
+    assert not any("no raw-Python or C reference" in n for n in doc["notes"])
+
+    targets = doc["shm_targets"]
+    assert targets["p50_64B"]["met"] is None and targets["mb_per_s_1MiB"]["met"] is None
+    assert 0 <= doc["shm_idle"]["cpu_percent"] < 50
+    assert targets["idle_cpu"]["met"] in (True, False)
+    md = (out / "report.md").read_text()
+    section = md.split("## shm targets", 1)[1].split("\n## ", 1)[0]
+    if placement == "cross":
+        assert "no syscall transport (fifo, sysv, posixmq, tcp, unix) ran at 64 B" in section
+    assert "idle CPU, one connected silent client" in section
+    assert "✓" in section or "✗" in section
+    assert "| shm |" in md.split("## Targets", 1)[1]  # the xraw columns fill in for shm
+    assert not _our_shm_names()
