@@ -1,11 +1,14 @@
 """A channel is a transport connection + a framer + a codec: messages in, messages out.
 
 The only place where the three layers meet; each stays ignorant of the others.
+Every round trip runs ``send`` and ``recv`` once on each side, so both bind
+what they call at construction.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import NoReturn
 
@@ -13,7 +16,7 @@ from ipcgw.codecs import get_codec
 from ipcgw.errors import Disconnected, Timeout
 from ipcgw.framing import LengthFramer
 from ipcgw.messages import Message
-from ipcgw.transports.base import Connection, deadline_after, remaining
+from ipcgw.transports.base import Connection
 from ipcgw.url import Endpoint
 
 __all__ = ["Channel"]
@@ -34,45 +37,59 @@ class Channel:
         self._decoder = self.framer.decoder()
         self._frames: deque[bytes] = deque()
         self._send_lock = threading.Lock()
-        self._scatter = isinstance(self.framer, LengthFramer)
+        self._scatter = _SCATTER_MIN if isinstance(self.framer, LengthFramer) else 1 << 62
+        self._encode, self._frame, self._decode = self.codec.encode, self.framer.encode, self.codec.decode
+        self._feed = self._decoder.feed
+        self._conn_send = conn.send
 
     def send(self, msg: Message) -> None:
-        self.send_frame(self.codec.encode(msg))
+        payload = self._encode(msg)
+        if len(payload) >= self._scatter:
+            self.send_frame(payload)
+            return
+        data = self._frame(payload)
+        with self._send_lock:
+            self._conn_send(data)
 
     def send_frame(self, payload: bytes) -> None:
-        if self._scatter and len(payload) >= _SCATTER_MIN:
+        if len(payload) >= self._scatter:
             header = self.framer.encode_header(len(payload))  # type: ignore[attr-defined]
             with self._send_lock:
                 self.conn.sendv((header, payload))
             return
-        data = self.framer.encode(payload)
+        data = self._frame(payload)
         with self._send_lock:
             self.conn.send(data)
 
     def recv(self, timeout: float | None = None) -> Message:
-        return self.codec.decode(self.recv_frame(timeout))
+        frames = self._frames
+        if not frames:
+            self._fill(timeout)
+        return self._decode(frames.popleft())
 
     def recv_frame(self, timeout: float | None = None) -> bytes:
         """Next frame; Disconnected at end of stream, Timeout, or FramingError."""
         frames = self._frames
-        if frames:
-            return frames.popleft()
-        if timeout is None:  # the server's loop: no deadline arithmetic
-            while not frames:
-                data = self.conn.recv(None)
-                if not data:
-                    self._eof()
-                frames.extend(self._decoder.feed(data))
-            return frames.popleft()
-        deadline = deadline_after(timeout)
-        while not frames:
-            data = self.conn.recv(remaining(deadline))
+        if not frames:
+            self._fill(timeout)
+        return frames.popleft()
+
+    def _fill(self, timeout: float | None) -> None:
+        """Read until at least one frame is complete."""
+        frames, recv, feed = self._frames, self.conn.recv, self._feed
+        deadline = None if timeout is None else time.monotonic() + timeout
+        left = timeout
+        while True:
+            data = recv(left)
             if not data:
                 self._eof()
-            frames.extend(self._decoder.feed(data))
-            if not frames and deadline is not None and remaining(deadline) == 0.0:
-                raise Timeout(f"no complete frame from {self.conn.peer} within {timeout} s")
-        return frames.popleft()
+            frames.extend(feed(data))
+            if frames:
+                return
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0.0:
+                    raise Timeout(f"no complete frame from {self.conn.peer} within {timeout} s")
 
     def _eof(self) -> NoReturn:
         held = self._decoder.pending

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -59,10 +60,11 @@ def connect(url: str | Endpoint, timeout: float = 5.0, name: str = "") -> Client
 
 
 def _reply_key(msg: Message) -> int:
-    if isinstance(msg, (Result, Error)):
-        return msg.request_id
-    if isinstance(msg, Pong):
-        return msg.seq
+    kind = type(msg)
+    if kind is Pong:
+        return msg.seq  # type: ignore[attr-defined, no-any-return]
+    if kind is Result or kind is Error:
+        return msg.request_id  # type: ignore[attr-defined, no-any-return]
     return 0
 
 
@@ -76,8 +78,12 @@ class Client:
         self.session = 0
         self.server = ""
         self._ids = itertools.count(1)
-        self._cond = threading.Condition(threading.Lock())  # never re-entered: a Lock is cheaper
+        # Critical sections take the Lock itself (Condition.__enter__ is a Python
+        # call); only waits and notifies go through the Condition.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._reading = False
+        self._waiting = 0  # threads in cond.wait (guarded by the lock): notify only them
         self._inbox: deque[Message] = deque()
         self._replies: dict[int, Message] = {}
         self._awaited: set[int] = set()
@@ -103,15 +109,20 @@ class Client:
                 msg.seq = key
             else:
                 msg.request_id = key
-        with self._cond:
-            self._awaited.add(key)  # before sending: another reading thread must keep our reply
+        with self._lock:
+            # Before sending: another reading thread must keep our reply. With
+            # nobody reading we become the reader now, which saves the single-
+            # threaded caller a second trip through the lock.
+            self._awaited.add(key)
+            reading = not self._reading and self._failure is None
+            if reading:
+                self._reading = True
         try:
-            self.send(msg)
+            self.channel.send(msg)
         except BaseException:
-            with self._cond:
-                self._awaited.discard(key)
+            self._finish(key, reading)
             raise
-        return self._next(key, timeout)
+        return self._next(key, timeout, reading)
 
     def command(self, op: str, timeout: float | None = 5.0, **args: Any) -> Any:
         """Run a server command; its value, or IpcgwError with the server's words."""
@@ -172,56 +183,69 @@ class Client:
             return self._inbox.popleft() if self._inbox else None
         return self._replies.pop(key, None)
 
-    def _next(self, key: int | None, timeout: float | None) -> Message:
+    def _next(self, key: int | None, timeout: float | None, reading: bool = False) -> Message:
         """Next message for ``key`` (a request id) or, with None, for the inbox.
 
-        Whoever finds no thread reading becomes the reader; the others wait on
-        the condition. A request's bookkeeping is undone in the same critical
-        section that ends it, so a round trip takes the lock only three times.
+        Whoever finds no thread reading becomes the reader (``reading``: the
+        caller already is); the others wait on the condition. A request's
+        bookkeeping is undone in the same critical section that ends it.
         """
-        deadline = deadline_after(timeout)
-        cond = self._cond
-        reading = False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cond, lock = self._cond, self._lock
+        left = timeout
         try:
-            with cond:
-                while True:
-                    msg = self._take(key)
-                    if msg is not None:
-                        return msg
-                    if self._failure is not None:
-                        raise self._failure
-                    if not self._reading:
-                        self._reading = reading = True
-                        break
-                    left = remaining(deadline)
-                    if left == 0.0:
-                        raise Timeout(f"no reply within {timeout} s")
-                    cond.wait(left)
+            if not reading:
+                with lock:
+                    while True:
+                        msg = self._take(key)
+                        if msg is not None:
+                            return msg
+                        if self._failure is not None:
+                            raise self._failure
+                        if not self._reading:
+                            self._reading = reading = True
+                            break
+                        left = remaining(deadline)
+                        if left == 0.0:
+                            raise Timeout(f"no reply within {timeout} s")
+                        self._waiting += 1
+                        try:
+                            cond.wait(left)
+                        finally:
+                            self._waiting -= 1
+                left = remaining(deadline)
+            recv = self.channel.recv
             while True:  # this thread reads
                 try:
-                    msg = self.channel.recv(remaining(deadline))
+                    msg = recv(left)
                 except Timeout:
                     raise
                 except IpcgwError as exc:
-                    with cond:
+                    with lock:
                         self._failure = exc
                     raise
                 reply_key = _reply_key(msg)
                 if key is not None and reply_key == key:
                     return msg
-                with cond:
+                with lock:
                     if reply_key and reply_key in self._awaited:
                         self._replies[reply_key] = msg
                     elif key is None:
                         return msg
                     else:
                         self._inbox.append(msg)
-                    cond.notify_all()
+                    if self._waiting:
+                        cond.notify_all()
+                left = remaining(deadline)
         finally:
-            with cond:
-                if reading:
-                    self._reading = False
-                if key is not None:
-                    self._awaited.discard(key)
-                    self._replies.pop(key, None)
-                cond.notify_all()
+            self._finish(key, reading)
+
+    def _finish(self, key: int | None, reading: bool) -> None:
+        with self._lock:
+            if reading:
+                self._reading = False
+            if key is not None:
+                self._awaited.discard(key)
+                self._replies.pop(key, None)
+            if self._waiting:
+                self._cond.notify_all()

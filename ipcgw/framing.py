@@ -18,6 +18,7 @@ lost: discard the decoder.
 
 from __future__ import annotations
 
+import struct
 from typing import Protocol
 
 from ipcgw.errors import FrameTooLarge, FramingError
@@ -88,6 +89,8 @@ class _Buffer:
 
 # ---------------------------------------------------------------- length:N
 
+_HEADER_STRUCTS = {n: struct.Struct(f">{c}") for n, c in ((1, "B"), (2, "H"), (4, "I"), (8, "Q"))}
+
 
 class LengthFramer:
     """N-byte big-endian unsigned length, then the payload."""
@@ -117,13 +120,14 @@ class LengthFramer:
 
 
 class LengthDecoder(_Buffer):
-    __slots__ = ("_hdr", "_max", "_need")
+    __slots__ = ("_hdr", "_max", "_need", "_size")
 
     def __init__(self, header: int, max_frame: int) -> None:
         super().__init__()
         self._hdr = header
         self._max = max_frame
         self._need = -1  # payload length of the frame being assembled, -1 = header unknown
+        self._size = _HEADER_STRUCTS[header].unpack_from
 
     @property
     def pending(self) -> int:
@@ -131,18 +135,19 @@ class LengthDecoder(_Buffer):
         return held + self._hdr if self._need >= 0 else held
 
     def feed(self, data: bytes) -> list[bytes]:
-        frames: list[bytes] = []
         hdr = self._hdr
-        if self._need < 0 and self._off == len(self._buf):
-            if len(data) > hdr:  # the request/response case: exactly one whole frame
-                size = int.from_bytes(data[:hdr], "big")
-                if size == len(data) - hdr and size <= self._max:
-                    return [bytes(data[hdr:])]
-            # Fast path: parse straight from ``data`` and stash only the tail.
+        if self._need < 0 and not self._buf:  # nothing held (the buffer is cleared when drained)
+            end = len(data)
+            if end > hdr:  # the request/response case: exactly one whole frame
+                size = self._size(data)[0]
+                if size == end - hdr and size <= self._max:
+                    return [data[hdr:] if type(data) is bytes else bytes(data[hdr:])]
+            # Parse straight from ``data`` and stash only the tail.
+            frames: list[bytes] = []
             view = memoryview(data)
-            pos, end = 0, len(data)
+            pos = 0
             while end - pos >= hdr:
-                size = int.from_bytes(view[pos : pos + hdr], "big")
+                size = self._size(view, pos)[0]
                 if size > self._max:
                     raise FrameTooLarge(size, self._max)
                 if end - pos - hdr < size:
@@ -154,6 +159,7 @@ class LengthDecoder(_Buffer):
                 self._buf += view[pos:]
                 self._parse(frames)
             return frames
+        frames = []
         self._buf += data
         self._parse(frames)
         return frames

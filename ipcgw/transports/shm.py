@@ -50,7 +50,7 @@ busy wait before sleeping: it must cover the peer's turnaround (a gateway
 reply costs ~20-40 us of Python) or every round trip pays two futex wake-ups.
 
 Handshake: the client connects to the socket; the server creates the segment
-and semaphores and writes ``b"IPCGW-SHM 1 <id> <ring>\\n"``; the client opens
+and semaphores and writes ``b"IPCGW-SHM 2 <id> <ring>\\n"`` (2: the segment layout); the client opens
 them and unlinks the names. Nothing else travels on the socket.
 """
 
@@ -95,20 +95,23 @@ DEFAULT_SPIN_US = 50
 SLICE = 0.25  # seconds between liveness checks while asleep
 MAGIC = int.from_bytes(b"IPCGWSHM", "little")  # written last: the segment is initialised
 HEADER = 4096
-HELLO = re.compile(rb"IPCGW-SHM 1 (c\d{1,9}-[0-9a-f]{8}) (\d{4,12})\n")
+HELLO = re.compile(rb"IPCGW-SHM 2 (c\d{1,9}-[0-9a-f]{8}) (\d{4,12})\n")
 SEM_KINDS = ("c2s.data", "c2s.space", "s2c.data", "s2c.space")
 _PEERCRED = struct.Struct("3i")
 
-# Word (8-byte) indexes in the header. Each writer's words sit on their own
-# 128-byte line (two cache lines: adjacent-line prefetch) to avoid false sharing.
+# Word (8-byte) indexes in the header. Every counter and flag sits on its own
+# 128-byte line (two cache lines: adjacent-line prefetch), so a side reads a
+# line the other side writes only when it must: the head when the ring looks
+# empty, the tail when the cached one says the ring is full, an "asleep" flag
+# (which changes only around a sleep) after each publish.
 W_MAGIC, W_RING, W_CLOSED, W_CPUS = 0, 1, 2, 4  # W_CLOSED/W_CPUS + 0 client, + 1 server
+_LINE = 16  # words per 128 bytes
 
 
 def _words(ring: int) -> tuple[int, int, int, int]:
     """(head, writer-asleep, tail, reader-asleep) word indexes of ring 0 (c2s) or 1 (s2c)."""
-    prod = (1 + 2 * ring) * 16
-    cons = prod + 16
-    return prod, prod + 1, cons, cons + 1
+    base = (1 + 4 * ring) * _LINE
+    return base, base + _LINE, base + 2 * _LINE, base + 3 * _LINE
 
 
 def _check_platform() -> None:
@@ -170,7 +173,12 @@ def _peer_pid(sock: socket.socket) -> int:
 
 class ShmConnection(CloseOnce, Connection):
     """One side of a client's ring pair. Attributes ``_o*`` are the outgoing
-    ring (we produce), ``_i*`` the incoming one (we consume)."""
+    ring (we produce), ``_i*`` the incoming one (we consume).
+
+    Sends are serialised by the caller (the channel holds a lock, as the
+    Connection contract says); ``_fence`` is never contended, it is only
+    the barrier.
+    """
 
     def __init__(self, mm: mmap.mmap, sems: dict[str, posix_ipc.Semaphore], sock: socket.socket,
                  server: bool, spin_us: int, peer: str, names: tuple[str, list[str]] | None) -> None:
@@ -187,17 +195,17 @@ class ShmConnection(CloseOnce, Connection):
         self._i_data, self._i_space = sems[f"{i}.data"], sems[f"{i}.space"]  # wait / post
         self._my_closed = W_CLOSED + int(server)
         self._peer_closed = W_CLOSED + 1 - int(server)
-        self._head = self._q[self._oh]
-        self._tail = self._q[self._it]
+        self._head = self._q[self._oh]  # ours to publish
+        self._seen_tail = self._q[self._ot]  # the reader's tail as last read: re-read when full
+        self._tail = self._q[self._it]  # ours to publish
         self._spin_ns = spin_us * 1000
         self._mask = _cpu_mask()
         self._q[W_CPUS + int(server)] = self._mask
         self._peer_cpus = W_CPUS + 1 - int(server)
         self._spin_checked = False
         self._chunk = max(4096, self._ring // 4)  # publish big writes in pieces: the reader overlaps
-        self._send_lock = threading.Lock()
-        self._wfence = threading.Lock()
-        self._rfence = threading.Lock()
+        fence = threading.Lock()
+        self._fence_in, self._fence_out = fence.acquire, fence.release
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)  # the peer never writes: readable = gone
         CloseOnce.__init__(self)
@@ -225,9 +233,8 @@ class ShmConnection(CloseOnce, Connection):
                 data = self._mm[start:self._ibase + ring] + self._mm[self._ibase:self._ibase + off + n - ring]
             self._tail = head
             q[self._it] = head  # loads before this store stay before it (TSO): the writer may reuse
-            fence = self._rfence  # full barrier, then: does the writer wait for room?
-            fence.acquire()
-            fence.release()
+            self._fence_in()  # full barrier, then: does the writer wait for room?
+            self._fence_out()
             if q[self._isleep_w]:
                 self._i_space.release()
             return data
@@ -250,8 +257,8 @@ class ShmConnection(CloseOnce, Connection):
         deadline = deadline_after(timeout)
         while True:
             q[self._isleep_r] = 1
-            with self._rfence:
-                pass
+            self._fence_in()  # full barrier: the flag is seen before we re-check the head
+            self._fence_out()
             closed = q[self._peer_closed]
             head = q[ih]
             if head == tail and not closed and not self.closed:
@@ -288,24 +295,25 @@ class ShmConnection(CloseOnce, Connection):
         users = self._users
         users.append(None)
         try:
-            with self._send_lock:
-                if self.closed:  # first: after close the mapping may be gone
-                    raise Disconnected(f"connection to {self.peer} closed")
-                # Hot path: a small frame that fits before the ring end and in the free room.
-                q, head, ring = self._q, self._head, self._ring
-                n, off = len(data), head % ring
-                fast = (type(data) is bytes and off + n <= ring and n <= self._chunk
-                        and head + n - q[self._ot] <= ring and not q[self._peer_closed])
-                if fast:
-                    start = self._obase + off
-                    self._mm[start:start + n] = data
-                    self._head = head = head + n
-                    q[self._oh] = head  # one 8-byte store, after the data (TSO keeps the order)
-                else:
-                    self._write(data)
-            # Releasing the lock was a full barrier (lock xadd): now, is the reader asleep?
-            if fast and q[self._osleep_r]:
-                self._o_data.release()
+            if self.closed:  # first: after close the mapping may be gone
+                raise Disconnected(f"connection to {self.peer} closed")
+            q, head, ring = self._q, self._head, self._ring
+            n, off = len(data), head % ring
+            if head + n - self._seen_tail > ring:
+                self._seen_tail = q[self._ot]
+            # Hot path: a small frame that fits before the ring end and in the free room.
+            if (type(data) is bytes and off + n <= ring and n <= self._chunk
+                    and head + n - self._seen_tail <= ring and not q[self._peer_closed]):
+                start = self._obase + off
+                self._mm[start:start + n] = data
+                self._head = head = head + n
+                q[self._oh] = head  # one 8-byte store, after the data (TSO keeps the order)
+                self._fence_in()  # full barrier, then: is the reader asleep?
+                self._fence_out()
+                if q[self._osleep_r]:
+                    self._o_data.release()
+            else:
+                self._write(data)
         finally:
             users.pop()
             if self.closed and not users:
@@ -314,9 +322,8 @@ class ShmConnection(CloseOnce, Connection):
     def sendv(self, parts: Sequence[Buffer]) -> None:
         self._users.append(None)
         try:
-            with self._send_lock:
-                for part in parts:
-                    self._write(part)
+            for part in parts:
+                self._write(part)
         finally:
             self._leave()
 
@@ -347,10 +354,11 @@ class ShmConnection(CloseOnce, Connection):
             head += k
             self._head = head
             q[self._oh] = head  # one 8-byte store, after the data stores (TSO keeps the order)
-            self._wfence.acquire()  # full barrier, then: is the reader asleep?
-            self._wfence.release()
+            self._fence_in()  # full barrier, then: is the reader asleep?
+            self._fence_out()
             if q[self._osleep_r]:
                 self._o_data.release()
+        self._seen_tail = q[self._ot]
 
     def _wait_space(self, head: int) -> None:
         """Until the reader frees room; Timeout after send_timeout without progress."""
@@ -363,8 +371,8 @@ class ShmConnection(CloseOnce, Connection):
         deadline = deadline_after(self.send_timeout)
         while True:
             q[self._osleep_w] = 1
-            with self._wfence:
-                pass
+            self._fence_in()  # full barrier: the flag is seen before we re-check the tail
+            self._fence_out()
             if head - q[ot] >= ring and not q[self._peer_closed] and not self.closed:
                 left = remaining(deadline)
                 with contextlib.suppress(posix_ipc.BusyError, posix_ipc.SignalError):
@@ -463,7 +471,7 @@ class ShmListener(CloseOnce, Listener):
             for kind, sem in zip(SEM_KINDS, names[1], strict=True):
                 sems[kind] = posix_ipc.Semaphore(sem, posix_ipc.O_CREX, mode, 0)
             csock.setblocking(False)
-            csock.send(f"IPCGW-SHM 1 {cid} {ring}\n".encode())  # fresh socket: always fits
+            csock.send(f"IPCGW-SHM 2 {cid} {ring}\n".encode())  # fresh socket: always fits
         except BaseException:
             _unlink(*names)
             for sem in sems.values():
