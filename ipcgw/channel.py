@@ -40,7 +40,7 @@ class Channel:
         self._scatter = _SCATTER_MIN if isinstance(self.framer, LengthFramer) else 1 << 62
         self._encode, self._frame, self._decode = self.codec.encode, self.framer.encode, self.codec.decode
         self._feed = self._decoder.feed
-        self._conn_send = conn.send
+        self._conn_send, self._conn_recv = conn.send, conn.recv
 
     def send(self, msg: Message) -> None:
         payload = self._encode(msg)
@@ -63,29 +63,33 @@ class Channel:
 
     def recv(self, timeout: float | None = None) -> Message:
         frames = self._frames
-        if not frames:
-            self._fill(timeout)
+        if frames:
+            return self._decode(frames.popleft())
+        got = self._read(timeout)
+        if len(got) == 1:  # the request/reply case: one read, one frame
+            return self._decode(got[0])
+        frames.extend(got)
         return self._decode(frames.popleft())
 
     def recv_frame(self, timeout: float | None = None) -> bytes:
         """Next frame; Disconnected at end of stream, Timeout, or FramingError."""
         frames = self._frames
         if not frames:
-            self._fill(timeout)
+            frames.extend(self._read(timeout))
         return frames.popleft()
 
-    def _fill(self, timeout: float | None) -> None:
-        """Read until at least one frame is complete."""
-        frames, recv, feed = self._frames, self.conn.recv, self._feed
+    def _read(self, timeout: float | None) -> list[bytes]:
+        """Read until the decoder completes at least one frame; those frames."""
+        recv, feed = self._conn_recv, self._feed
         deadline = None if timeout is None else time.monotonic() + timeout
         left = timeout
         while True:
             data = recv(left)
             if not data:
                 self._eof()
-            frames.extend(feed(data))
-            if frames:
-                return
+            got = feed(data)
+            if got:
+                return got
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0.0:

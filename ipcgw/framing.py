@@ -102,18 +102,19 @@ class LengthFramer:
         # A header of N bytes cannot describe more than 2**(8N) - 1 bytes.
         self.max_frame = min(max_frame, (1 << (8 * header)) - 1)
         self.spec = f"length:{header}"
+        self._pack = _HEADER_STRUCTS[header].pack
 
     def encode(self, payload: bytes) -> bytes:
         n = len(payload)
         if n > self.max_frame:
             raise FrameTooLarge(n, self.max_frame)
-        return n.to_bytes(self.header, "big") + payload
+        return self._pack(n) + payload
 
     def encode_header(self, size: int) -> bytes:
         """Header alone, so a transport can scatter-send header + large payload."""
         if size > self.max_frame:
             raise FrameTooLarge(size, self.max_frame)
-        return size.to_bytes(self.header, "big")
+        return self._pack(size)
 
     def decoder(self) -> LengthDecoder:
         return LengthDecoder(self.header, self.max_frame)

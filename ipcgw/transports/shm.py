@@ -14,6 +14,13 @@ Features
   on a second semaphore. Idle costs one timed wake-up per 0.25 s per waiting
   thread. Each side writes its CPU affinity into the segment; when both are
   pinned to the same single CPU nobody spins (the peer could not run meanwhile).
+- Off the critical path: a reader hands consumed room back (publishes its
+  tail, wakes a writer waiting for room) at the start of its next ``recv``,
+  i.e. while the peer works on the message, unless it consumed more than a
+  quarter ring (then at once); a writer re-reads the reader's tail only when
+  its cached copy says the ring is full. Every counter and flag has its own
+  cache lines, so the hot path touches a line the peer wrote only to see new
+  data.
 - Memory ordering: this relies on x86-64 TSO (stores are seen in program
   order, loads are not reordered with loads) and on 8-byte counters being
   single aligned stores and loads (``memoryview.cast("Q")`` element access is
@@ -50,8 +57,9 @@ busy wait before sleeping: it must cover the peer's turnaround (a gateway
 reply costs ~20-40 us of Python) or every round trip pays two futex wake-ups.
 
 Handshake: the client connects to the socket; the server creates the segment
-and semaphores and writes ``b"IPCGW-SHM 2 <id> <ring>\\n"`` (2: the segment layout); the client opens
-them and unlinks the names. Nothing else travels on the socket.
+and semaphores and writes ``b"IPCGW-SHM 2 <id> <ring>\\n"`` (2: the segment
+layout); the client opens them and unlinks the names. Nothing else travels on
+the socket.
 """
 
 from __future__ import annotations
@@ -197,7 +205,7 @@ class ShmConnection(CloseOnce, Connection):
         self._peer_closed = W_CLOSED + 1 - int(server)
         self._head = self._q[self._oh]  # ours to publish
         self._seen_tail = self._q[self._ot]  # the reader's tail as last read: re-read when full
-        self._tail = self._q[self._it]  # ours to publish
+        self._tail = self._public_tail = self._q[self._it]  # ours to publish
         self._spin_ns = spin_us * 1000
         self._mask = _cpu_mask()
         self._q[W_CPUS + int(server)] = self._mask
@@ -218,12 +226,20 @@ class ShmConnection(CloseOnce, Connection):
         try:
             if self.closed:
                 return b""
-            q, tail = self._q, self._tail
-            head = q[self._ih]
-            if head == tail:
-                head = self._wait_data(tail, timeout)
-                if head < 0:
-                    return b""
+            tail = self._tail
+            if tail != self._public_tail:  # what the previous call consumed
+                self._publish_tail(tail)
+            q, ih = self._q, self._ih
+            head = q[ih]
+            if head == tail:  # bounded busy wait: no syscall, keeps the GIL for spin_us at most
+                now = time.perf_counter_ns
+                end = now() + (self._spin_ns if self._spin_checked else self._spin_budget())
+                while (head := q[ih]) == tail and now() < end:
+                    pass
+                if head == tail:
+                    head = self._sleep_for_data(tail, timeout)
+                    if head < 0:
+                        return b""
             n, ring = head - tail, self._ring
             off = tail % ring
             start = self._ibase + off
@@ -232,28 +248,30 @@ class ShmConnection(CloseOnce, Connection):
             else:
                 data = self._mm[start:self._ibase + ring] + self._mm[self._ibase:self._ibase + off + n - ring]
             self._tail = head
-            q[self._it] = head  # loads before this store stay before it (TSO): the writer may reuse
-            self._fence_in()  # full barrier, then: does the writer wait for room?
-            self._fence_out()
-            if q[self._isleep_w]:
-                self._i_space.release()
+            if n > self._chunk:
+                self._publish_tail(head)
+            # else the next call publishes it: in a request/reply exchange that
+            # happens while the peer works, not between its message and our answer.
             return data
         finally:
             users.pop()
             if self.closed and not users:
                 self._release_once()
 
-    def _wait_data(self, tail: int, timeout: float | None) -> int:
-        """The new head, or -1 at an orderly end (peer closed and drained, or we closed)."""
+    def _publish_tail(self, tail: int) -> None:
+        """Hand consumed room back to the writer, and wake it if it waits for room."""
+        self._public_tail = tail
+        q = self._q
+        q[self._it] = tail  # loads before this store stay before it (TSO): the writer may reuse
+        self._fence_in()  # full barrier, then: does the writer wait for room?
+        self._fence_out()
+        if q[self._isleep_w]:
+            self._i_space.release()
+
+    def _sleep_for_data(self, tail: int, timeout: float | None) -> int:
+        """After the spin: the new head, or -1 at an orderly end (peer closed and
+        drained, or we closed)."""
         q, ih = self._q, self._ih
-        now = time.perf_counter_ns
-        end = now() + self._spin_budget()
-        while True:  # bounded busy wait: no syscall, keeps the GIL for spin_us at most
-            head = q[ih]
-            if head != tail:
-                return head
-            if now() > end:
-                break
         deadline = deadline_after(timeout)
         while True:
             q[self._isleep_r] = 1
@@ -277,7 +295,8 @@ class ShmConnection(CloseOnce, Connection):
                 raise Timeout(f"nothing from {self.peer} within {timeout} s")
 
     def _spin_budget(self) -> int:
-        """Spinning while the peer is pinned to our only CPU just delays it: don't."""
+        """Spinning while the peer is pinned to our only CPU just delays it: don't.
+        (Decided once the peer has written its CPU mask; until then, spin.)"""
         if not self._spin_checked and (peer := self._q[self._peer_cpus]):
             self._spin_checked = True
             both = peer | self._mask
