@@ -346,6 +346,33 @@ def test_close_from_another_thread_wakes_a_blocked_call(name: str, blocked: str)
         assert client.recv() == b""
 
 
+class _Stop(Exception):
+    """What the test's SIGTERM handler raises."""
+
+
+@pytest.mark.parametrize("blocked", ["recv", "send"])
+def test_signal_handler_exception_reaches_a_sleeping_main_thread(name: str, blocked: str) -> None:
+    """posix_ipc turns a signal during a semaphore wait into SignalError and drops the
+    handler's exception: a SIGTERM handler's exit (or Ctrl-C) must still come out."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Stop(signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    timer = threading.Timer(0.4, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        with pair(f"shm:///{name}?ring=4096") as (client, _server):
+            client.send_timeout = 5.0
+            timer.start()
+            start = time.monotonic()
+            with pytest.raises(_Stop):
+                client.recv(5.0) if blocked == "recv" else client.send(b"s" * 100000)
+            assert time.monotonic() - start < 1.0  # one 0.25 s slice late at most
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, old)
+
+
 def test_recv_and_send_timeouts(name: str) -> None:
     with pair(f"shm:///{name}?ring=4096") as (client, server):
         start = time.monotonic()

@@ -72,6 +72,7 @@ import platform
 import re
 import secrets
 import select
+import signal
 import socket
 import struct
 import threading
@@ -120,6 +121,32 @@ def _words(ring: int) -> tuple[int, int, int, int]:
     """(head, writer-asleep, tail, reader-asleep) word indexes of ring 0 (c2s) or 1 (s2c)."""
     base = (1 + 4 * ring) * _LINE
     return base, base + _LINE, base + 2 * _LINE, base + 3 * _LINE
+
+
+_MAIN_THREAD = threading.main_thread().ident
+_ALL_SIGNALS = signal.valid_signals()
+
+
+def _sleep_on(sem: posix_ipc.Semaphore, seconds: float) -> None:
+    """Wait for a post, ``seconds`` at most.
+
+    posix_ipc runs the Python signal handlers when a signal interrupts the
+    wait, then replaces whatever they raised (KeyboardInterrupt, a SIGTERM
+    handler's SystemExit) by its own SignalError. So the main thread, the only
+    one that runs handlers, waits with signals blocked; a signal that came
+    meanwhile is delivered when the mask is restored, and its handler raises
+    from here as usual (at most one slice late). Other threads just retry.
+    """
+    if threading.get_ident() != _MAIN_THREAD:
+        with contextlib.suppress(posix_ipc.BusyError, posix_ipc.SignalError):
+            sem.acquire(seconds)
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+    try:
+        with contextlib.suppress(posix_ipc.BusyError):
+            sem.acquire(seconds)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _check_platform() -> None:
@@ -281,8 +308,7 @@ class ShmConnection(CloseOnce, Connection):
             head = q[ih]
             if head == tail and not closed and not self.closed:
                 left = remaining(deadline)
-                with contextlib.suppress(posix_ipc.BusyError, posix_ipc.SignalError):
-                    self._i_data.acquire(SLICE if left is None else min(SLICE, left))
+                _sleep_on(self._i_data, SLICE if left is None else min(SLICE, left))
                 closed = q[self._peer_closed]
                 head = q[ih]
             q[self._isleep_r] = 0
@@ -394,8 +420,7 @@ class ShmConnection(CloseOnce, Connection):
             self._fence_out()
             if head - q[ot] >= ring and not q[self._peer_closed] and not self.closed:
                 left = remaining(deadline)
-                with contextlib.suppress(posix_ipc.BusyError, posix_ipc.SignalError):
-                    self._o_space.acquire(SLICE if left is None else min(SLICE, left))
+                _sleep_on(self._o_space, SLICE if left is None else min(SLICE, left))
             q[self._osleep_w] = 0
             if head - q[ot] < ring or q[self._peer_closed] or self.closed:
                 return  # the caller re-checks closed flags
