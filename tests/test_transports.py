@@ -275,6 +275,35 @@ def test_sigterm_leaves_nothing_and_restart_after_kill9_works(server_factory, tm
     assert fs_leftovers == []
 
 
+class _Stop(Exception):
+    """What the test's SIGTERM handler raises."""
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_signal_handler_exception_reaches_a_client_waiting_in_recv(server_factory, transport):
+    """An NS-3 script blocked in recv must still stop on Ctrl-C or a SIGTERM handler
+    (posix_ipc used to swallow the handler's exception)."""
+    server = server_factory(transport)
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Stop(signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    timer = threading.Timer(0.4, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        with ipcgw.connect(server.url, timeout=5) as client:
+            timer.start()
+            start = time.monotonic()
+            with pytest.raises(_Stop):
+                client.recv(timeout=5)
+            assert time.monotonic() - start < 1.0
+            assert client.ping(b"still fine") == b"still fine"
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, old)
+    server.stop_ok()
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_second_server_on_same_address_is_refused(server_factory, tmp_path, transport):
     url = fresh_url(transport, tmp_path).replace(":0", f":{random.randrange(20000, 60000)}")

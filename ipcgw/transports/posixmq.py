@@ -67,6 +67,7 @@ from ipcgw.transports.base import (
     ListenerClosed,
     ServerLock,
     Transport,
+    call_holding_signals,
     pid_alive,
     remaining,
 )
@@ -123,7 +124,7 @@ class PosixMqConnection(MqConnection):
     def _get(self, deadline: float | None) -> tuple[bytes, str] | None:
         wait = PEER_CHECK if deadline is None else min(PEER_CHECK, remaining(deadline) or 0.0)
         try:
-            payload, priority = self._rq.receive(wait)
+            payload, priority = call_holding_signals(self._rq.receive, wait)
         except (posix_ipc.BusyError, posix_ipc.SignalError):
             return None
         except posix_ipc.ExistentialError:
@@ -136,7 +137,7 @@ class PosixMqConnection(MqConnection):
         while True:
             wait = PEER_CHECK if deadline is None else min(PEER_CHECK, remaining(deadline) or 0.0)
             try:
-                self._wq.send(chunk, wait, _P_DATA)
+                call_holding_signals(self._wq.send, chunk, wait, _P_DATA)
                 return
             except (posix_ipc.BusyError, posix_ipc.SignalError):
                 pass
@@ -202,7 +203,7 @@ class PosixMqListener(Listener):
             if self._closed:
                 raise ListenerClosed("listener closed")
             try:
-                payload, priority = self._rq.receive()
+                payload, priority = self._rq.receive()  # unbounded: never hold signals here
             except posix_ipc.SignalError:
                 continue
             except posix_ipc.ExistentialError:
@@ -328,7 +329,8 @@ class PosixMqTransport(Transport):
                                    "accepting") from None
             while True:
                 try:
-                    payload, _ = down.receive(min(PEER_CHECK, remaining(deadline) or 0.0))
+                    payload, _ = call_holding_signals(
+                        down.receive, min(PEER_CHECK, remaining(deadline) or 0.0))
                     break
                 except (posix_ipc.BusyError, posix_ipc.SignalError):
                     pass

@@ -72,7 +72,6 @@ import platform
 import re
 import secrets
 import select
-import signal
 import socket
 import struct
 import threading
@@ -91,6 +90,7 @@ from ipcgw.transports.base import (
     ListenerClosed,
     ServerLock,
     Transport,
+    call_holding_signals,
     deadline_after,
     remaining,
 )
@@ -123,30 +123,10 @@ def _words(ring: int) -> tuple[int, int, int, int]:
     return base, base + _LINE, base + 2 * _LINE, base + 3 * _LINE
 
 
-_MAIN_THREAD = threading.main_thread().ident
-_ALL_SIGNALS = signal.valid_signals()
-
-
 def _sleep_on(sem: posix_ipc.Semaphore, seconds: float) -> None:
-    """Wait for a post, ``seconds`` at most.
-
-    posix_ipc runs the Python signal handlers when a signal interrupts the
-    wait, then replaces whatever they raised (KeyboardInterrupt, a SIGTERM
-    handler's SystemExit) by its own SignalError. So the main thread, the only
-    one that runs handlers, waits with signals blocked; a signal that came
-    meanwhile is delivered when the mask is restored, and its handler raises
-    from here as usual (at most one slice late). Other threads just retry.
-    """
-    if threading.get_ident() != _MAIN_THREAD:
-        with contextlib.suppress(posix_ipc.BusyError, posix_ipc.SignalError):
-            sem.acquire(seconds)
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
-    try:
-        with contextlib.suppress(posix_ipc.BusyError):
-            sem.acquire(seconds)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    """Wait for a post, ``seconds`` at most (a signal ends the wait early)."""
+    with contextlib.suppress(posix_ipc.BusyError, posix_ipc.SignalError):
+        call_holding_signals(sem.acquire, seconds)
 
 
 def _check_platform() -> None:
