@@ -59,15 +59,6 @@ def connect(url: str | Endpoint, timeout: float = 5.0, name: str = "") -> Client
     return client
 
 
-def _reply_key(msg: Message) -> int:
-    kind = type(msg)
-    if kind is Pong:
-        return msg.seq  # type: ignore[attr-defined, no-any-return]
-    if kind is Result or kind is Error:
-        return msg.request_id  # type: ignore[attr-defined, no-any-return]
-    return 0
-
-
 class Client:
     """A connected gateway client; use as a context manager."""
 
@@ -89,12 +80,13 @@ class Client:
         self._awaited: set[int] = set()
         self._failure: IpcgwError | None = None
         self._closed = False
+        self._send = channel.send
 
     # ------------------------------------------------------------ public
 
     def send(self, msg: Message) -> None:
         """Send one message (thread-safe)."""
-        self.channel.send(msg)
+        self._send(msg)
 
     def recv(self, timeout: float | None = None) -> Message:
         """Next message that is not the reply to a pending request."""
@@ -102,23 +94,25 @@ class Client:
 
     def request(self, msg: Command | Ping, timeout: float | None = 5.0) -> Message:
         """Send and wait for the matching Result / Error / Pong."""
-        key = msg.seq if isinstance(msg, Ping) else msg.request_id
+        ping = isinstance(msg, Ping)
+        key = msg.seq if ping else msg.request_id  # type: ignore[union-attr]
         if not key:
             key = next(self._ids)
-            if isinstance(msg, Ping):
-                msg.seq = key
+            if ping:
+                msg.seq = key  # type: ignore[union-attr]
             else:
-                msg.request_id = key
+                msg.request_id = key  # type: ignore[union-attr]
         with self._lock:
-            # Before sending: another reading thread must keep our reply. With
-            # nobody reading we become the reader now, which saves the single-
-            # threaded caller a second trip through the lock.
-            self._awaited.add(key)
+            # Before sending. With nobody reading we become the reader now (and
+            # take our reply ourselves); otherwise the reading thread must keep
+            # our reply for us.
             reading = not self._reading and self._failure is None
             if reading:
                 self._reading = True
+            else:
+                self._awaited.add(key)
         try:
-            self.channel.send(msg)
+            self._send(msg)
         except BaseException:
             self._finish(key, reading)
             raise
@@ -134,7 +128,7 @@ class Client:
 
     def ping(self, payload: bytes = b"", timeout: float | None = 5.0) -> bytes:
         reply = self.request(Ping(0, payload), timeout)
-        if not isinstance(reply, Pong):
+        if type(reply) is not Pong:
             raise ProtocolError(f"expected Pong, got {reply!r}")
         return reply.payload
 
@@ -224,8 +218,14 @@ class Client:
                     with lock:
                         self._failure = exc
                     raise
-                reply_key = _reply_key(msg)
-                if key is not None and reply_key == key:
+                kind = type(msg)  # which request does it answer? (0: none)
+                if kind is Pong:
+                    reply_key = msg.seq  # type: ignore[attr-defined]
+                elif kind is Result or kind is Error:
+                    reply_key = msg.request_id  # type: ignore[attr-defined]
+                else:
+                    reply_key = 0
+                if reply_key == key:
                     return msg
                 with lock:
                     if reply_key and reply_key in self._awaited:
