@@ -28,6 +28,8 @@ __all__ = ["C_TRANSPORTS", "CFloor", "CRun"]
 
 C_TRANSPORTS = ("fifo", "sysv", "posixmq", "tcp", "unix", "shm")
 SRC = Path(__file__).resolve().parent / "c"
+_CFLAGS = ("-D_GNU_SOURCE", "-O2", "-Wall")  # with _LIBS, part of the cache key
+_LIBS = ("-lrt", "-pthread")
 _shm_ids = itertools.count(1)
 
 
@@ -72,7 +74,7 @@ class CFloor:
             self.note = "C floor skipped: no C compiler (cc) found"
             return self.note
         sources = sorted(SRC.glob("*.[ch]"))
-        digest = hashlib.sha256(cc.encode())
+        digest = hashlib.sha256(" ".join((cc, *_CFLAGS, *_LIBS)).encode())
         for src in sources:
             digest.update(src.name.encode() + src.read_bytes())
         out = self.cache / digest.hexdigest()[:16]
@@ -83,8 +85,8 @@ class CFloor:
             if not binary.exists():
                 tmp = binary.with_suffix(f".tmp{os.getpid()}")
                 proc = subprocess.run(
-                    [cc, "-D_GNU_SOURCE", "-O2", "-Wall", "-o", str(tmp), str(SRC / f"{name}.c"),
-                     "-lrt", "-pthread"], capture_output=True, text=True, timeout=120)
+                    [cc, *_CFLAGS, "-o", str(tmp), str(SRC / f"{name}.c"), *_LIBS],
+                    capture_output=True, text=True, timeout=120)
                 if proc.returncode != 0:
                     failures.append(f"{name}: {proc.stderr.strip().splitlines()[-1:]}")
                     continue

@@ -157,7 +157,13 @@ def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
+        commit = out.stdout.strip()
+        if not commit:
+            return None
+        # Uncommitted changes to the measured code make the commit a lie: say so.
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "ipcgw",
+                                "bench"], capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{commit}-dirty" if dirty else commit
     except (OSError, subprocess.SubprocessError):
         return None
 
