@@ -53,8 +53,9 @@ URL
 
 ``ring`` (server side, bytes per direction, >= 4096) sizes the rings; the
 client learns it from the server. ``spin_us`` (each side its own) bounds the
-busy wait before sleeping: it must cover the peer's turnaround (a gateway
-reply costs ~20-40 us of Python) or every round trip pays two futex wake-ups.
+busy wait before sleeping: it must cover the peer's turnaround (a Ping costs
+the gateway ~3 us, a kernel path-manager command ~40 us) or every round trip
+pays two futex wake-ups (~30 us each here).
 
 Handshake: the client connects to the socket; the server creates the segment
 and semaphores and writes ``b"IPCGW-SHM 2 <id> <ring>\\n"`` (2: the segment
@@ -74,7 +75,6 @@ import secrets
 import select
 import socket
 import struct
-import threading
 import time
 from collections.abc import Sequence
 from typing import ClassVar
@@ -94,6 +94,7 @@ from ipcgw.transports.base import (
     deadline_after,
     remaining,
 )
+from ipcgw.transports.shmrings import rings_class
 from ipcgw.url import Endpoint
 
 __all__ = ["ShmConnection", "ShmListener", "ShmTransport"]
@@ -187,12 +188,11 @@ def _peer_pid(sock: socket.socket) -> int:
 
 
 class ShmConnection(CloseOnce, Connection):
-    """One side of a client's ring pair. Attributes ``_o*`` are the outgoing
-    ring (we produce), ``_i*`` the incoming one (we consume).
+    """One side of a client's ring pair: the data path is ``Rings`` (C, or its
+    Python twin, see shmrings.py); here are the waits, timeouts and closing.
 
     Sends are serialised by the caller (the channel holds a lock, as the
-    Connection contract says); ``_fence`` is never contended, it is only
-    the barrier.
+    Connection contract says).
     """
 
     def __init__(self, mm: mmap.mmap, sems: dict[str, posix_ipc.Semaphore], sock: socket.socket,
@@ -200,27 +200,26 @@ class ShmConnection(CloseOnce, Connection):
         self.peer = peer
         self._mm, self._sems, self._sock, self._names = mm, sems, sock, names
         self._q = memoryview(mm).cast("Q")
-        self._ring = self._q[W_RING]
+        ring = self._q[W_RING]
         out, inn = (1, 0) if server else (0, 1)
-        self._oh, self._osleep_w, self._ot, self._osleep_r = _words(out)
-        self._ih, self._isleep_w, self._it, self._isleep_r = _words(inn)
-        self._obase, self._ibase = HEADER + out * self._ring, HEADER + inn * self._ring
+        oh, self._osleep_w, ot, osleep_r = _words(out)
+        ih, isleep_w, it, self._isleep_r = _words(inn)
         o, i = ("s2c", "c2s") if server else ("c2s", "s2c")
         self._o_data, self._o_space = sems[f"{o}.data"], sems[f"{o}.space"]  # post / wait
         self._i_data, self._i_space = sems[f"{i}.data"], sems[f"{i}.space"]  # wait / post
         self._my_closed = W_CLOSED + int(server)
         self._peer_closed = W_CLOSED + 1 - int(server)
-        self._head = self._q[self._oh]  # ours to publish
-        self._seen_tail = self._q[self._ot]  # the reader's tail as last read: re-read when full
-        self._tail = self._public_tail = self._q[self._it]  # ours to publish
+        chunk = max(4096, ring // 4)  # publish big writes in pieces: the reader overlaps
+        self._rings = rings_class()(
+            mm, HEADER + out * ring, HEADER + inn * ring, ring,
+            (oh, ot, osleep_r, ih, it, isleep_w, self._peer_closed), chunk,
+            self._o_data.release, self._i_space.release)
+        self._put, self._get, self._fence = self._rings.put, self._rings.get, self._rings.fence
         self._spin_ns = spin_us * 1000
         self._mask = _cpu_mask()
         self._q[W_CPUS + int(server)] = self._mask
         self._peer_cpus = W_CPUS + 1 - int(server)
         self._spin_checked = False
-        self._chunk = max(4096, self._ring // 4)  # publish big writes in pieces: the reader overlaps
-        fence = threading.Lock()
-        self._fence_in, self._fence_out = fence.acquire, fence.release
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)  # the peer never writes: readable = gone
         CloseOnce.__init__(self)
@@ -233,69 +232,33 @@ class ShmConnection(CloseOnce, Connection):
         try:
             if self.closed:
                 return b""
-            tail = self._tail
-            if tail != self._public_tail:  # what the previous call consumed
-                self._publish_tail(tail)
-            q, ih = self._q, self._ih
-            head = q[ih]
-            if head == tail:  # bounded busy wait: no syscall, keeps the GIL for spin_us at most
-                now = time.perf_counter_ns
-                end = now() + (self._spin_ns if self._spin_checked else self._spin_budget())
-                while (head := q[ih]) == tail and now() < end:
-                    pass
-                if head == tail:
-                    head = self._sleep_for_data(tail, timeout)
-                    if head < 0:
-                        return b""
-            n, ring = head - tail, self._ring
-            off = tail % ring
-            start = self._ibase + off
-            if off + n <= ring:
-                data = self._mm[start:start + n]
-            else:
-                data = self._mm[start:self._ibase + ring] + self._mm[self._ibase:self._ibase + off + n - ring]
-            self._tail = head
-            if n > self._chunk:
-                self._publish_tail(head)
-            # else the next call publishes it: in a request/reply exchange that
-            # happens while the peer works, not between its message and our answer.
-            return data
+            data = self._get(self._spin_ns if self._spin_checked else self._spin_budget())
+            return self._sleep_for_data(timeout) if data is None else data
         finally:
             users.pop()
             if self.closed and not users:
                 self._release_once()
 
-    def _publish_tail(self, tail: int) -> None:
-        """Hand consumed room back to the writer, and wake it if it waits for room."""
-        self._public_tail = tail
-        q = self._q
-        q[self._it] = tail  # loads before this store stay before it (TSO): the writer may reuse
-        self._fence_in()  # full barrier, then: does the writer wait for room?
-        self._fence_out()
-        if q[self._isleep_w]:
-            self._i_space.release()
-
-    def _sleep_for_data(self, tail: int, timeout: float | None) -> int:
-        """After the spin: the new head, or -1 at an orderly end (peer closed and
-        drained, or we closed)."""
-        q, ih = self._q, self._ih
+    def _sleep_for_data(self, timeout: float | None) -> bytes:
+        """After the spin: data, or b"" at an orderly end (peer closed and drained,
+        or we closed)."""
+        q, get = self._q, self._get
         deadline = deadline_after(timeout)
         while True:
             q[self._isleep_r] = 1
-            self._fence_in()  # full barrier: the flag is seen before we re-check the head
-            self._fence_out()
+            self._fence()  # the flag is seen before we re-check the head
             closed = q[self._peer_closed]
-            head = q[ih]
-            if head == tail and not closed and not self.closed:
+            data = get(0)
+            if data is None and not closed and not self.closed:
                 left = remaining(deadline)
                 _sleep_on(self._i_data, SLICE if left is None else min(SLICE, left))
                 closed = q[self._peer_closed]
-                head = q[ih]
+                data = get(0)
             q[self._isleep_r] = 0
-            if head != tail:
-                return head
+            if data is not None:
+                return data
             if closed or self.closed:
-                return -1
+                return b""
             self._check_peer()
             if deadline is not None and remaining(deadline) == 0.0:
                 raise Timeout(f"nothing from {self.peer} within {timeout} s")
@@ -322,23 +285,9 @@ class ShmConnection(CloseOnce, Connection):
         try:
             if self.closed:  # first: after close the mapping may be gone
                 raise Disconnected(f"connection to {self.peer} closed")
-            q, head, ring = self._q, self._head, self._ring
-            n, off = len(data), head % ring
-            if head + n - self._seen_tail > ring:
-                self._seen_tail = q[self._ot]
-            # Hot path: a small frame that fits before the ring end and in the free room.
-            if (type(data) is bytes and off + n <= ring and n <= self._chunk
-                    and head + n - self._seen_tail <= ring and not q[self._peer_closed]):
-                start = self._obase + off
-                self._mm[start:start + n] = data
-                self._head = head = head + n
-                q[self._oh] = head  # one 8-byte store, after the data (TSO keeps the order)
-                self._fence_in()  # full barrier, then: is the reader asleep?
-                self._fence_out()
-                if q[self._osleep_r]:
-                    self._o_data.release()
-            else:
-                self._write(data)
+            done = self._put(data) if type(data) is bytes else 0
+            if done != len(data):
+                self._write(data, done)
         finally:
             users.pop()
             if self.closed and not users:
@@ -352,57 +301,38 @@ class ShmConnection(CloseOnce, Connection):
         finally:
             self._leave()
 
-    def _write(self, data: Buffer) -> None:
-        q, ring, mm = self._q, self._ring, self._mm
-        if type(data) is not bytes or len(data) > self._chunk:  # slices must not copy
-            data = memoryview(data).cast("B")
-        n, pos, head = len(data), 0, self._head
-        while pos < n:
+    def _write(self, data: Buffer, done: int = 0) -> None:
+        """The slow path: what ``put`` did not take at once (a full ring, a frame
+        larger than a chunk), in pieces, waiting for room."""
+        view = memoryview(data).cast("B")  # slices must not copy
+        pos, n = max(done, 0), len(view)
+        while pos < n or done < 0:
             if self.closed:
                 raise Disconnected(f"connection to {self.peer} closed")
-            if q[self._peer_closed]:
+            done = self._put(view[pos:])
+            if done < 0:
                 raise Disconnected(f"{self.peer} closed the connection")
-            free = ring - (head - q[self._ot])
-            if not free:
-                self._wait_space(head)
-                continue
-            k = min(free, n - pos, self._chunk)
-            off = head % ring
-            start = self._obase + off
-            if off + k <= ring:
-                mm[start:start + k] = data if k == n else data[pos:pos + k]
-            else:
-                first = ring - off
-                mm[start:start + first] = data[pos:pos + first]
-                mm[self._obase:self._obase + k - first] = data[pos + first:pos + k]
-            pos += k
-            head += k
-            self._head = head
-            q[self._oh] = head  # one 8-byte store, after the data stores (TSO keeps the order)
-            self._fence_in()  # full barrier, then: is the reader asleep?
-            self._fence_out()
-            if q[self._osleep_r]:
-                self._o_data.release()
-        self._seen_tail = q[self._ot]
+            if done == 0:
+                self._wait_space()
+            pos += done
 
-    def _wait_space(self, head: int) -> None:
+    def _wait_space(self) -> None:
         """Until the reader frees room; Timeout after send_timeout without progress."""
-        q, ot, ring = self._q, self._ot, self._ring
+        q, room = self._q, self._rings.room
         now = time.perf_counter_ns
         end = now() + self._spin_budget()
         while now() < end:
-            if head - q[ot] < ring:
+            if room():
                 return
         deadline = deadline_after(self.send_timeout)
         while True:
             q[self._osleep_w] = 1
-            self._fence_in()  # full barrier: the flag is seen before we re-check the tail
-            self._fence_out()
-            if head - q[ot] >= ring and not q[self._peer_closed] and not self.closed:
+            self._fence()  # the flag is seen before we re-check the tail
+            if not room() and not q[self._peer_closed] and not self.closed:
                 left = remaining(deadline)
                 _sleep_on(self._o_space, SLICE if left is None else min(SLICE, left))
             q[self._osleep_w] = 0
-            if head - q[ot] < ring or q[self._peer_closed] or self.closed:
+            if room() or q[self._peer_closed] or self.closed:
                 return  # the caller re-checks closed flags
             self._check_peer()
             if deadline is not None and remaining(deadline) == 0.0:
@@ -419,6 +349,7 @@ class ShmConnection(CloseOnce, Connection):
             _unlink(*self._names)
 
     def _release(self) -> None:
+        self._rings.release()
         self._q.release()
         self._mm.close()
         for sem in self._sems.values():

@@ -1,0 +1,145 @@
+"""The shm transport's data path: ``Rings``, one side's view of a client's ring pair.
+
+Two implementations with one interface and one wire behaviour:
+
+- ``ipcgw.transports._shmring.Rings`` (C, built at install when a compiler is
+  there): ~0.1 us per operation, spins without the GIL;
+- :class:`PyRings` (here): the same in Python, ~0.6 us per operation, spins
+  holding the GIL. It relies on x86-64 TSO (stores are seen in program order,
+  loads are not reordered with loads) and on 8-byte counters being single
+  aligned loads and stores (``memoryview.cast("Q")`` element access is one
+  8-byte ``memcpy``, one ``mov``); the full barrier TSO lacks between "store a
+  counter" and "load the peer's asleep flag" is a ``threading.Lock``
+  acquire/release (glibc's ``sem_trywait``/``sem_post``: ``lock``-prefixed
+  instructions, no syscall).
+
+A side may run either against a peer running the other. ``IPCGW_SHM_RINGS``
+picks one: ``c`` (the default when built), ``python``.
+
+Interface (the constructor takes word indexes from the segment layout, which
+``shm.py`` owns):
+
+- ``put(data) -> int``: copy what fits (at most ``chunk``) into the outgoing
+  ring, publish it, wake the reader if it sleeps; bytes written, 0 when full,
+  -1 when the peer closed;
+- ``get(spin_ns) -> bytes | None``: all readable bytes, spinning up to
+  ``spin_ns`` for them; first hands back the room the previous call consumed
+  (deferred: in a request/reply exchange that happens while the peer works);
+- ``room()``, ``fence()``, ``release()`` (before the mmap is closed).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ipcgw.errors import TransportError
+
+__all__ = ["PyRings", "rings_class"]
+
+Words = tuple[int, int, int, int, int, int, int]  # oh, ot, osleep_r, ih, it, isleep_w, peer_closed
+
+
+class PyRings:
+    """Pure-Python twin of the C ``Rings`` (see the module docstring)."""
+
+    def __init__(self, segment: mmap.mmap, obase: int, ibase: int, ring: int, words: Words,
+                 chunk: int, wake_reader: Callable[[], Any], wake_writer: Callable[[], Any]) -> None:
+        self._mm = segment
+        self._q = memoryview(segment).cast("Q")
+        self._obase, self._ibase, self._ring, self._chunk = obase, ibase, ring, chunk
+        self._oh, self._ot, self._osleep_r, self._ih, self._it, self._isleep_w, self._peer_closed = words
+        self._wake_reader, self._wake_writer = wake_reader, wake_writer
+        self._head = self._q[self._oh]
+        self._seen_tail = self._q[self._ot]
+        self._tail = self._public_tail = self._q[self._it]
+        lock = threading.Lock()
+        self._fence_in, self._fence_out = lock.acquire, lock.release
+
+    def fence(self) -> None:
+        self._fence_in()
+        self._fence_out()
+
+    def room(self) -> int:
+        self._seen_tail = self._q[self._ot]
+        return self._ring - (self._head - self._seen_tail)
+
+    def put(self, data: bytes | bytearray | memoryview) -> int:
+        q, head, ring = self._q, self._head, self._ring
+        if q[self._peer_closed]:
+            return -1
+        n = len(data)  # the caller passes bytes or a "B" memoryview
+        if head + n - self._seen_tail > ring:
+            self._seen_tail = q[self._ot]
+        n = min(n, ring - (head - self._seen_tail), self._chunk)
+        if n:
+            off = head % ring
+            start = self._obase + off
+            if off + n <= ring:
+                self._mm[start:start + n] = data if n == len(data) else data[:n]
+            else:
+                first = ring - off
+                self._mm[start:start + first] = data[:first]
+                self._mm[self._obase:self._obase + n - first] = data[first:n]
+            self._head = head = head + n
+            q[self._oh] = head  # one 8-byte store, after the data (TSO keeps the order)
+            self._fence_in()  # full barrier, then: is the reader asleep?
+            self._fence_out()
+            if q[self._osleep_r]:
+                self._wake_reader()
+        return n
+
+    def get(self, spin_ns: int) -> bytes | None:
+        tail = self._tail
+        if tail != self._public_tail:
+            self._publish_tail(tail)
+        q, ih = self._q, self._ih
+        head = q[ih]
+        if head == tail and spin_ns > 0:
+            now = time.perf_counter_ns
+            end = now() + spin_ns
+            while (head := q[ih]) == tail and now() < end:
+                pass
+        if head == tail:
+            return None
+        n, ring = head - tail, self._ring
+        off = tail % ring
+        start = self._ibase + off
+        if off + n <= ring:
+            data = self._mm[start:start + n]
+        else:
+            data = self._mm[start:self._ibase + ring] + self._mm[self._ibase:self._ibase + off + n - ring]
+        self._tail = head
+        if n > self._chunk:
+            self._publish_tail(head)
+        return data
+
+    def _publish_tail(self, tail: int) -> None:
+        self._public_tail = tail
+        q = self._q
+        q[self._it] = tail  # loads before this store stay before it (TSO): the writer may reuse
+        self._fence_in()  # full barrier, then: does the writer wait for room?
+        self._fence_out()
+        if q[self._isleep_w]:
+            self._wake_writer()
+
+    def release(self) -> None:
+        self._q.release()
+
+
+def rings_class() -> type[Any]:
+    """The ``Rings`` implementation this process uses (``IPCGW_SHM_RINGS``)."""
+    choice = os.environ.get("IPCGW_SHM_RINGS", "c")
+    if choice == "python":
+        return PyRings
+    if choice != "c":
+        raise TransportError(f"IPCGW_SHM_RINGS must be c or python, not {choice!r}")
+    try:
+        from ipcgw.transports._shmring import Rings
+    except ImportError:  # built without a C compiler
+        return PyRings
+    return Rings  # type: ignore[no-any-return]
