@@ -2,7 +2,8 @@
 
 Root-only tests call ``require_netns()``: it skips where namespaces are not
 available, but with ``IPCGW_REQUIRE_NETNS=1`` (set by .ci/run) it fails
-instead, so CI can never go green by skipping them.
+instead, so CI can never go green by skipping them. ``require_shm_c()`` does
+the same for the shm transport's optional C data path (``IPCGW_REQUIRE_SHM_C``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ def require_netns() -> None:
         if os.environ.get("IPCGW_REQUIRE_NETNS") == "1":
             pytest.fail(f"IPCGW_REQUIRE_NETNS=1 but {reason}")
         pytest.skip(reason)
+
+
+def require_shm_c() -> None:
+    """Skip (or fail under IPCGW_REQUIRE_SHM_C=1) unless the shm transport's C data
+    path was built (it is optional: without a compiler the install goes on)."""
+    try:
+        import ipcgw.transports._shmring  # noqa: F401
+    except ImportError as exc:
+        if os.environ.get("IPCGW_REQUIRE_SHM_C") == "1":
+            pytest.fail(f"IPCGW_REQUIRE_SHM_C=1 but the C rings are not built: {exc}")
+        pytest.skip("the shm C rings are not built (no C compiler at install)")
 
 
 def unique(prefix: str) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import posix_ipc
 import pytest
+from conftest import require_shm_c
 
 import ipcgw
 from ipcgw.errors import ConnectError, Disconnected, Timeout, TransportError
@@ -32,10 +33,19 @@ from ipcgw.transports import shm as shm_mod
 from ipcgw.transports.base import Connection, Listener, ListenerClosed, ServerLock
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 # ---------------------------------------------------------------- plumbing
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def rings(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both data paths (the C rings and their Python twin), in
+    this process and in the children it starts."""
+    if request.param == "c":
+        require_shm_c()
+    monkeypatch.setenv("IPCGW_SHM_RINGS", request.param)
+    return str(request.param)
 
 
 def shm_names(name: str) -> set[str]:
@@ -67,10 +77,11 @@ def name() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def child(*argv: str, ready: str | None = None) -> Iterator[subprocess.Popen[str]]:
+def child(*argv: str, ready: str | None = None,
+          env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
     """A child process, waited for its ``ready`` line, killed and reaped at the end."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV)
+                            env={**(env or os.environ), "PYTHONPATH": str(ROOT)})
     try:
         if ready is not None:
             assert proc.stdout is not None
@@ -483,3 +494,21 @@ def test_idle_connection_costs_almost_no_cpu(name: str) -> None:
         server.send_signal(signal.SIGTERM)
         assert server.wait(10) == 0
         assert client.wait(10) == 0  # it saw the server's Bye, or its close
+
+
+@pytest.mark.parametrize("server_rings", ["c", "python"])
+def test_c_and_python_rings_talk_to_each_other(name: str, rings: str, server_rings: str) -> None:
+    """A server on one data path and a client on the other: the segment protocol is one."""
+    if "c" in (rings, server_rings):
+        require_shm_c()
+    url = f"shm:///{name}?ring=65536"
+    env = {**os.environ, "IPCGW_SHM_RINGS": server_rings}
+    with child(sys.executable, "-m", "ipcgw", "serve", "--listen", url, ready="listening on",
+               env=env) as server:
+        rng = random.Random(11)
+        with ipcgw.connect(url, timeout=5) as client:
+            for i, size in enumerate(sizes(60, 300_000, seed=5)):  # wraps a 64 KiB ring often
+                payload = rng.randbytes(size)
+                assert client.request(ipcgw.Ping(i + 1, payload), timeout=10) == Pong(i + 1, payload)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(10) == 0
