@@ -7,13 +7,17 @@ Features
   counters. A byte stream: no message boundaries, frames wrap around the ring
   end, a frame larger than the ring streams through it (``send`` waits for
   room, bounded by ``Connection.send_timeout`` without progress).
-- No syscall on the hot path. A reader that finds the ring empty spins for
-  ``spin_us`` (reading the head counter), then says "asleep" in the segment
-  and waits on a POSIX semaphore (``posix_ipc`` releases the GIL); a writer
-  posts it only when that flag is set. A writer waiting for room does the same
-  on a second semaphore. Idle costs one timed wake-up per 0.25 s per waiting
-  thread. Each side writes its CPU affinity into the segment; when both are
-  pinned to the same single CPU nobody spins (the peer could not run meanwhile).
+- No syscall on the hot path. The data path (copies, counters, barriers,
+  the spin) is ``Rings`` in C (``_shmring.c``, ~0.1 us an operation, built at
+  install when a compiler is there), or its pure-Python twin (``shmrings.py``,
+  ~0.6 us); either side may use either. A reader that finds the ring empty
+  spins for ``spin_us`` (the C rings without the GIL, with ``pause``), then
+  says "asleep" in the segment and waits on a POSIX semaphore (``posix_ipc``
+  releases the GIL); a writer posts it only when that flag is set. A writer
+  waiting for room does the same on a second semaphore. Idle costs one timed
+  wake-up per 0.25 s per waiting thread. Each side writes its CPU affinity
+  into the segment; when both are pinned to the same single CPU nobody spins
+  (the peer could not run meanwhile).
 - Off the critical path: a reader hands consumed room back (publishes its
   tail, wakes a writer waiting for room) at the start of its next ``recv``,
   i.e. while the peer works on the message, unless it consumed more than a
@@ -21,15 +25,12 @@ Features
   its cached copy says the ring is full. Every counter and flag has its own
   cache lines, so the hot path touches a line the peer wrote only to see new
   data.
-- Memory ordering: this relies on x86-64 TSO (stores are seen in program
-  order, loads are not reordered with loads) and on 8-byte counters being
-  single aligned stores and loads (``memoryview.cast("Q")`` element access is
-  one ``memcpy`` of 8 bytes, i.e. one ``mov``). The one reordering TSO allows,
-  a later load passing an earlier store, would lose a wake-up between "set
-  asleep flag / re-check head" and "publish head / read asleep flag" (Dekker):
-  both sides put a full barrier there — a ``threading.Lock`` acquire/release,
-  whose glibc ``sem_trywait``/``sem_post`` run ``lock``-prefixed instructions
-  (~75 ns, no syscall). Other architectures are refused at listen/connect.
+- Memory ordering: "publish a counter, then read the peer's asleep flag"
+  against "set the asleep flag, then re-read the counter" (Dekker) needs a
+  full barrier on both sides: a seq_cst fence in C, a ``threading.Lock``
+  acquire/release in the Python twin, which also relies on x86-64 store
+  ordering (shmrings.py says how). Other architectures are refused at
+  listen/connect.
 - Dead peers: every client keeps its rendezvous socket open; a waiting side
   polls it after each 0.25 s slice, so ``kill -9`` of the peer is
   ``Disconnected`` within ~0.3 s. An orderly ``close()`` sets a flag in the
