@@ -59,6 +59,16 @@ def connect(url: str | Endpoint, timeout: float = 5.0, name: str = "") -> Client
     return client
 
 
+def _answer_key(msg: Message) -> int:
+    """The request a message answers (Pong: its seq; Result, Error: request_id), or 0."""
+    kind = type(msg)
+    if kind is Pong:
+        return msg.seq  # type: ignore[attr-defined, no-any-return]
+    if kind is Result or kind is Error:
+        return msg.request_id  # type: ignore[attr-defined, no-any-return]
+    return 0
+
+
 class Client:
     """A connected gateway client; use as a context manager."""
 
@@ -80,7 +90,7 @@ class Client:
         self._awaited: set[int] = set()
         self._failure: IpcgwError | None = None
         self._closed = False
-        self._send = channel.send
+        self._send, self._recv = channel.send, channel.recv
 
     # ------------------------------------------------------------ public
 
@@ -116,7 +126,7 @@ class Client:
         except BaseException:
             self._finish(key, reading)
             raise
-        return self._next(key, timeout, reading)
+        return self._read_reply(key, timeout) if reading else self._next(key, timeout)
 
     def command(self, op: str, timeout: float | None = 5.0, **args: Any) -> Any:
         """Run a server command; its value, or IpcgwError with the server's words."""
@@ -208,7 +218,7 @@ class Client:
                         finally:
                             self._waiting -= 1
                 left = remaining(deadline)
-            recv = self.channel.recv
+            recv = self._recv
             while True:  # this thread reads
                 try:
                     msg = recv(left)
@@ -218,27 +228,52 @@ class Client:
                     with lock:
                         self._failure = exc
                     raise
-                kind = type(msg)  # which request does it answer? (0: none)
-                if kind is Pong:
-                    reply_key = msg.seq  # type: ignore[attr-defined]
-                elif kind is Result or kind is Error:
-                    reply_key = msg.request_id  # type: ignore[attr-defined]
-                else:
-                    reply_key = 0
+                reply_key = _answer_key(msg)
                 if reply_key == key:
                     return msg
-                with lock:
-                    if reply_key and reply_key in self._awaited:
-                        self._replies[reply_key] = msg
-                    elif key is None:
-                        return msg
-                    else:
-                        self._inbox.append(msg)
-                    if self._waiting:
-                        cond.notify_all()
+                if key is None and not (reply_key and reply_key in self._awaited):
+                    return msg  # the inbox reader's own
+                self._keep(msg, reply_key)
                 left = remaining(deadline)
         finally:
             self._finish(key, reading)
+
+    def _read_reply(self, key: int, timeout: float | None) -> Message:
+        """As the only reader, the common case: one read brings the reply. Anything
+        else that comes first is kept for its owner and the general loop goes on."""
+        start = None if timeout is None else time.monotonic()
+        done = True
+        try:
+            try:
+                msg = self._recv(timeout)
+            except Timeout:
+                raise
+            except IpcgwError as exc:
+                with self._lock:
+                    self._failure = exc
+                raise
+            kind = type(msg)
+            if (kind is Pong and msg.seq == key) or (  # type: ignore[attr-defined]
+                    (kind is Result or kind is Error) and msg.request_id == key):  # type: ignore[attr-defined]
+                return msg
+            self._keep(msg, _answer_key(msg))
+            done = False
+        finally:
+            if done:
+                self._finish(None, True)
+        left = None if start is None else max(0.0, start + timeout - time.monotonic())  # type: ignore[operator]
+        return self._next(key, left, reading=True)
+
+    def _keep(self, msg: Message, reply_key: int) -> None:
+        """A message the reading thread does not want itself: a reply another thread
+        awaits, or the inbox."""
+        with self._lock:
+            if reply_key and reply_key in self._awaited:
+                self._replies[reply_key] = msg
+            else:
+                self._inbox.append(msg)
+            if self._waiting:
+                self._cond.notify_all()
 
     def _finish(self, key: int | None, reading: bool) -> None:
         with self._lock:
