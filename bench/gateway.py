@@ -20,9 +20,12 @@ import time
 import uuid
 from pathlib import Path
 
-__all__ = ["GATEWAY_TRANSPORTS", "GatewayServer", "Netns", "available_transports", "fresh_url"]
+__all__ = ["GATEWAY_TRANSPORTS", "SYSCALL_TRANSPORTS", "GatewayServer", "Netns", "available_transports",
+           "fresh_url"]
 
 GATEWAY_TRANSPORTS = ("fifo", "sysv", "posixmq", "tcp", "unix", "shm")
+#: The transports that wait in a syscall (everything but shm): what shm is measured against.
+SYSCALL_TRANSPORTS = ("fifo", "sysv", "posixmq", "tcp", "unix")
 #: Transports whose server can sit in another network namespace than the client.
 CROSSES_NETNS = ("fifo", "sysv", "posixmq", "unix", "shm")
 _ROOT = str(Path(__file__).resolve().parent.parent)

@@ -18,8 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.cfloor import C_TRANSPORTS, CFloor
-from bench.gateway import CROSSES_NETNS, GatewayServer, Netns, available_transports, fresh_url
+from bench.gateway import (
+    CROSSES_NETNS,
+    SYSCALL_TRANSPORTS,
+    GatewayServer,
+    Netns,
+    available_transports,
+    fresh_url,
+)
 from bench.idle import measure_idle
+from bench.interleave import interleaved_p50
 from bench.measure import Record, batch_for, latency_loop, throughput_loop, warm_up
 from bench.refs import PEER_KINDS, RAW_TRANSPORTS, SkipCase, make_ref
 from bench.system import client_cpu, loadavg, pin_self, placement_cpus, proc_cpu, thread_count
@@ -202,6 +210,23 @@ def _idle_case(cfg: Config, servers: dict[tuple[str, str], GatewayServer]) -> di
     return result
 
 
+def _interleaved_case(cfg: Config, servers: dict[tuple[str, str], GatewayServer]
+                      ) -> dict[str, Any] | None:
+    """The shm p50 target in interleaved rounds (bench/interleave.py says why), when
+    the run has shm and a syscall transport at 64 B, cross, length:4."""
+    if not (64 in cfg.sizes and "cross" in cfg.placements and "length:4" in cfg.framings):
+        return None
+    ab = {t: srv for (t, f), srv in servers.items()
+          if f == "length:4" and (t == "shm" or t in SYSCALL_TRANSPORTS) and srv.alive()}
+    if "shm" not in ab or len(ab) < 2:
+        return None
+    try:
+        return interleaved_p50(ab, placement_cpus("cross")[1], rounds=3 if cfg.quick else 7,
+                               slice_s=max(0.05, cfg.lat_time / 5))
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:400]}
+
+
 @contextlib.contextmanager
 def _servers(cfg: Config, transports: list[str], tmp: str, notes: list[str]
              ) -> Iterator[dict[tuple[str, str], GatewayServer]]:
@@ -259,6 +284,7 @@ def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = 
     cases = plan(cfg, transports)
     records: list[Record] = []
     shm_idle: dict[str, Any] | None = None
+    shm_interleaved: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="ipcgw-bench-") as tmp, \
             _servers(cfg, transports, tmp, notes) as servers:
         total = len(cases)
@@ -296,6 +322,7 @@ def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = 
                 if progress:
                     progress(Case("idle", "shm", "", "", 0), total, total)
                 shm_idle = _idle_case(cfg, servers)
+            shm_interleaved = _interleaved_case(cfg, servers)
         finally:
             pin_self(None)
             if progress:
@@ -315,5 +342,6 @@ def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = 
         "duration_s": round(time.monotonic() - started, 1),
         "records": records,
         "shm_idle": shm_idle,
+        "shm_interleaved": shm_interleaved,
     }
 

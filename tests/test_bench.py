@@ -310,6 +310,40 @@ def test_idle_measurement_of_a_real_shm_server(tmp_path: Path) -> None:
     assert "ipcgw-bench-idle" in log and "said bye" in log  # it left cleanly, not killed
 
 
+def test_interleaved_p50_rounds_on_real_servers(tmp_path: Path) -> None:
+    """shm and unix servers, rounds in rotating order: one p50 per transport and round,
+    and the ratio is the median of the per-round ratios."""
+    from bench.gateway import GatewayServer, fresh_url
+    from bench.interleave import interleaved_p50
+
+    servers = {t: GatewayServer(fresh_url(t, "length:4", str(tmp_path)), 0, None, str(tmp_path))
+               for t in ("shm", "unix")}
+    try:
+        ab = interleaved_p50(servers, 1 if _placement() == "cross" else 0, rounds=3, slice_s=0.05)
+    finally:
+        for server in servers.values():
+            server.stop()
+    assert set(ab["p50_us"]) == {"shm", "unix"}
+    assert all(len(v) == 3 and min(v) > 0 for v in ab["p50_us"].values())
+    assert ab["best_per_round"] == ["unix"] * 3
+    expected = sorted(u / s for u, s in zip(ab["p50_us"]["unix"], ab["p50_us"]["shm"], strict=True))
+    assert ab["ratio"] == pytest.approx(expected[1], rel=0.01)
+    assert not _our_shm_names()
+
+
+def test_shm_p50_target_prefers_the_interleaved_rounds() -> None:
+    from bench.report import shm_targets
+
+    rows = rows_with_ratios([_gw("shm", 8_000, 1, 64), _gw("unix", 80_000, 1, 64)])
+    ab = {"rounds": 3, "slice_s": 0.2, "size": 64, "ratio": 4.0, "ratios": [3.0, 4.0, 9.0],
+          "median_p50_us": {"shm": 8.0, "unix": 32.0}}
+    t = shm_targets(rows, _cfg(["shm", "unix"]), None, ab)
+    assert t["p50_64B"]["ratio"] == 4.0 and t["p50_64B"]["met"] is False  # not the table's 10x
+    assert t["p50_64B_sequential"]["ratio"] == pytest.approx(10.0) and t["p50_64B_sequential"]["met"]
+    failed = shm_targets(rows, _cfg(["shm", "unix"]), None, {"error": "RuntimeError: x"})
+    assert failed["p50_64B"]["ratio"] == pytest.approx(10.0)  # falls back to the table
+
+
 def _gw(transport: str, p50_ns: int, msgs: int, size: int, note: str = "") -> Record:
     rec = _record("ipcgw", transport, p50_ns, msgs, placement="cross", size=size,
                   framing="length:4")
