@@ -61,6 +61,7 @@ def url_for(transport: str, tmp: Path) -> str:
         "posixmq": f"posixmq:///ipcgwns3{tag}",
         "tcp": "tcp://127.0.0.1:0",
         "unix": f"unix://{tmp}/gw-{tag}.sock",
+        "shm": f"shm:///ipcgwns3{tag}",
     }[transport]
 
 
@@ -85,7 +86,7 @@ def expected_filtered(raw: list[tuple[float, float, float]], alpha: float,
 # ---------------------------------------------------------------- reports arrive
 
 
-@pytest.mark.parametrize("transport", ["fifo", "sysv", "tcp", "unix", "posixmq"])
+@pytest.mark.parametrize("transport", ["fifo", "sysv", "tcp", "unix", "posixmq", "shm"])
 def test_wifi_reports_arrive_with_values_and_sim_times(sim: Any, tmp_path: Path,
                                                        transport: str) -> None:
     import ns3_side
@@ -196,7 +197,7 @@ def test_lockstep_simulation_waits_for_each_reply(sim: Any, tmp_path: Path) -> N
     assert elapsed >= 10 * delay
 
 
-@pytest.mark.parametrize("transport", ["tcp", "fifo", "sysv"])
+@pytest.mark.parametrize("transport", ["tcp", "fifo", "sysv", "shm"])
 def test_lockstep_dead_server_fails_the_simulation_clearly(sim: Any, tmp_path: Path,
                                                            transport: str) -> None:
     import ns3_side
@@ -245,14 +246,16 @@ def _remove_sysv_queue(url: str) -> None:
 # ---------------------------------------------------------------- back into the simulation
 
 
-def test_events_reach_the_simulation_thread_in_real_time(sim: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["fifo", "shm"])  # shm: the receiver spins beside the sim
+def test_events_reach_the_simulation_thread_in_real_time(sim: Any, tmp_path: Path,
+                                                         transport: str) -> None:
     import ns3_side
 
     ns = sim
     ns.GlobalValue.Bind("SimulatorImplementationType",
                         ns.StringValue("ns3::RealtimeSimulatorImpl"))
     seen: list[tuple[str, float, int]] = []
-    server = Server(url_for("fifo", tmp_path), tmp_path)
+    server = Server(url_for(transport, tmp_path), tmp_path)
     with server, ns3_side.Gateway(server.url) as gw:
         def on_event(event: Event) -> None:
             seen.append((event.kind, gw.now(), threading.get_ident()))
@@ -425,7 +428,7 @@ def test_plain_ns3_run_and_destroy_disconnect_cleanly(sim: Any, tmp_path: Path) 
         assert "said bye" in server.log()
 
 
-@pytest.mark.parametrize("transport", ["tcp", "fifo"])
+@pytest.mark.parametrize("transport", ["tcp", "fifo", "shm"])
 def test_async_dead_server_stops_the_simulation(sim: Any, tmp_path: Path,
                                                 transport: str) -> None:
     import ns3_side
