@@ -7,9 +7,9 @@ below 2 % of one CPU (server + client). The client is a child process
 (``python -m bench.idle URL``) that connects, pings once, says ``connected``
 and then blocks in ``Client.recv`` — the worst case, a reader waiting for
 data — until its stdin closes (a thread blocked in ``read`` costs nothing).
-Not a signal: a SIGTERM handler's ``SystemExit``, raised while ipcgw's shm
-transport sleeps on its semaphore, was seen swallowed (``recv`` ran on to its
-timeout). CPU is ``utime + stime`` from ``/proc/PID/stat`` (every thread, exited
+Stdin rather than a signal: the client then leaves by the same path as an
+application closing its client (Bye, unlink), and no handler runs in the window
+being measured. CPU is ``utime + stime`` from ``/proc/PID/stat`` (every thread, exited
 ones included), in clock ticks: 10 ms, i.e. 0.1 % of a CPU over 10 s.
 """
 
