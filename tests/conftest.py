@@ -56,3 +56,47 @@ def netns() -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+class LocalUser:
+    """An unprivileged local user made for one test: the attacker of the security tests.
+
+    Its programs run with the system Python (``/usr/bin/python3 -I``, stdlib
+    only): the test venv may live under a directory other users cannot enter.
+    """
+
+    python = "/usr/bin/python3"
+
+    def __init__(self, name: str, uid: int, gid: int) -> None:
+        self.name, self.uid, self.gid = name, uid, gid
+
+    def run(self, argv: list[str], timeout: float = 20.0, **kw: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, user=self.uid, group=self.gid, extra_groups=[], text=True,
+                              capture_output=True, timeout=timeout, cwd="/", check=False,
+                              **kw)  # type: ignore[call-overload]
+
+    def run_python(self, code: str, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+        return self.run([self.python, "-I", "-c", code, *args], timeout=timeout)
+
+    def popen_python(self, code: str, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([self.python, "-I", "-c", code, *args], user=self.uid, group=self.gid,
+                                extra_groups=[], text=True, cwd="/", stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+
+
+@pytest.fixture
+def attacker() -> Iterator[LocalUser]:
+    """A fresh unprivileged user (root only), removed with everything it owns afterwards."""
+    require_netns()  # root, and CI makes a skip a failure
+    if shutil.which("useradd") is None or not os.path.exists(LocalUser.python):
+        pytest.fail("the security tests need useradd and /usr/bin/python3")
+    name = unique("ipcgwx")
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+    try:
+        import pwd
+
+        entry = pwd.getpwnam(name)
+        yield LocalUser(name, entry.pw_uid, entry.pw_gid)
+    finally:
+        subprocess.run(["pkill", "-9", "-u", name], check=False)
+        subprocess.run(["userdel", "--force", name], check=False, capture_output=True)

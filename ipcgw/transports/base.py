@@ -78,6 +78,12 @@ class Connection(ABC):
     #: Seconds a ``send`` may block on a peer that does not read before the
     #: connection is given up (server side); None blocks forever.
     send_timeout: float | None = None
+    #: Who the peer is, as far as the OS can tell: SO_PEERCRED on unix sockets,
+    #: the owner of the object the peer created or opened on the others. None
+    #: when the OS cannot tell (TCP): the session layer then trusts it only
+    #: with a token. Set by the transport before the connection is returned.
+    peer_uid: int | None = None
+    peer_gid: int | None = None
 
     @abstractmethod
     def send(self, data: Buffer) -> None:
