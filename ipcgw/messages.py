@@ -61,13 +61,14 @@ class Message:
 
 @dataclass(slots=True)
 class Hello(Message):
-    """First message of a client: what it speaks."""
+    """First message of a client: what it speaks, and (TCP) the server's token."""
 
     TAG: ClassVar[int] = 1
     version: int = PROTOCOL_VERSION
     framing: str = "length:4"
     codec: str = "msgpack"
     name: str = ""
+    token: str = ""
 
 
 @dataclass(slots=True)
