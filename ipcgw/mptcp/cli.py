@@ -27,7 +27,15 @@ __all__ = ["monitor", "testbed"]
 @click.option("--count", type=int, default=0, help="Stop after this many events (0: never).")
 @click.option("--timeout", type=float, default=0.0, help="Stop after this many seconds (0: never).")
 def monitor(netns: str | None, as_json: bool, count: int, timeout: float) -> None:
-    """Print MPTCP path-manager events live, one line each, with every attribute."""
+    """Print MPTCP path-manager events live, one line each, with every attribute.
+
+    \b
+    Tokens are printed as 0x and 8 hex digits (token=0xe3237b7a): paste them
+    as they are into `ipcgw send ... token=0xe3237b7a`, which also takes
+    plain decimal. Bare hex (as `ip mptcp monitor` prints it) is refused
+    there. With --json a token is a JSON integer. Address and port print as
+    10.0.1.1:5201, or [dead:beef::1]:5201 for IPv6.
+    """
     try:
         listener = EventListener(netns)
     except (IpcgwError, OSError) as exc:

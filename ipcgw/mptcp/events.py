@@ -2,8 +2,15 @@
 
 Its own netlink socket (commands and events share numbers; see genl.py).
 Attribute names are the kernel's without the ``MPTCP_ATTR_`` prefix, in lower
-case; ``saddr4``/``saddr6`` become ``saddr`` (likewise ``daddr``) since
-``family`` already tells which. Ports are decoded from network order.
+case; ``saddr4``/``saddr6`` become ``saddr`` (likewise ``daddr``), and
+``family`` tells which. The kernel sends no ``FAMILY`` with ANNOUNCED (nor
+with REMOVED, which has no address at all), so where an address came without
+one, ``family`` is set from the attribute it came in (``daddr4``: AF_INET).
+Ports are decoded from network order.
+
+:func:`format_event` prints a token as ``0x`` and 8 hex digits (what
+:func:`~ipcgw.mptcp.pm.parse_token` reads back) and an IPv6 address with a
+port as ``[addr]:port``.
 
 A listener also keeps the userspace PM working: the kernel accepts joins and
 ADD_ADDRs in userspace mode only while someone is subscribed to the group.
@@ -16,6 +23,7 @@ import errno
 import logging
 import os
 import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,12 +35,15 @@ from pyroute2.netlink import nlmsg
 from ipcgw.messages import Event
 from ipcgw.mptcp import genl
 from ipcgw.mptcp.genl import EVENT_NAMES, GenlSocket
+from ipcgw.mptcp.pm import format_token
 
 __all__ = ["EventListener", "MptcpEvent", "decode_event", "format_event"]
 
 log = logging.getLogger(__name__)
 
 _RENAME = {"saddr4": "saddr", "saddr6": "saddr", "daddr4": "daddr", "daddr6": "daddr"}
+_FAMILY = {"saddr4": socket.AF_INET, "daddr4": socket.AF_INET,
+           "saddr6": socket.AF_INET6, "daddr6": socket.AF_INET6}
 _PREFIX = len("MPTCP_ATTR_")
 
 
@@ -59,12 +70,22 @@ def decode_event(msg: nlmsg, now: float | None = None) -> MptcpEvent | None:
         return None
     kind = EVENT_NAMES.get(cmd, f"UNKNOWN_{cmd}")
     attrs: dict[str, Any] = {}
+    family: int | None = None
     for name, value in msg.get("attrs", ()):
         if name in ("MPTCP_ATTR_UNSPEC", "UNKNOWN"):
             continue
         key = name[_PREFIX:].lower()
+        family = _FAMILY.get(key, family)
         attrs[_RENAME.get(key, key)] = value
+    if family is not None:
+        attrs.setdefault("family", family)
     return MptcpEvent(kind, attrs, time.time() if now is None else now)
+
+
+def _hostport(addr: str, port: int | None) -> str:
+    if port is None:
+        return addr
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 def format_event(ev: MptcpEvent) -> str:
@@ -72,11 +93,11 @@ def format_event(ev: MptcpEvent) -> str:
     a = dict(ev.attrs)
     parts = [f"[{ev.kind:>16}]"]
     if "token" in a:
-        parts.append(f"token={a.pop('token'):08x}")
+        parts.append(f"token={format_token(a.pop('token'))}")
     if "saddr" in a:
-        parts.append(f"saddr={a.pop('saddr')}" + (f":{a.pop('sport')}" if "sport" in a else ""))
+        parts.append(f"saddr={_hostport(a.pop('saddr'), a.pop('sport', None))}")
     if "daddr" in a:
-        parts.append(f"daddr={a.pop('daddr')}" + (f":{a.pop('dport')}" if "dport" in a else ""))
+        parts.append(f"daddr={_hostport(a.pop('daddr'), a.pop('dport', None))}")
     parts.extend(f"{k}={v}" for k, v in sorted(a.items()))
     return " ".join(parts)
 

@@ -9,10 +9,10 @@ endpoint.flush         —
 endpoint.show          id?
 endpoint.set_flags     id, backup              (sspi BACKUP_FLAG_ON / CLEAR_FLAGS)
 limits.get / .set      subflows?, add_addr_accepted?
-pm.announce            token, addr, id, port?
+pm.announce            token, addr, id, port?, ifindex?, dev?
 pm.remove              token, id
 pm.subflow_create      token, local_addr, remote_addr, remote_port,
-                       local_id?, local_port?, backup?
+                       local_id?, local_port?, backup?, ifindex?, dev?
 pm.subflow_destroy     token, local_addr, local_port, remote_addr, remote_port
 pm.set_flags           token, local_addr, local_port, remote_addr, remote_port, backup
 subscribe              events? (true), stats_interval? (0 = no stats)
@@ -21,8 +21,15 @@ run.iperf / .tcpdump   value: an int, the only thing a client chooses
 =====================  =====================================================
 
 Every command gets ``Result(request_id, ok, value, error)``; a kernel refusal
-is ``ok=False`` with the kernel's own words. Nothing a client sends makes
-``on_message`` raise. ``request_id`` 0 (legacy sspi) means no reply.
+is ``ok=False`` with the kernel's own words, a bad argument (a ``dev`` that
+does not exist, say) ``ok=False`` with words naming the argument. Nothing a
+client sends makes ``on_message`` raise. ``request_id`` 0 (legacy sspi) means
+no reply.
+
+A ``token`` is an integer, or text in the one notation ipcgw prints
+(``0x`` hex, or decimal): what ``ipcgw monitor`` shows can be pasted into
+``ipcgw send``. ``dev`` names an interface of the handler's namespace and
+becomes the ``ifindex`` the kernel gets; give one or the other.
 
 ``run.*`` starts only a program the operator configured at construction
 (``programs={"iperf": [...argv...]}``): the value is checked to be an integer
@@ -37,6 +44,7 @@ an interval, from one stats thread that owns the sock_diag reader.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import subprocess
@@ -47,11 +55,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ipcgw.messages import Bye, Command, Error, Message, Ping, Pong, Report, Result, Stats
+from ipcgw.mptcp import genl
 from ipcgw.mptcp.events import EventListener, MptcpEvent
-from ipcgw.mptcp.genl import KernelError
+from ipcgw.mptcp.genl import GenlSocket, KernelError
 from ipcgw.mptcp.metrics import MetricsReader
 from ipcgw.mptcp.netns import run_in_netns
-from ipcgw.mptcp.pm import PathManager
+from ipcgw.mptcp.pm import PathManager, parse_token
 from ipcgw.mptcp.policy import Policy
 
 try:  # the gateway's base class, when the server module is there
@@ -59,12 +68,60 @@ try:  # the gateway's base class, when the server module is there
 except ImportError:  # pragma: no cover - only while the server is being written
     _Base = object  # type: ignore[assignment,misc]
 
-__all__ = ["MptcpHandler", "SessionLike"]
+__all__ = ["MptcpHandler", "SessionLike", "mptcp_available"]
 
 log = logging.getLogger(__name__)
 
 MIN_STATS_INTERVAL = 0.05
 INT32 = range(-(2**31), 2**31)
+
+
+def mptcp_available(netns: str | None = None) -> str | None:
+    """None when this handler can drive the kernel's path manager in ``netns``
+    (None: the caller's namespace); else why not, in words a user can act on.
+
+    For ``serve --handler auto``: cheap and without side effects. It resolves
+    the ``mptcp_pm`` genetlink family, reads ``net.mptcp.enabled`` and sends a
+    DEL_ADDR without an address: the kernel checks CAP_NET_ADMIN before it
+    looks at the request, so it answers EPERM (not allowed) or EINVAL (missing
+    address), and never deletes anything.
+    """
+    where = f" in namespace {netns}" if netns else ""
+    try:
+        nl = GenlSocket(genl.MPTCP_PM_NAME, genl.mptcp_pm_msg, netns=netns)
+    except KernelError as exc:
+        if exc.code == errno.ENOENT:
+            return f"no {genl.MPTCP_PM_NAME} genetlink family (kernel without MPTCP)"
+        return f"{genl.MPTCP_PM_NAME} genetlink family unusable: {exc.message}"
+    except FileNotFoundError:
+        return f"no network namespace {netns!r} (ip netns list)"
+    except OSError as exc:  # no right to enter the namespace, say
+        hint = " (needs root)" if exc.errno == errno.EPERM else ""
+        return f"cannot open a netlink socket{where}: {exc.strerror}{hint}"
+    try:
+        try:
+            enabled = run_in_netns(netns, lambda: _read_text("/proc/sys/net/mptcp/enabled"))
+        except OSError:
+            return f"no net.mptcp sysctls{where} (kernel without MPTCP)"
+        if enabled != "1":
+            return (f"MPTCP is disabled{where}: net.mptcp.enabled={enabled} "
+                    "(sysctl -w net.mptcp.enabled=1)")
+        try:
+            nl.request(genl.MPTCP_PM_CMD_DEL_ADDR)
+        except KernelError as exc:
+            if exc.code == errno.EPERM:
+                return "changing MPTCP endpoints needs CAP_NET_ADMIN (run as root)"
+            if exc.code != errno.EINVAL:
+                return f"{genl.MPTCP_PM_NAME} refused a probe: {exc.message}"
+            return None
+        return f"{genl.MPTCP_PM_NAME} accepted a DEL_ADDR without an address: unknown kernel"
+    finally:
+        nl.close()
+
+
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
 
 
 class SessionLike(Protocol):
@@ -100,6 +157,11 @@ def _args(args: Mapping[str, Any], required: Sequence[str], optional: Sequence[s
     if unknown:
         raise BadArguments(f"unknown argument(s): {', '.join(sorted(unknown))}")
     return dict(args)
+
+
+def _token(a: dict[str, Any]) -> dict[str, Any]:
+    a["token"] = parse_token(a["token"])
+    return a
 
 
 def _flag(value: Any, name: str) -> bool:
@@ -222,13 +284,24 @@ class MptcpHandler(_Base):  # type: ignore[misc,valid-type]
             log.info("session %s: %s %s -> %s", session.id, cmd.op, cmd.args, result.error)
         return result if cmd.request_id else None
 
-    def _endpoint_add(self, session: SessionLike, args: Mapping[str, Any]) -> Any:
-        a = _args(args, ["addr"], ["id", "flags", "port", "ifindex", "dev"])
-        dev = a.pop("dev", None)
-        if dev is not None:
-            if not isinstance(dev, str):
-                raise BadArguments("dev must be an interface name")
+    def _dev(self, a: dict[str, Any]) -> dict[str, Any]:
+        """``dev=NAME`` -> ``ifindex``, looked up in the handler's namespace."""
+        if "dev" not in a:
+            return a
+        dev = a.pop("dev")
+        if "ifindex" in a:
+            raise BadArguments("give dev or ifindex, not both")
+        if not isinstance(dev, str) or not dev:
+            raise BadArguments(f"dev must be an interface name, got {dev!r}")
+        try:
             a["ifindex"] = run_in_netns(self.netns, lambda: socket.if_nametoindex(dev))
+        except (OSError, ValueError):  # no such name; a NUL in it
+            where = f" in namespace {self.netns}" if self.netns else ""
+            raise BadArguments(f"no such interface {dev!r}{where} (dev=)") from None
+        return a
+
+    def _endpoint_add(self, session: SessionLike, args: Mapping[str, Any]) -> Any:
+        a = self._dev(_args(args, ["addr"], ["id", "flags", "port", "ifindex", "dev"]))
         return self.pm.add_endpoint(**a)
 
     def _endpoint_delete(self, session: SessionLike, args: Mapping[str, Any]) -> None:
@@ -249,25 +322,27 @@ class MptcpHandler(_Base):  # type: ignore[misc,valid-type]
         return self.pm.set_limits(**_args(args, [], ["subflows", "add_addr_accepted"]))
 
     def _announce(self, session: SessionLike, args: Mapping[str, Any]) -> None:
-        self.pm.announce(**_args(args, ["token", "addr", "id"], ["port"]))
+        a = _args(args, ["token", "addr", "id"], ["port", "ifindex", "dev"])
+        self.pm.announce(**self._dev(_token(a)))
 
     def _remove(self, session: SessionLike, args: Mapping[str, Any]) -> None:
-        self.pm.remove(**_args(args, ["token", "id"]))
+        self.pm.remove(**_token(_args(args, ["token", "id"])))
 
     def _subflow_create(self, session: SessionLike, args: Mapping[str, Any]) -> None:
         a = _args(args, ["token", "local_addr", "remote_addr", "remote_port"],
-                  ["local_id", "local_port", "backup"])
+                  ["local_id", "local_port", "backup", "ifindex", "dev"])
+        a = self._dev(_token(a))
         if "backup" in a:
             a["backup"] = _flag(a["backup"], "backup")
         self.pm.subflow_create(**a)
 
     def _subflow_destroy(self, session: SessionLike, args: Mapping[str, Any]) -> None:
-        self.pm.subflow_destroy(**_args(
-            args, ["token", "local_addr", "local_port", "remote_addr", "remote_port"]))
+        self.pm.subflow_destroy(**_token(_args(
+            args, ["token", "local_addr", "local_port", "remote_addr", "remote_port"])))
 
     def _set_flags(self, session: SessionLike, args: Mapping[str, Any]) -> None:
-        a = _args(args, ["token", "local_addr", "local_port", "remote_addr", "remote_port",
-                         "backup"])
+        a = _token(_args(args, ["token", "local_addr", "local_port", "remote_addr",
+                                "remote_port", "backup"]))
         a["backup"] = _flag(a["backup"], "backup")
         self.pm.set_flags(**a)
 

@@ -26,7 +26,14 @@ from typing import Any
 from ipcgw.mptcp import genl
 from ipcgw.mptcp.genl import ADDR_FLAG_NAMES, GenlSocket, KernelError
 
-__all__ = ["KernelError", "PathManager", "flags_to_names", "names_to_flags"]
+__all__ = [
+    "KernelError",
+    "PathManager",
+    "flags_to_names",
+    "format_token",
+    "names_to_flags",
+    "parse_token",
+]
 
 FlagsArg = int | str | Iterable[str] | None
 
@@ -53,6 +60,43 @@ def flags_to_names(bits: int) -> list[str]:
     return [name for name, bit in ADDR_FLAG_NAMES.items() if bits & bit]
 
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def format_token(token: int) -> str:
+    """The one printed form of a connection token: ``0x`` and 8 hex digits.
+
+    ``ip mptcp monitor`` prints bare hex and ``pm_nl_ctl`` decimal; a bare hex
+    token made only of digits reads as another (decimal) number, so ipcgw
+    always prints the prefix, and :func:`parse_token` reads both of its forms.
+    """
+    return f"0x{token:08x}"
+
+
+def parse_token(text: str | int) -> int:
+    """``0x``-prefixed hex or plain decimal (or an int) -> a token (u32).
+
+    Bare hex such as ``e3237b7a`` is refused, never guessed: were it all
+    digits it would silently be read as a different, decimal, number.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        return _u32(text, "token")
+    if not isinstance(text, str):
+        raise ValueError(f"token must be 0x-prefixed hex or decimal, got {text!r}")
+    s = text.strip()
+    if s[:2] in ("0x", "0X") and s[2:] and set(s[2:]) <= _HEX:
+        value = int(s[2:], 16)
+    elif s.isdecimal() and s.isascii():
+        value = int(s, 10)
+    elif s and set(s) <= _HEX:
+        raise ValueError(f"token {text!r} is ambiguous: write hex as 0x{s} (or give it in decimal)")
+    else:
+        raise ValueError(f"token must be 0x-prefixed hex or decimal, got {text!r}")
+    if value > 0xFFFFFFFF:
+        raise ValueError(f"token must fit in 32 bits, got {text!r}")
+    return value
+
+
 def _addr_nest(
     addr: str | None = None,
     id: int | None = None,
@@ -77,7 +121,7 @@ def _addr_nest(
     if flags is not None:
         attrs.append(("MPTCP_PM_ADDR_ATTR_FLAGS", flags))
     if ifindex is not None:
-        attrs.append(("MPTCP_PM_ADDR_ATTR_IF_IDX", ifindex))
+        attrs.append(("MPTCP_PM_ADDR_ATTR_IF_IDX", _ifindex(ifindex)))
     return {"attrs": attrs}
 
 
@@ -90,6 +134,12 @@ def _u8(value: int, name: str) -> int:
 def _u16(value: int, name: str) -> int:
     if type(value) is not int or not 0 <= value <= 0xFFFF:
         raise ValueError(f"{name} must be an integer 0..65535, got {value!r}")
+    return value
+
+
+def _ifindex(value: int) -> int:
+    if type(value) is not int or not 0 <= value < 2**31:
+        raise ValueError(f"ifindex must be an interface index (0: none), got {value!r}")
     return value
 
 
@@ -164,13 +214,21 @@ class PathManager:
         port: int | None = None,
         ifindex: int | None = None,
     ) -> dict[str, Any]:
-        """Add an endpoint; returns it as the kernel stored it (id assigned)."""
+        """Add an endpoint; returns it as the kernel stored it (id assigned).
+
+        The kernel's ACK carries no id, so the new endpoint is looked up
+        again. The kernel refuses a second endpoint with the same address and
+        port, so (address, port) names it; ``id`` 0 or None means "the kernel
+        picks one", any other id must match too.
+        """
         nest = _addr_nest(addr, id, port, names_to_flags(flags), ifindex)
         self._do("endpoint.add", genl.MPTCP_PM_CMD_ADD_ADDR, [("MPTCP_PM_ATTR_ADDR", nest)])
+        want = (str(ipaddress.ip_address(addr)), port or 0)
         for ep in self.endpoints():
-            if ep["addr"] == str(ipaddress.ip_address(addr)) and (id is None or ep["id"] == id):
+            if (ep["addr"], ep["port"]) == want and (not id or ep["id"] == id):
                 return ep
-        raise KernelError(0, f"endpoint {addr} vanished right after it was added", "endpoint.add")
+        where = f"{addr} port {port}" if port else addr
+        raise KernelError(0, f"endpoint {where} vanished right after it was added", "endpoint.add")
 
     def delete_endpoint(self, id: int, addr: str | None = None) -> None:
         nest = _addr_nest(addr, id)
@@ -217,9 +275,21 @@ class PathManager:
 
     # -- userspace PM ---------------------------------------------------------
 
-    def announce(self, token: int, addr: str, id: int, port: int | None = None) -> None:
-        """ADD_ADDR ``addr`` (local id ``id``) on connection ``token``."""
-        nest = _addr_nest(addr, id, port, genl.MPTCP_PM_ADDR_FLAG_SIGNAL)
+    def announce(
+        self,
+        token: int,
+        addr: str,
+        id: int,
+        port: int | None = None,
+        ifindex: int | None = None,
+    ) -> None:
+        """ADD_ADDR ``addr`` (local id ``id``) on connection ``token``.
+
+        ``ifindex`` is the interface the address lives on, as ``pm_nl_ctl ann
+        ... dev X`` passes it; the kernel keeps it in the connection's list of
+        local addresses.
+        """
+        nest = _addr_nest(addr, id, port, genl.MPTCP_PM_ADDR_FLAG_SIGNAL, ifindex)
         self._do(
             "pm.announce",
             genl.MPTCP_PM_CMD_ANNOUNCE,
@@ -246,15 +316,22 @@ class PathManager:
         local_id: int | None = None,
         local_port: int | None = None,
         backup: bool = False,
+        ifindex: int | None = None,
     ) -> None:
-        """MP_JOIN from ``local_addr`` to ``remote_addr:remote_port``."""
+        """MP_JOIN from ``local_addr`` to ``remote_addr:remote_port``.
+
+        With ``ifindex`` the kernel binds the new subflow to that interface
+        (``SO_BINDTODEVICE``): the way to pin a path when the routing table
+        alone would pick another.
+        """
         flags = genl.MPTCP_PM_ADDR_FLAG_BACKUP if backup else None
+        local = _addr_nest(local_addr, local_id, local_port, flags, ifindex)
         self._do(
             "pm.subflow_create",
             genl.MPTCP_PM_CMD_SUBFLOW_CREATE,
             [
                 ("MPTCP_PM_ATTR_TOKEN", _u32(token, "token")),
-                ("MPTCP_PM_ATTR_ADDR", _addr_nest(local_addr, local_id, local_port, flags)),
+                ("MPTCP_PM_ATTR_ADDR", local),
                 ("MPTCP_PM_ATTR_ADDR_REMOTE", _addr_nest(remote_addr, port=remote_port)),
             ],
         )
