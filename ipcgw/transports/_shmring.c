@@ -12,6 +12,15 @@
  * the peer's read with acquire loads, and a seq_cst fence separates "publish
  * a counter" from "is the peer asleep?" (Dekker; on x86-64 an mfence).
  *
+ * Trust: the peer can store anything into the segment at any time (a hostile
+ * client owns half of it). Each shared counter is loaded once into a local,
+ * checked against the ring size (readable = head - tail, in use = head - tail
+ * as the writer sees it: both at most `ring`, unsigned, so a counter that went
+ * backwards fails too), and only then used; offsets are taken modulo the ring
+ * and every copy is split at the ring's end, so no index leaves the ring. A
+ * violation raises shmrings.RingCorrupted (a TransportError): the session ends,
+ * the process goes on. Flags are only ever tested for zero.
+ *
  * Lifetime: the object holds a buffer export of the mmap, so the mapping
  * cannot be closed under it; shm.py calls release() once no thread is inside
  * put()/get() (its CloseOnce bookkeeping), then closes the mmap.
@@ -23,6 +32,8 @@
 #include <time.h>
 
 #define BIG_COPY 65536 /* copies at least this large run without the GIL */
+
+static PyObject *RingCorrupted; /* ipcgw.transports.shmrings.RingCorrupted */
 
 typedef struct {
     PyObject_HEAD
@@ -92,6 +103,21 @@ static int publish_tail(Rings *self, uint64_t tail) {
     return 0;
 }
 
+/* Re-read the reader's tail; it must be at most a ring behind our head. */
+static int read_tail(Rings *self) {
+    uint64_t t = load_acq(&self->w[self->ot]); /* once: the peer may change it any time */
+    if (self->head - t > self->ring) {
+        PyErr_Format(RingCorrupted,
+                     "shm peer corrupted the ring: its tail %llu is not within the %llu-byte ring "
+                     "behind our head %llu (ending this session)",
+                     (unsigned long long)t, (unsigned long long)self->ring,
+                     (unsigned long long)self->head);
+        return -1;
+    }
+    self->seen_tail = t;
+    return 0;
+}
+
 static int Rings_init(Rings *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"segment", "obase", "ibase", "ring", "words", "chunk",
                              "wake_reader", "wake_writer", NULL};
@@ -137,6 +163,8 @@ static int Rings_init(Rings *self, PyObject *args, PyObject *kwds) {
     self->head = load_acq(&self->w[oh]);
     self->seen_tail = load_acq(&self->w[ot]);
     self->tail = self->public_tail = load_acq(&self->w[it]);
+    if (self->head - self->seen_tail > self->ring) /* no room: put() re-reads and checks */
+        self->seen_tail = self->head - self->ring;
     Py_INCREF(wake_reader);
     Py_XSETREF(self->wake_reader, wake_reader);
     Py_INCREF(wake_writer);
@@ -148,7 +176,8 @@ PyDoc_STRVAR(put_doc,
 "put(data) -> int\n\n"
 "Copy as much of data as fits (at most a chunk) into the outgoing ring and\n"
 "publish it; wake the reader if it sleeps. Bytes written: 0 when the ring is\n"
-"full, -1 when the peer has closed (nothing written).");
+"full, -1 when the peer has closed (nothing written). RingCorrupted when the\n"
+"reader's tail is not within a ring behind our head.");
 
 static PyObject *Rings_put(Rings *self, PyObject *data) {
     if (check_held(self) < 0)
@@ -159,9 +188,14 @@ static PyObject *Rings_put(Rings *self, PyObject *data) {
     if (PyObject_GetBuffer(data, &b, PyBUF_SIMPLE) < 0)
         return NULL;
     uint64_t n = (uint64_t)b.len, ring = self->ring, head = self->head;
-    if (n > ring - (head - self->seen_tail))
-        self->seen_tail = load_acq(&self->w[self->ot]);
-    uint64_t room = ring - (head - self->seen_tail);
+    uint64_t room = ring - (head - self->seen_tail); /* seen_tail was checked */
+    if (n > room) {
+        if (read_tail(self) < 0) {
+            PyBuffer_Release(&b);
+            return NULL;
+        }
+        room = ring - (head - self->seen_tail);
+    }
     if (n > room)
         n = room;
     if (n > self->chunk)
@@ -193,7 +227,8 @@ PyDoc_STRVAR(get_doc,
 "without the GIL); None when nothing came. First hands the room consumed by\n"
 "the previous call back to the writer (deferred so that in a request/reply\n"
 "exchange it happens while the peer works); more than a chunk at once goes\n"
-"back at once.");
+"back at once. RingCorrupted when the writer's head is more than a ring past\n"
+"our tail (or behind it).");
 
 static PyObject *Rings_get(Rings *self, PyObject *arg) {
     if (check_held(self) < 0)
@@ -219,7 +254,16 @@ static PyObject *Rings_get(Rings *self, PyObject *arg) {
     }
     if (head == tail)
         Py_RETURN_NONE;
-    uint64_t n = head - tail, ring = self->ring, off = tail % ring, first = ring - off;
+    uint64_t n = head - tail, ring = self->ring;
+    if (n > ring) {
+        PyErr_Format(RingCorrupted,
+                     "shm peer corrupted the ring: its head %llu is %llu bytes past our tail %llu, "
+                     "more than the %llu-byte ring (ending this session)",
+                     (unsigned long long)head, (unsigned long long)n, (unsigned long long)tail,
+                     (unsigned long long)ring);
+        return NULL;
+    }
+    uint64_t off = tail % ring, first = ring - off;
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
     if (out == NULL)
         return NULL;
@@ -238,12 +282,13 @@ static PyObject *Rings_get(Rings *self, PyObject *arg) {
     return out;
 }
 
-PyDoc_STRVAR(room_doc, "room() -> int\n\nFree bytes in the outgoing ring (re-reads the reader's tail).");
+PyDoc_STRVAR(room_doc, "room() -> int\n\nFree bytes in the outgoing ring (re-reads and checks the reader's tail).");
 
 static PyObject *Rings_room(Rings *self, PyObject *Py_UNUSED(ignored)) {
     if (check_held(self) < 0)
         return NULL;
-    self->seen_tail = load_acq(&self->w[self->ot]);
+    if (read_tail(self) < 0)
+        return NULL;
     return PyLong_FromUnsignedLongLong(self->ring - (self->head - self->seen_tail));
 }
 
@@ -322,6 +367,15 @@ static struct PyModuleDef shmring_module = {
 PyMODINIT_FUNC PyInit__shmring(void) {
     if (PyType_Ready(&RingsType) < 0)
         return NULL;
+    if (RingCorrupted == NULL) { /* one exception class for both twins */
+        PyObject *py = PyImport_ImportModule("ipcgw.transports.shmrings");
+        if (py == NULL)
+            return NULL;
+        RingCorrupted = PyObject_GetAttrString(py, "RingCorrupted");
+        Py_DECREF(py);
+        if (RingCorrupted == NULL)
+            return NULL;
+    }
     PyObject *m = PyModule_Create(&shmring_module);
     if (m == NULL)
         return NULL;

@@ -13,6 +13,13 @@ Two implementations with one interface and one wire behaviour:
   acquire/release (glibc's ``sem_trywait``/``sem_post``: ``lock``-prefixed
   instructions, no syscall).
 
+Trust: the peer may store anything into the segment at any time. Each shared
+counter is read once into a local and checked against the ring size before
+use (readable bytes and bytes in use are at most ``ring``, modulo 2**64, so a
+counter that went backwards fails too); a violation raises
+:class:`RingCorrupted`, which ends that session only. Counters wrap at 2**64
+as in C.
+
 A side may run either against a peer running the other. ``IPCGW_SHM_RINGS``
 picks one: ``c`` (the default when built), ``python``.
 
@@ -26,6 +33,8 @@ Interface (the constructor takes word indexes from the segment layout, which
   ``spin_ns`` for them; first hands back the room the previous call consumed
   (deferred: in a request/reply exchange that happens while the peer works);
 - ``room()``, ``fence()``, ``release()`` (before the mmap is closed).
+
+``put``, ``get`` and ``room`` raise :class:`RingCorrupted` on a bad counter.
 """
 
 from __future__ import annotations
@@ -39,9 +48,15 @@ from typing import Any
 
 from ipcgw.errors import TransportError
 
-__all__ = ["PyRings", "rings_class"]
+__all__ = ["PyRings", "RingCorrupted", "rings_class"]
 
+M64 = (1 << 64) - 1
 Words = tuple[int, int, int, int, int, int, int]  # oh, ot, osleep_r, ih, it, isleep_w, peer_closed
+
+
+class RingCorrupted(TransportError):
+    """The peer stored a counter no correct peer could: the session must end
+    (raised by both twins; the C module takes this class from here)."""
 
 
 class PyRings:
@@ -57,6 +72,8 @@ class PyRings:
         self._head = self._q[self._oh]
         self._seen_tail = self._q[self._ot]
         self._tail = self._public_tail = self._q[self._it]
+        if (self._head - self._seen_tail) & M64 > ring:  # no room: put() re-reads and checks
+            self._seen_tail = (self._head - ring) & M64
         lock = threading.Lock()
         self._fence_in, self._fence_out = lock.acquire, lock.release
 
@@ -65,17 +82,25 @@ class PyRings:
         self._fence_out()
 
     def room(self) -> int:
-        self._seen_tail = self._q[self._ot]
-        return self._ring - (self._head - self._seen_tail)
+        """Free bytes in the outgoing ring, from the reader's tail read now (and checked)."""
+        tail = self._q[self._ot]  # once: the peer may change it any time
+        used = (self._head - tail) & M64
+        if used > self._ring:
+            raise RingCorrupted(
+                f"shm peer corrupted the ring: its tail {tail} is not within the {self._ring}-byte "
+                f"ring behind our head {self._head} (ending this session)")
+        self._seen_tail = tail
+        return self._ring - used
 
     def put(self, data: bytes | bytearray | memoryview) -> int:
         q, head, ring = self._q, self._head, self._ring
         if q[self._peer_closed]:
             return -1
         n = len(data)  # the caller passes bytes or a "B" memoryview
-        if head + n - self._seen_tail > ring:
-            self._seen_tail = q[self._ot]
-        n = min(n, ring - (head - self._seen_tail), self._chunk)
+        room = ring - ((head - self._seen_tail) & M64)  # the cached tail was checked
+        if n > room:
+            room = self.room()
+        n = min(n, room, self._chunk)
         if n:
             off = head % ring
             start = self._obase + off
@@ -85,7 +110,7 @@ class PyRings:
                 first = ring - off
                 self._mm[start:start + first] = data[:first]
                 self._mm[self._obase:self._obase + n - first] = data[first:n]
-            self._head = head = head + n
+            self._head = head = (head + n) & M64
             q[self._oh] = head  # one 8-byte store, after the data (TSO keeps the order)
             self._fence_in()  # full barrier, then: is the reader asleep?
             self._fence_out()
@@ -106,7 +131,11 @@ class PyRings:
                 pass
         if head == tail:
             return None
-        n, ring = head - tail, self._ring
+        n, ring = (head - tail) & M64, self._ring
+        if n > ring:
+            raise RingCorrupted(
+                f"shm peer corrupted the ring: its head {head} is {n} bytes past our tail {tail}, "
+                f"more than the {ring}-byte ring (ending this session)")
         off = tail % ring
         start = self._ibase + off
         if off + n <= ring:

@@ -1,0 +1,205 @@
+"""The shm transport against a hostile peer: every word it can write in shared memory is untrusted.
+
+A client owns half of its ring pair, so it can store anything into the
+segment: ring counters, flags, the geometry in the header. The server must
+bound each by the ring size before use and end that session alone on a
+violation (issue #19): before this, one 8-byte store of a bogus head made the
+server copy past the ring and the mapping (segfault of a root server) or echo
+bytes from beyond the segment. The hostile programs here speak the rendezvous
+themselves (stdlib only, so the ``attacker`` user can run them too) and map
+their segment through /dev/shm, as any local program could.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import LocalUser, require_netns, require_shm_c
+from gateway_helpers import ServerProcess
+
+import ipcgw
+from ipcgw.errors import TransportError
+from ipcgw.transports import shm as shm_mod
+from ipcgw.transports.base import ServerLock
+
+# A peer that does the rendezvous by hand, maps its segment and then writes
+# what argv says into it. Word indexes as in shm.py: c2s head 16, c2s tail 48,
+# s2c head 80, s2c tail 112; W_RING 1; flags on the 16-word lines between.
+HOSTILE = r"""
+import mmap, os, random, re, select, socket, struct, sys, time
+name, action, seconds, seed = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+HEADER = 4096
+def session():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(f"/dev/shm/{name}.sock")
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = s.recv(128)
+        if not chunk:
+            raise SystemExit("server refused the rendezvous")
+        line += chunk
+    cid, ring = re.fullmatch(rb"IPCGW-SHM \d+ (\S+) (\d+)\n", line).groups()
+    ring = int(ring)
+    fd = os.open(f"/dev/shm/{name}.{cid.decode()}.seg", os.O_RDWR)
+    mm = mmap.mmap(fd, HEADER + 2 * ring)
+    os.close(fd)
+    return s, mm, memoryview(mm).cast("Q"), ring
+def gone(s):
+    return bool(select.select([s], [], [], 0)[0])
+if action.startswith("head:"):
+    s, mm, q, ring = session()
+    q[16] = (q[48] + int(action[5:])) % (1 << 64)  # one 8-byte store
+    print("STORED", flush=True)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not gone(s):
+        time.sleep(0.02)
+    print("CLOSED" if gone(s) else "OPEN", flush=True)
+elif action == "fuzz":
+    rng = random.Random(seed)
+    words = [1, 2, 3, 4, 5, 16, 32, 48, 64, 80, 96, 112, 128]
+    stores = sessions = ended = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        s, mm, q, ring = session()
+        sessions += 1
+        while time.monotonic() < end and not gone(s):
+            w = rng.choice(words)
+            base = q[48] if w in (16, 48) else q[112]
+            q[w] = rng.choice([
+                rng.getrandbits(64), (base + rng.randrange(-3, 3)) % (1 << 64),
+                (base + ring + rng.randrange(-2, 3)) % (1 << 64),
+                (base + rng.randrange(0, 4 * ring)) % (1 << 64), (base - 1) % (1 << 64),
+                1 << 63, (1 << 64) - 1, 0, 1, rng.randrange(ring)])
+            stores += 1
+            if rng.random() < 0.3:
+                off = rng.randrange(2 * ring)
+                mm[HEADER + off:HEADER + off + 8] = rng.randbytes(8)
+            time.sleep(rng.choice([0, 0, 0.0005, 0.003]))
+        ended += gone(s)
+        s.close()
+        q.release()
+        mm.close()
+    print(f"STORES {stores} SESSIONS {sessions} ENDED {ended}", flush=True)
+"""
+
+
+@pytest.fixture(params=["c", "python"])
+def rings(request: pytest.FixtureRequest) -> str:
+    """The server's data path: the C rings, or their Python twin."""
+    if request.param == "c":
+        require_shm_c()
+    return str(request.param)
+
+
+@pytest.fixture
+def name() -> Iterator[str]:
+    """A fresh shm server name; every /dev/shm name under it is removed afterwards."""
+    nm = f"ipcgwsec{uuid.uuid4().hex[:8]}"
+    try:
+        yield nm
+    finally:
+        for left in os.listdir("/dev/shm"):
+            if left.startswith((f"{nm}.", f"sem.{nm}.")):
+                with contextlib.suppress(OSError):
+                    os.unlink(f"/dev/shm/{left}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(ServerLock("shm", nm).path)
+
+
+@contextlib.contextmanager
+def server(name: str, rings: str, tmp: Path, query: str = "ring=65536") -> Iterator[ServerProcess]:
+    require_netns()  # root: the server usually is
+    srv = ServerProcess([f"shm:///{name}?{query}"], tmp, env={"IPCGW_SHM_RINGS": rings})
+    try:
+        yield srv
+    finally:
+        srv.kill()
+
+
+def hostile(name: str, action: str, seconds: float, seed: int = 0,
+            user: LocalUser | None = None) -> subprocess.Popen[str]:
+    args = [name, action, str(seconds), str(seed)]
+    if user is not None:
+        return user.popen_python(HOSTILE, *args)
+    return subprocess.Popen([sys.executable, "-I", "-c", HOSTILE, *args], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 30) -> str:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    return out
+
+
+def pongs_exact(client: ipcgw.Client, rng: random.Random, n: int) -> None:
+    for _ in range(n):
+        payload = rng.randbytes(rng.randrange(0, 20000))
+        assert client.ping(payload, timeout=10) == payload
+
+
+# 64 MiB past the tail: the old code allocated that much and copied it from past the
+# 128 KiB mapping (SIGSEGV, C) or returned the rest of the mapping (Python);
+# ring + 1: one byte more than the ring can hold; 2**63: far past anything.
+@pytest.mark.parametrize("delta", [64 << 20, 65536 + 1, 1 << 63, -1])
+def test_bogus_head_ends_that_session_only(name: str, rings: str, tmp_path: Path, delta: int) -> None:
+    with server(name, rings, tmp_path) as srv, ipcgw.connect(srv.url, timeout=5) as legit:
+        rng = random.Random(delta)
+        pongs_exact(legit, rng, 5)
+        out = finish(hostile(name, f"head:{delta}", 5))
+        assert out.split() == ["STORED", "CLOSED"], out  # the server ended that session
+        assert srv.alive(), srv.log()
+        pongs_exact(legit, rng, 20)
+        with ipcgw.connect(srv.url, timeout=5) as other:
+            pongs_exact(other, rng, 5)
+        assert "shm peer corrupted the ring" in srv.log()
+        srv.stop_ok()
+
+
+def test_another_user_cannot_crash_a_widened_server(name: str, rings: str, tmp_path: Path,
+                                                    attacker: LocalUser) -> None:
+    with server(name, rings, tmp_path, "ring=65536&mode=0666") as srv, \
+            ipcgw.connect(srv.url, timeout=5) as legit:
+        out = finish(hostile(name, f"head:{64 << 20}", 5, user=attacker))
+        assert out.split() == ["STORED", "CLOSED"], out
+        assert srv.alive(), srv.log()
+        pongs_exact(legit, random.Random(1), 10)
+        srv.stop_ok()
+
+
+def test_fuzzed_shared_words_never_hurt_the_server_or_other_clients(
+        name: str, rings: str, tmp_path: Path) -> None:
+    seconds = 4.0
+    with server(name, rings, tmp_path) as srv, ipcgw.connect(srv.url, timeout=5) as legit:
+        procs = [hostile(name, "fuzz", seconds, seed) for seed in (1, 2)]
+        rng, pings = random.Random(7), 0
+        end = time.monotonic() + seconds + 0.5
+        while time.monotonic() < end:
+            pongs_exact(legit, rng, 1)
+            pings += 1
+        stats = [finish(p).split() for p in procs]
+        assert srv.alive(), srv.log()
+        pongs_exact(legit, rng, 10)
+        stores = sum(int(s[1]) for s in stats)
+        sessions = sum(int(s[3]) for s in stats)
+        print(f"fuzz ({rings}): {stores} stores over {sessions} hostile sessions, "
+              f"{pings} exact pongs meanwhile")
+        assert stores > 1000 and sessions > 1 and pings > 20
+        assert "bug while serving" not in srv.log() and "Traceback" not in srv.log(), srv.log()
+        srv.stop_ok()
