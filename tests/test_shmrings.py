@@ -16,7 +16,7 @@ import pytest
 from conftest import require_shm_c
 
 from ipcgw.transports import shm
-from ipcgw.transports.shmrings import PyRings, rings_class
+from ipcgw.transports.shmrings import PyRings, RingCorrupted, rings_class
 
 RING = 4096
 CHUNK = 1024
@@ -164,4 +164,62 @@ def test_c_rings_refuse_a_geometry_that_does_not_fit() -> None:
         mm.close()  # nothing holds the mapping any more
     finally:
         if not mm.closed:
+            mm.close()
+
+
+# ---------------------------------------------------------------- a hostile peer's counters
+
+C2S_HEAD, _, C2S_TAIL, _ = shm._words(0)
+
+
+@pytest.mark.parametrize("ahead", [RING + 1, 64 << 20, 1 << 63, (1 << 64) - 1])
+def test_a_head_more_than_a_ring_ahead_or_behind_is_refused(pair, ahead: int) -> None:
+    client, server, q = pair
+    assert client.rings.put(b"ok") == 2
+    assert server.rings.get(0) == b"ok"
+    q[C2S_HEAD] = (q[C2S_HEAD] + ahead) % (1 << 64)  # the client's word, stored by a hostile client
+    with pytest.raises(RingCorrupted, match="shm peer corrupted the ring: its head"):
+        server.rings.get(0)
+    with pytest.raises(RingCorrupted):  # and it stays refused: nothing was consumed
+        server.rings.get(0)
+
+
+def test_a_full_ring_from_the_head_is_still_fine(pair) -> None:
+    _, server, q = pair
+    q[C2S_HEAD] = RING  # exactly a ring ahead: legal, all readable
+    assert len(server.rings.get(0)) == RING
+
+
+@pytest.mark.parametrize("past_head", [1, RING, 1 << 63, -RING - 1])
+def test_a_tail_ahead_of_the_head_or_a_ring_behind_is_refused(pair, past_head: int) -> None:
+    client, _, q = pair
+    for _ in range(RING // CHUNK):  # fill: the next put must re-read the tail
+        assert client.rings.put(b"f" * CHUNK) == CHUNK
+    q[C2S_TAIL] = (RING + past_head) % (1 << 64)  # the server's word, stored by a hostile server
+    with pytest.raises(RingCorrupted, match="shm peer corrupted the ring: its tail"):
+        client.rings.put(b"x")
+    with pytest.raises(RingCorrupted):
+        client.rings.room()
+
+
+def test_counters_wrap_at_2_to_the_64_in_both_twins() -> None:
+    for writer, reader in [("c", "python"), ("python", "c"), ("python", "python")]:
+        mm = mmap.mmap(-1, shm.HEADER + 2 * RING)
+        q = memoryview(mm).cast("Q")
+        start = (1 << 64) - 100
+        for word in (C2S_HEAD, C2S_TAIL):
+            q[word] = start
+        client = Side(IMPLS[writer](), mm, server=False)
+        server = Side(IMPLS[reader](), mm, server=True)
+        try:
+            data = bytes(range(256)) * 4
+            assert client.rings.put(data) == len(data)
+            assert server.rings.get(0) == data
+            assert q[C2S_HEAD] == (start + len(data)) % (1 << 64)
+            assert server.rings.get(0) is None
+            assert client.rings.room() == RING
+        finally:
+            client.rings.release()
+            server.rings.release()
+            q.release()
             mm.close()
