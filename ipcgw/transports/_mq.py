@@ -32,6 +32,7 @@ __all__ = [
     "END",
     "PEER_CHECK",
     "RESET",
+    "UNKNOWN_OWNER",
     "WAKE",
     "Hello",
     "MqConnection",
@@ -84,17 +85,28 @@ def next_client_id() -> str:
     return f"{os.getpid()}.{next(_ids)}"
 
 
-def lock_owner(lock: ServerLock) -> int | None:
-    """Pid holding ``lock`` (a live server), or None (no server, or a stale name).
+#: lock_owner's answer when the lock belongs to another user (a root server's
+#: lies in /run/ipcgw, which only root may enter): a server may be there.
+UNKNOWN_OWNER = 0
+
+
+def lock_owner(scheme: str, name: str, uid: int) -> int | None:
+    """Pid of the live server holding the lock of ``name``, whose queue belongs to
+    ``uid``: None when no server holds it (the queue is stale), UNKNOWN_OWNER
+    when the lock is another user's and so out of our sight.
 
     Read from /proc/locks instead of trying the lock, because even a shared
     probe lock could make a server that is starting right now fail its own
     exclusive ``LOCK_NB`` and refuse to start.
     """
+    if uid != os.geteuid():
+        return UNKNOWN_OWNER
     try:
-        st = os.stat(lock.path)
+        st = os.stat(ServerLock(scheme, name).path)
     except FileNotFoundError:
         return None
+    except OSError:
+        return UNKNOWN_OWNER
     ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
         with open("/proc/locks") as f:

@@ -33,6 +33,7 @@ import errno
 import fcntl
 import os
 import signal
+import stat
 import tempfile
 import threading
 import time
@@ -49,6 +50,7 @@ from ipcgw.errors import ConnectError, TransportError
 from ipcgw.url import Endpoint
 
 __all__ = [
+    "SYSTEM_RUN_DIR",
     "Buffer",
     "CloseOnce",
     "Connection",
@@ -59,8 +61,10 @@ __all__ = [
     "call_holding_signals",
     "deadline_after",
     "is_disconnect",
+    "open_private",
     "pid_alive",
     "remaining",
+    "run_dir",
 ]
 
 Buffer = bytes | bytearray | memoryview
@@ -186,24 +190,81 @@ class Transport(ABC):
     def connect(cls, endpoint: Endpoint, timeout: float = 5.0) -> Connection: ...
 
 
+#: Where a root server keeps its lock and record files: on /run, shared by every
+#: network namespace (``ip netns exec`` remounts only /sys), and writable by root only.
+SYSTEM_RUN_DIR = "/run/ipcgw"
+
+
+def run_dir(create: bool = True) -> str:
+    """The private directory (0700, ours) for this process's lock and record files.
+
+    Files a root server opens in a world-writable directory (/tmp) can be
+    planted by anyone: a symlink makes root truncate its target, a forged
+    record makes it remove other programs' queues. So root uses
+    ``/run/ipcgw``; other users ``$XDG_RUNTIME_DIR/ipcgw`` or ``/tmp/ipcgw-UID``.
+    With ``create`` the directory is made if missing and then checked: a
+    directory someone else prepared is refused, never repaired.
+    """
+    euid = os.geteuid()
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if euid == 0 and os.path.isdir("/run"):
+        path = SYSTEM_RUN_DIR
+    elif xdg.startswith("/") and os.path.isdir(xdg):
+        path = os.path.join(xdg, "ipcgw")
+    else:
+        path = os.path.join(tempfile.gettempdir(), f"ipcgw-{euid}")
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid or st.st_mode & 0o077:
+            what = ("not a directory (a symlink?)" if not stat.S_ISDIR(st.st_mode) else
+                    f"owned by uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}")
+            raise TransportError(
+                f"{path} must be a private directory of uid {euid} (mode 0700) but is {what}: "
+                f"someone else may have made it; remove it (rm -r {path}) and retry")
+    return path
+
+
+def open_private(path: str, flags: int, mode: int = 0o600) -> int:
+    """An fd on ``path``, a regular file of ours that only we may touch, or raise.
+
+    ``O_NOFOLLOW`` so a planted symlink is refused rather than followed, then
+    ``fstat``: a file another user made (or made readable to others) is not
+    one we wrote, and its contents must not be trusted.
+    """
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        os.close(fd)
+        raise TransportError(
+            f"{path} is not a private file of uid {os.geteuid()} (owner {st.st_uid}, mode "
+            f"{stat.S_IMODE(st.st_mode):04o}): refusing to use it; remove it if it is stale")
+    return fd
+
+
 class ServerLock:
     """Who owns a server name, across crashes: an ``flock`` on a lock file.
 
     The kernel drops the lock when the owner dies, however it dies, so a new
     server that gets the lock knows every object under that name is stale and
     may reclaim it; one that cannot get it names the live owner's pid.
-    Lock files live in the system temp directory, which (unlike abstract
-    sockets and TCP ports) is shared across network namespaces.
+    Lock files live in :func:`run_dir` (``/run/ipcgw`` for root), which (unlike
+    abstract sockets and TCP ports) is shared across network namespaces and
+    which no other user can write into.
     """
 
-    def __init__(self, scheme: str, name: str) -> None:
+    def __init__(self, scheme: str, name: str, directory: str | None = None) -> None:
         safe = name.strip("/").replace("/", "_") or "root"
-        self.path = os.path.join(tempfile.gettempdir(), f"ipcgw-{scheme}-{safe}.lock")
+        self._dir = directory
+        self.path = os.path.join(directory or run_dir(create=False), f"ipcgw-{scheme}-{safe}.lock")
         self._fd = -1
 
     def acquire(self) -> None:
+        if self._dir is None:
+            run_dir()  # make and check it
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -18,9 +18,22 @@ Features
   path. ``close()`` sends END (waiting up to 1 s for room; else it discards
   the oldest queued chunk and sends RESET) and a WAKE into its own queue to
   release a reader blocked in another thread.
+- A peer that closes leaves END (or RESET) in the other's read queue, but
+  closing a queue wakes no sender: a sender blocked for a whole slice on a
+  peer that lives on takes the next message of its own read queue (kept in
+  order for ``recv``) and gives up with ``Disconnected`` once it is the
+  peer's END or RESET, so a client whose server dropped it never hangs.
 - ``ServerLock("posixmq", NAME)``; a new server unlinks a stale ``/NAME``
   (and, when ``/dev/mqueue`` is mounted, any ``NAME.*`` a client left in the
-  instant between creating its queues and saying hello).
+  instant between creating its queues and saying hello). A serving server
+  checks every second that ``/NAME`` is still its queue and recreates it when
+  someone removed it (``rm /dev/mqueue/NAME``), logging one line.
+- Peer identity: ``peer_uid``/``peer_gid`` are the owner of the client's
+  queues (``fstat`` of the descriptors), which the kernel sets at creation and
+  a user cannot give away; unknown (None) when ``?mode=`` lets group or others
+  write them, since anyone could then have written into the session.
+- ``?mode=`` is applied exactly (``fchmod`` after creation: ``mq_open`` would
+  apply the umask, unlike what fifo, unix and sysv do).
 - Crosses network namespaces (queues belong to the IPC namespace).
 
 Limits: ``msgsize_max`` 8192 bytes per message, ``msg_max`` 10 messages per
@@ -37,7 +50,9 @@ client's queues; ``?mode=0600`` sets their permissions.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import logging
 import os
 import re
 import resource
@@ -53,6 +68,7 @@ from ipcgw.transports._mq import (
     END,
     PEER_CHECK,
     RESET,
+    UNKNOWN_OWNER,
     WAKE,
     MqConnection,
     lock_owner,
@@ -75,11 +91,17 @@ from ipcgw.url import Endpoint
 
 __all__ = ["PosixMqTransport"]
 
+log = logging.getLogger(__name__)
+
 _P_WAKE, _P_END, _P_DATA, _P_RESET = 0, 1, 2, 3
 _P_HELLO = 1
 _KINDS = {_P_WAKE: WAKE, _P_END: END, _P_DATA: DATA, _P_RESET: RESET}
 _RENDEZVOUS_MSGSIZE = 256
 _DEFAULT_MAXMSG, _DEFAULT_MSGSIZE = 4, 8192
+#: Messages a blocked sender may set aside while looking for the peer's END.
+_STASH_MAX = 64
+#: How often accept() checks that /NAME is still our rendezvous (#22: rm /dev/mqueue/NAME).
+_HEAL_CHECK = 1.0
 _CID = re.compile(r"[0-9]+\.[0-9]+")
 _MQ = posix_ipc.MessageQueue
 
@@ -97,6 +119,18 @@ def _name(endpoint: Endpoint) -> str:
     if not re.fullmatch(r"/[^/]{1,200}", name):
         raise ValueError(f"posixmq URL needs one name, e.g. posixmq:///ipcgw; got {name!r}")
     return name
+
+
+def _create(name: str, mode: int, maxmsg: int, msgsize: int) -> posix_ipc.MessageQueue:
+    """A new queue with exactly ``mode``: mq_open applies the umask (0660 became 0640)."""
+    q = _MQ(name, posix_ipc.O_CREX, mode, max_messages=maxmsg, max_message_size=msgsize)
+    try:
+        os.fchmod(q.mqd, mode)
+    except OSError:
+        _unlink(name)
+        q.close()
+        raise
+    return q
 
 
 def _unlink(name: str) -> None:
@@ -120,17 +154,27 @@ class PosixMqConnection(MqConnection):
         super().__init__(peer_pid, wq.max_message_size, peer)
         self._rq, self._wq = rq, wq
         self._listener = listener
+        # What a blocked sender took off our read queue while looking for the
+        # peer's END or RESET, in order, for recv to return first.
+        self._stash: collections.deque[tuple[bytes, str]] = collections.deque()
+        self._reading = threading.Lock()
+        self._peer_ended = False
 
     def _get(self, deadline: float | None) -> tuple[bytes, str] | None:
+        if self._stash:
+            return self._stash.popleft()
         wait = PEER_CHECK if deadline is None else min(PEER_CHECK, remaining(deadline) or 0.0)
-        try:
-            payload, priority = call_holding_signals(self._rq.receive, wait)
-        except (posix_ipc.BusyError, posix_ipc.SignalError):
-            return None
-        except posix_ipc.ExistentialError:
-            if self._closed:
+        with self._reading:
+            if self._stash:
+                return self._stash.popleft()
+            try:
+                payload, priority = call_holding_signals(self._rq.receive, wait)
+            except (posix_ipc.BusyError, posix_ipc.SignalError):
                 return None
-            raise Disconnected("connection closed") from None
+            except posix_ipc.ExistentialError:
+                if self._closed:
+                    return None
+                raise Disconnected("connection closed") from None
         return payload, _KINDS.get(priority, DATA)
 
     def _put(self, chunk: Buffer, deadline: float | None) -> None:
@@ -146,6 +190,33 @@ class PosixMqConnection(MqConnection):
             if self._closed:
                 raise Disconnected("connection closed")
             self.check(deadline)
+            if self._peer_closed():
+                raise Disconnected(f"{self.peer} closed or dropped the connection while we were "
+                                   "sending (it reads no more)")
+
+    def _peer_closed(self) -> bool:
+        """Has the peer ended the session while it lives on (a server that dropped us)?
+
+        Its queues have no EOF and closing them wakes no sender, but the peer
+        leaves END or RESET in our read queue when it closes. Only a sender
+        blocked for a whole slice looks, and only when no reader is at it
+        (that reader then sees the marker itself): it takes the next message,
+        keeps it for recv in order, and tells whether it was the peer's end.
+        """
+        if self._peer_ended or len(self._stash) >= _STASH_MAX:
+            return self._peer_ended
+        if not self._reading.acquire(blocking=False):
+            return False
+        try:
+            payload, priority = self._rq.receive(0)
+            kind = _KINDS.get(priority, DATA)
+            self._stash.append((payload, kind))
+            self._peer_ended = kind in (END, RESET)
+        except posix_ipc.Error:
+            pass
+        finally:
+            self._reading.release()
+        return self._peer_ended
 
     def close(self, grace: float = 1.0) -> None:
         if self._closed:
@@ -176,14 +247,52 @@ class PosixMqListener(Listener):
         self._conns: set[PosixMqConnection] = set()
         self._mutex = threading.Lock()
         self._closed = False
+        self._replaced = False
+        self._next_heal = time.monotonic() + _HEAL_CHECK
         try:
             self._reclaim()
-            self._rq = _MQ(self.name, posix_ipc.O_CREX, endpoint.mode,
-                           max_messages=min(10, _sysctl("msg_max", 10)),
-                           max_message_size=_RENDEZVOUS_MSGSIZE)
+            self._rq = self._create_rendezvous()
         except BaseException:
             self._lock.release()
             raise
+
+    def _create_rendezvous(self) -> posix_ipc.MessageQueue:
+        return _create(self.name, self.endpoint.mode, min(10, _sysctl("msg_max", 10)),
+                       _RENDEZVOUS_MSGSIZE)
+
+    def _heal(self) -> None:
+        """#22: a removed /NAME (``rm /dev/mqueue/NAME``) leaves our queue working but
+        unreachable. We hold the ServerLock, so a missing name is ours to recreate;
+        a different queue at the name was put there by someone allowed to unlink
+        ours (root): it is left alone, said once."""
+        try:
+            q = _MQ(self.name, read=True, write=False)
+        except posix_ipc.ExistentialError:
+            q = None
+        except posix_ipc.Error:
+            return
+        if q is not None:
+            same = os.fstat(q.mqd).st_ino == os.fstat(self._rq.mqd).st_ino
+            if not same and not self._replaced:
+                log.warning("posixmq rendezvous %s was replaced by a queue of uid %d; new "
+                            "clients go there, not here", self.name, os.fstat(q.mqd).st_uid)
+                self._replaced = True
+            _close(q)
+            return
+        try:
+            new = self._create_rendezvous()
+        except (posix_ipc.Error, OSError) as exc:
+            log.warning("posixmq rendezvous %s was removed and cannot be recreated: %s",
+                        self.name, exc)
+            return
+        old, self._rq = self._rq, new
+        log.warning("posixmq rendezvous %s was removed (rm /dev/mqueue%s?); recreated it",
+                    self.name, self.name)
+        with contextlib.suppress(posix_ipc.Error):  # hellos that reached the old one
+            while True:
+                payload, priority = old.receive(0)
+                new.send(payload, 0, priority)
+        _close(old)
 
     def _reclaim(self) -> None:
         """We hold the lock: a queue under this name is a crashed server's."""
@@ -202,9 +311,12 @@ class PosixMqListener(Listener):
         while True:
             if self._closed:
                 raise ListenerClosed("listener closed")
-            try:
-                payload, priority = self._rq.receive()  # unbounded: never hold signals here
-            except posix_ipc.SignalError:
+            if time.monotonic() >= self._next_heal:
+                self._next_heal = time.monotonic() + _HEAL_CHECK
+                self._heal()
+            try:  # not holding signals: this may run in the main thread for a whole slice
+                payload, priority = self._rq.receive(_HEAL_CHECK)
+            except (posix_ipc.BusyError, posix_ipc.SignalError):
                 continue
             except posix_ipc.ExistentialError:
                 if self._closed:
@@ -242,6 +354,7 @@ class PosixMqListener(Listener):
                 continue
             conn = PosixMqConnection(up, down, hello.pid, f"posixmq client pid {hello.pid}",
                                      self)
+            conn.peer_uid, conn.peer_gid = _owner(up, down)
             with self._mutex:
                 if self._closed:
                     conn.close(0)
@@ -261,6 +374,16 @@ class PosixMqListener(Listener):
         for conn in conns:
             conn.close(0)
         self._lock.release()
+
+
+def _owner(up: posix_ipc.MessageQueue, down: posix_ipc.MessageQueue) -> tuple[int | None, int | None]:
+    """Who created the client's queues: the owner the kernel gave them (a user cannot
+    chown a queue to someone else). Only trustworthy when nobody else could write
+    them (no group/other write bits): otherwise (None, None), unknown."""
+    a, b = os.fstat(up.mqd), os.fstat(down.mqd)
+    if (a.st_mode | b.st_mode) & 0o022 or (a.st_uid, a.st_gid) != (b.st_uid, b.st_gid):
+        return None, None
+    return a.st_uid, a.st_gid
 
 
 def _limit_error(where: str, exc: Exception, maxmsg: int, msgsize: int) -> ConnectError:
@@ -308,16 +431,16 @@ class PosixMqTransport(Transport):
         cid = next_client_id()
         names = f"{name}.{cid}.up", f"{name}.{cid}.down"
         try:
-            lock = ServerLock("posixmq", name)
-            owner = lock_owner(lock)
+            owner = lock_owner("posixmq", name, os.fstat(rz.mqd).st_uid)
             if owner is None:
                 raise ConnectError(f"no server at {where}: the queue is stale (no live server "
-                                   f"holds {lock.path}); a new server reclaims it")
+                                   f"holds {ServerLock('posixmq', name).path}); a new server "
+                                   "reclaims it")
+            server = f"server pid {owner}" if owner != UNKNOWN_OWNER else "the server"
             for n in names:
                 _unlink(n)  # a leftover of a dead process that had our pid
                 try:
-                    created.append(_MQ(n, posix_ipc.O_CREX, endpoint.mode, max_messages=maxmsg,
-                                       max_message_size=msgsize))
+                    created.append(_create(n, endpoint.mode, maxmsg, msgsize))
                 except (OSError, posix_ipc.Error) as e:
                     raise _limit_error(where, e, maxmsg, msgsize) from None
             up, down = created
@@ -325,7 +448,7 @@ class PosixMqTransport(Transport):
             try:
                 rz.send(hello, remaining(deadline), _P_HELLO)
             except posix_ipc.BusyError:
-                raise ConnectError(f"{where}: rendezvous queue full, server pid {owner} is not "
+                raise ConnectError(f"{where}: rendezvous queue full, {server} is not "
                                    "accepting") from None
             while True:
                 try:
@@ -334,11 +457,10 @@ class PosixMqTransport(Transport):
                     break
                 except (posix_ipc.BusyError, posix_ipc.SignalError):
                     pass
-                if not pid_alive(owner):
-                    raise ConnectError(f"{where}: server pid {owner} died during connect")
+                if owner != UNKNOWN_OWNER and not pid_alive(owner):
+                    raise ConnectError(f"{where}: {server} died during connect")
                 if remaining(deadline) == 0:
-                    raise ConnectError(f"{where}: server pid {owner} did not answer within "
-                                       f"{timeout:g} s")
+                    raise ConnectError(f"{where}: {server} did not answer within {timeout:g} s")
             welcome = unpack_hello(payload)
             if welcome is None or welcome.status:
                 text = welcome.text.decode(errors="replace") if welcome else "bad welcome"
