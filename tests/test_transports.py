@@ -15,7 +15,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,7 @@ from ipcgw.errors import ConnectError
 from ipcgw.framing import make_framer
 from ipcgw.messages import Error, Hello, Ping, Pong, decode, encode
 from ipcgw.transports import connect_bytes
+from ipcgw.url import Endpoint, parse_url
 
 FRAMINGS = ["length:4", "delimited:nul", "delimited:lf", "fixed:4096"]
 MAX_SIZE = 1 << 20
@@ -423,3 +424,164 @@ def test_sysv_rendezvous_queue_removed_under_a_live_server_is_recreated(server_f
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.1)
     server.stop_ok()
+
+
+# ---------------------------------------------------------------- names removed, sessions dropped
+
+def _shm_socket(ep: Endpoint) -> str:
+    return f"/dev/shm/{ep.address.strip('/')}.sock"  # where shm.py puts its rendezvous
+
+
+def _remove_sysv(ep: Endpoint) -> None:
+    import sysv_ipc
+
+    sysv_ipc.MessageQueue(int(ep.address, 0)).remove()  # what a stray `ipcrm` does
+
+
+def _remove_posixmq(ep: Endpoint) -> None:
+    import posix_ipc
+
+    posix_ipc.unlink_message_queue(ep.address)
+
+
+#: How a sweep of /tmp, /dev/shm or ipcrm removes the name a new client finds the server by;
+#: None where no such sweep exists: a TCP port and an abstract unix name are no file or IPC
+#: object, they live in the network namespace and vanish only with the listening socket.
+RENDEZVOUS_REMOVERS: dict[str, Callable[[Endpoint], None] | None] = {
+    "fifo": lambda ep: os.unlink(os.path.join(ep.address, "ipcgw.req")),
+    "sysv": _remove_sysv,
+    "posixmq": _remove_posixmq,
+    "tcp": None,
+    "unix": lambda ep: os.unlink(ep.address),
+    "unix-abstract": None,
+    "shm": lambda ep: os.unlink(_shm_socket(ep)),
+}
+
+
+def test_every_transport_says_whether_its_name_can_be_swept():
+    assert set(RENDEZVOUS_REMOVERS) == set(TRANSPORTS)
+
+
+def leftovers(url: str) -> list[str]:
+    """OS objects named after the server at ``url`` that are still there: /dev/shm and
+    /dev/mqueue names carrying its tag, its SysV key. By tag, not "every ipcgw* name":
+    other test runs on this host make and remove their own at the same time."""
+    ep = parse_url(url)
+    found: list[str] = []
+    if ep.scheme == "sysv":
+        key = int(ep.address, 0)
+        with open("/proc/sysvipc/msg") as f:
+            next(f)
+            found += [f"sysv:{key:#x}" for line in f if line.split() and int(line.split()[0]) == key]
+    if ep.scheme != "tcp":
+        tag = ep.address.strip("/@").rsplit("/", 1)[-1].removesuffix(".sock")
+        assert len(tag) >= 8, tag
+        for folder in ("/dev/shm", "/dev/mqueue"):
+            found += [f"{folder}/{n}" for n in os.listdir(folder) if tag in n]
+    return found
+
+
+def fs_leftovers(tmp_path: Path) -> list[str]:
+    return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.suffix != ".log")
+
+
+def test_leak_checks_look_in_dev_shm_and_dev_mqueue():
+    import posix_ipc
+
+    name = f"ipcgwt{os.urandom(4).hex()}"
+    shm = posix_ipc.SharedMemory(f"/{name}", posix_ipc.O_CREX, 0o600, 4096)
+    mq = posix_ipc.MessageQueue(f"/{name}", posix_ipc.O_CREX, 0o600)
+    try:
+        assert {f"shm:{name}", f"mq:{name}"} <= ipc_objects()
+        assert sorted(leftovers(f"shm:///{name}")) == [f"/dev/mqueue/{name}", f"/dev/shm/{name}"]
+    finally:
+        shm.close_fd()
+        shm.unlink()
+        mq.close()
+        mq.unlink()
+    assert leftovers(f"shm:///{name}") == []
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_rendezvous_name_removed_under_a_live_server_comes_back(server_factory, tmp_path, transport):
+    """A /tmp or /dev/shm cleaner (or ipcrm) removes the name: within 5 s a new
+    client connects again, and a client already in session never notices."""
+    remove = RENDEZVOUS_REMOVERS[transport]
+    if remove is None:
+        pytest.skip(f"{transport}: its name lives in the network namespace; no sweep can remove it")
+    server = server_factory(transport)
+    ep = parse_url(server.url)
+    with ipcgw.connect(server.url, timeout=5, name="old") as old:
+        assert old.ping(b"before") == b"before"
+        remove(ep)
+        start = time.monotonic()
+        while True:
+            try:
+                with ipcgw.connect(server.url, timeout=1, name="new") as new:
+                    assert new.ping(b"new", timeout=2) == b"new"
+                break
+            except ipcgw.IpcgwError as exc:
+                assert time.monotonic() - start < 5, f"{exc}\n{server.log()}"
+                time.sleep(0.1)
+        assert old.ping(b"after", timeout=5) == b"after"
+    server.stop_ok()
+    assert leftovers(server.url) == []
+    assert fs_leftovers(tmp_path) == []
+
+
+DROPPED_CLIENT = textwrap.dedent("""
+    import sys, time
+    import ipcgw
+    from ipcgw.messages import Ping
+    how, url = sys.argv[1], sys.argv[2]
+    client = ipcgw.connect(url, timeout=5, name="dropped")
+    start = time.time()
+    print("start", start, flush=True)
+    try:
+        if how == "oversize":  # the server refuses the frame at its header, says why, closes
+            client.send(Ping(1, b"x" * 200000))
+            while time.time() - start < 15:
+                try:
+                    print("got", type(client.recv(timeout=0.5)).__name__, flush=True)
+                except ipcgw.Timeout:
+                    pass
+        else:  # never reads: the server gives up posting Pongs after --send-timeout
+            for i in range(1, 1000000):
+                client.send(Ping(i, b"x" * 65536))
+                if time.time() - start > 20:
+                    break
+        print("never raised", flush=True)
+    except ipcgw.IpcgwError as exc:
+        print("raised", time.time(), type(exc).__name__, exc, flush=True)
+""")
+
+
+def _log_time(line: str) -> float:
+    import datetime
+
+    return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+@pytest.mark.parametrize("how", ["oversize", "never-reads"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_dropped_session_is_disconnected_within_6_s(server_factory, tmp_path, transport, how):
+    """However the server drops a session, the client's next send or recv raises
+    Disconnected within 6 s of the drop: never a hang, never a silent success."""
+    server = server_factory(transport, "max_frame=100000", extra=["--send-timeout", "1"])
+    url = server.url.replace("max_frame=100000", f"max_frame={1 << 20}")  # lets us send too much
+    try:
+        out = subprocess.run([sys.executable, "-c", DROPPED_CLIENT, how, url], capture_output=True,
+                             text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the dropped client hung (killed after 30 s)\n{server.log()}")
+    assert "raised" in out.stdout, (out.stdout, out.stderr, server.log())
+    raised = out.stdout.split("raised ", 1)[1]
+    assert raised.split()[1] == "Disconnected", raised
+    ends = [line for line in server.log().splitlines() if "(dropped," in line]  # the last: closed
+    assert ends, server.log()
+    since = _log_time(ends[-1]) if how == "never-reads" else float(out.stdout.split()[1])
+    assert float(raised.split()[0]) - since <= 6.0, (raised, ends[-1], out.stdout)
+    assert server.alive()
+    server.stop_ok()
+    assert leftovers(server.url) == []
+    assert fs_leftovers(tmp_path) == []
