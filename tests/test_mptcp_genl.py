@@ -59,7 +59,7 @@ def test_sub_established_ports_are_network_order() -> None:
     assert (ev.attrs["loc_id"], ev.attrs["rem_id"], ev.attrs["backup"]) == (2, 0, 0)
     assert ev.attrs["if_idx"] == 3
     line = format_event(ev)
-    assert "token=1c189765" in line and "saddr=10.0.2.1:48243" in line and "if_idx=3" in line
+    assert "token=0x1c189765" in line and "saddr=10.0.2.1:48243" in line and "if_idx=3" in line
 
 
 def test_every_event_kind_is_named() -> None:
