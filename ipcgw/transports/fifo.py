@@ -183,7 +183,7 @@ def _open_dir(path: str, *, create: bool) -> tuple[int, bool]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
             raise ConnectError(f"fifo directory {path} is a symbolic link: not following it; "
                                "use the real path") from None
         if exc.errno == errno.ENOTDIR:
