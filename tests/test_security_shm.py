@@ -13,13 +13,11 @@ their segment through /dev/shm, as any local program could.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
-import socket
-import stat
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,8 +28,6 @@ from conftest import LocalUser, require_netns, require_shm_c
 from gateway_helpers import ServerProcess
 
 import ipcgw
-from ipcgw.errors import TransportError
-from ipcgw.transports import shm as shm_mod
 from ipcgw.transports.base import ServerLock
 
 # A peer that does the rendezvous by hand, maps its segment and then writes
@@ -44,35 +40,49 @@ HEADER = 4096
 def session():
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(f"/dev/shm/{name}.sock")
-    line = b""
+    line, fds = b"", []
     while not line.endswith(b"\n"):
-        chunk = s.recv(128)
+        chunk, got, _, _ = socket.recv_fds(s, 128, 8)
+        fds += got
         if not chunk:
             raise SystemExit("server refused the rendezvous")
         line += chunk
     cid, ring = re.fullmatch(rb"IPCGW-SHM \d+ (\S+) (\d+)\n", line).groups()
     ring = int(ring)
-    fd = os.open(f"/dev/shm/{name}.{cid.decode()}.seg", os.O_RDWR)
-    mm = mmap.mmap(fd, HEADER + 2 * ring)
-    os.close(fd)
-    return s, mm, memoryview(mm).cast("Q"), ring
+    mm = mmap.mmap(fds[0], HEADER + 2 * ring)
+    return s, mm, memoryview(mm).cast("Q"), ring, fds
+def close(s, mm, q, ring, fds):
+    q.release()
+    mm.close()
+    for fd in fds:
+        os.close(fd)
+    s.close()
 def gone(s):
     return bool(select.select([s], [], [], 0)[0])
 if action.startswith("head:"):
-    s, mm, q, ring = session()
+    s, mm, q, ring, fds = session()
     q[16] = (q[48] + int(action[5:])) % (1 << 64)  # one 8-byte store
     print("STORED", flush=True)
     end = time.monotonic() + seconds
     while time.monotonic() < end and not gone(s):
         time.sleep(0.02)
     print("CLOSED" if gone(s) else "OPEN", flush=True)
+elif action == "truncate":  # the server's accesses past a shrunk file would be SIGBUS
+    s, mm, q, ring, fds = session()
+    for fd in fds[:1]:
+        try:
+            os.ftruncate(fd, 0)
+            print("TRUNCATED", flush=True)
+        except OSError as exc:
+            print("REFUSED", exc.errno, flush=True)
+    time.sleep(seconds)
 elif action == "fuzz":
     rng = random.Random(seed)
     words = [1, 2, 3, 4, 5, 16, 32, 48, 64, 80, 96, 112, 128]
     stores = sessions = ended = 0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        s, mm, q, ring = session()
+        s, mm, q, ring, fds = session()
         sessions += 1
         while time.monotonic() < end and not gone(s):
             w = rng.choice(words)
@@ -86,11 +96,18 @@ elif action == "fuzz":
             if rng.random() < 0.3:
                 off = rng.randrange(2 * ring)
                 mm[HEADER + off:HEADER + off + 8] = rng.randbytes(8)
+            if rng.random() < 0.1:  # the wake-up counters: fill one, or steal its posts
+                fd = rng.choice(fds[1:])
+                try:
+                    if rng.random() < 0.5:
+                        os.eventfd_write(fd, rng.choice([1, (1 << 64) - 2]))
+                    else:
+                        os.eventfd_read(fd)
+                except OSError:
+                    pass
             time.sleep(rng.choice([0, 0, 0.0005, 0.003]))
         ended += gone(s)
-        s.close()
-        q.release()
-        mm.close()
+        close(s, mm, q, ring, fds)
     print(f"STORES {stores} SESSIONS {sessions} ENDED {ended}", flush=True)
 """
 
@@ -180,6 +197,17 @@ def test_another_user_cannot_crash_a_widened_server(name: str, rings: str, tmp_p
         assert out.split() == ["STORED", "CLOSED"], out
         assert srv.alive(), srv.log()
         pongs_exact(legit, random.Random(1), 10)
+        srv.stop_ok()
+
+
+def test_a_peer_cannot_shrink_the_segment_under_the_server(name: str, rings: str, tmp_path: Path) -> None:
+    """ftruncate of a mapped file makes the server's next access to it SIGBUS (it killed
+    the server with layout 2's named segments and semaphores): the segment is sealed."""
+    with server(name, rings, tmp_path) as srv, ipcgw.connect(srv.url, timeout=5) as legit:
+        out = finish(hostile(name, "truncate", 1))
+        assert out.split() == ["REFUSED", str(errno.EPERM)], out
+        assert srv.alive(), srv.log()
+        pongs_exact(legit, random.Random(2), 10)
         srv.stop_ok()
 
 

@@ -211,8 +211,9 @@ def test_server_kill9_then_restart_reclaims_everything(name: str) -> None:
             client.ping(b"b", timeout=10)
         assert time.monotonic() - start < 2.0
     assert shm_names(name) == {f"{name}.sock"}  # a dead server's socket file only
-    # a crash in mid-handshake also leaves a segment and semaphores: fake one
-    seg, sems = shm_mod._objects(name, "c7-0123abcd")
+    # layout 2 (named segments and semaphores) left some after a crash in mid-handshake
+    seg = f"/{name}.c7-0123abcd.seg"
+    sems = [f"/{name}.c7-0123abcd.{kind}" for kind in ("c2s.data", "c2s.space", "s2c.data", "s2c.space")]
     posix_ipc.SharedMemory(seg, posix_ipc.O_CREX, size=8192).close_fd()
     for sem in sems:
         posix_ipc.Semaphore(sem, posix_ipc.O_CREX).close()

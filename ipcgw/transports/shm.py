@@ -2,9 +2,10 @@
 
 Features
 ========
-- Per client one POSIX shared-memory segment holding two single-producer,
-  single-consumer byte rings (client→server, server→client) and their
-  counters. A byte stream: no message boundaries, frames wrap around the ring
+- Per client one shared-memory segment (a sealed ``memfd``: it cannot be
+  shrunk or grown, so no peer can make the other's accesses fault) holding two
+  single-producer, single-consumer byte rings (client→server, server→client)
+  and their counters. A byte stream: no message boundaries, frames wrap around the ring
   end, a frame larger than the ring streams through it (``send`` waits for
   room, bounded by ``Connection.send_timeout`` without progress).
 - No syscall on the hot path. The data path (copies, counters, barriers,
@@ -12,9 +13,9 @@ Features
   install when a compiler is there), or its pure-Python twin (``shmrings.py``,
   ~0.6 us); either side may use either. A reader that finds the ring empty
   spins for ``spin_us`` (the C rings without the GIL, with ``pause``), then
-  says "asleep" in the segment and waits on a POSIX semaphore (``posix_ipc``
-  releases the GIL); a writer posts it only when that flag is set. A writer
-  waiting for room does the same on a second semaphore. Idle costs one timed
+  says "asleep" in the segment and waits on an ``eventfd`` (``poll``, without
+  the GIL); a writer writes it only when that flag is set. A writer waiting
+  for room does the same on a second eventfd. Idle costs one timed
   wake-up per 0.25 s per waiting thread. Each side writes its CPU affinity
   into the segment; when both are pinned to the same single CPU nobody spins
   (the peer could not run meanwhile).
@@ -31,26 +32,33 @@ Features
   acquire/release in the Python twin, which also relies on x86-64 store
   ordering (shmrings.py says how). Other architectures are refused at
   listen/connect.
+- Untrusted peer: whatever it stores into the segment, ring counters are
+  bounded by the ring size before use (``RingCorrupted``, a TransportError,
+  ends that session only), the geometry is the server's own, flags are only
+  tested for zero. The segment and eventfds have no names: they travel to the
+  one peer over the rendezvous socket (``SCM_RIGHTS``), so nobody can pre-create,
+  open or replace them. Server-side connections carry the peer's uid/gid
+  (``SO_PEERCRED`` of the rendezvous socket).
 - Dead peers: every client keeps its rendezvous socket open; a waiting side
   polls it after each 0.25 s slice, so ``kill -9`` of the peer is
   ``Disconnected`` within ~0.3 s. An orderly ``close()`` sets a flag in the
-  segment and posts every semaphore (waking the peer and this side's own
+  segment and posts every eventfd (waking the peer and this side's own
   threads blocked in ``recv``/``send``): the peer drains what is left, then
   reads ``b""``.
-- Nothing is left behind: the client unlinks the segment and semaphore names
-  as soon as it has opened them (the kernel frees the objects when both sides
-  are gone, however they end); the server unlinks them at session close, and
-  under ``ServerLock("shm", NAME)`` sweeps stale ``NAME.c*`` names at start.
-- Crosses network namespaces (``/dev/shm`` is a file system, semaphores and
-  the socket live there).
+- Nothing is left behind but a ``kill -9``-ed server's socket name (the next
+  server reclaims it under ``ServerLock("shm", NAME)``, and also sweeps the
+  per-client names layout 2 used to leave, when they are its own uid's). The
+  listener checks every second that ``NAME.sock`` is still its socket: removed
+  or replaced (by a file of its uid), it binds it again and logs one line.
+- Crosses network namespaces (``/dev/shm`` is a file system the socket lives
+  in; fds pass over it).
 
 URL
 ===
 ``shm:///NAME[?ring=1048576&spin_us=50&mode=0600]``
 
 - ``/dev/shm/NAME.sock`` — the rendezvous Unix socket (path, not abstract);
-- per client ``/NAME.c<n>-<8 hex>.seg`` and the semaphores
-  ``/NAME.c<n>-<8 hex>.{c2s,s2c}.{data,space}`` (``/dev/shm/sem.…``).
+  ``mode`` is its mode (who may connect).
 
 ``ring`` (server side, bytes per direction, >= 4096) sizes the rings; the
 client learns it from the server. ``spin_us`` (each side its own) bounds the
@@ -59,15 +67,19 @@ the gateway ~3 us, a kernel path-manager command ~40 us) or every round trip
 pays two futex wake-ups (~30 us each here).
 
 Handshake: the client connects to the socket; the server creates the segment
-and semaphores and writes ``b"IPCGW-SHM 2 <id> <ring>\\n"`` (2: the segment
-layout); the client opens them and unlinks the names. Nothing else travels on
-the socket.
+and four eventfds (``{c2s,s2c}.{data,space}``) and sends
+``b"IPCGW-SHM 3 <id> <ring>\\n"`` (3: the layout) with their fds; the client
+checks the segment's seals and size. Nothing else travels on the socket.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 import itertools
+import logging
+import math
 import mmap
 import os
 import platform
@@ -75,12 +87,11 @@ import re
 import secrets
 import select
 import socket
+import stat
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
-
-import posix_ipc
 
 from ipcgw.errors import ConnectError, Disconnected, Timeout, TransportError
 from ipcgw.transports.base import (
@@ -91,7 +102,6 @@ from ipcgw.transports.base import (
     ListenerClosed,
     ServerLock,
     Transport,
-    call_holding_signals,
     deadline_after,
     remaining,
 )
@@ -100,14 +110,19 @@ from ipcgw.url import Endpoint
 
 __all__ = ["ShmConnection", "ShmListener", "ShmTransport"]
 
+log = logging.getLogger(__name__)
+
 SHM_DIR = "/dev/shm"
 DEFAULT_RING = 1 << 20
 DEFAULT_SPIN_US = 50
 SLICE = 0.25  # seconds between liveness checks while asleep
 MAGIC = int.from_bytes(b"IPCGWSHM", "little")  # written last: the segment is initialised
 HEADER = 4096
-HELLO = re.compile(rb"IPCGW-SHM 2 (c\d{1,9}-[0-9a-f]{8}) (\d{4,12})\n")
-SEM_KINDS = ("c2s.data", "c2s.space", "s2c.data", "s2c.space")
+LAYOUT = 3
+HELLO = re.compile(rb"IPCGW-SHM (\d{1,3}) (c\d{1,9}-[0-9a-f]{8}) (\d{4,12})\n")
+EVENT_KINDS = ("c2s.data", "c2s.space", "s2c.data", "s2c.space")
+SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+HEAL_EVERY = 1.0  # seconds between checks that NAME.sock is still our socket
 _PEERCRED = struct.Struct("3i")
 
 # Word (8-byte) indexes in the header. Every counter and flag sits on its own
@@ -125,10 +140,23 @@ def _words(ring: int) -> tuple[int, int, int, int]:
     return base, base + _LINE, base + 2 * _LINE, base + 3 * _LINE
 
 
-def _sleep_on(sem: posix_ipc.Semaphore, seconds: float) -> None:
-    """Wait for a post, ``seconds`` at most (a signal ends the wait early)."""
-    with contextlib.suppress(posix_ipc.BusyError, posix_ipc.SignalError):
-        call_holding_signals(sem.acquire, seconds)
+def _sleep_on(waiter: select.poll, fd: int, seconds: float) -> None:
+    """Wait for a post on eventfd ``fd`` (registered in ``waiter``), ``seconds`` at most;
+    consume it. A signal handler's exception comes out of ``poll`` (PEP 475)."""
+    if waiter.poll(math.ceil(seconds * 1000)):
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(fd)
+
+
+def _poster(fd: int) -> Callable[[], None]:
+    """Post eventfd ``fd``. The peer can read or fill the counter too: a full one
+    (EAGAIN) already means "posted", and a wait never relies on a post alone (slices)."""
+    write = functools.partial(os.eventfd_write, fd, 1)
+
+    def post() -> None:
+        with contextlib.suppress(OSError):
+            write()
+    return post
 
 
 def _check_platform() -> None:
@@ -146,25 +174,15 @@ def _name(endpoint: Endpoint) -> str:
     return name
 
 
-def _objects(name: str, cid: str) -> tuple[str, list[str]]:
-    """POSIX names of a client's segment and semaphores (derivable, so sweepable)."""
-    return f"/{name}.{cid}.seg", [f"/{name}.{cid}.{kind}" for kind in SEM_KINDS]
-
-
-def _unlink(seg: str, sems: Sequence[str]) -> None:
-    with contextlib.suppress(posix_ipc.ExistentialError, OSError):
-        posix_ipc.unlink_shared_memory(seg)
-    for sem in sems:
-        with contextlib.suppress(posix_ipc.ExistentialError, OSError):
-            posix_ipc.unlink_semaphore(sem)
-
-
 def _sweep(name: str) -> None:
-    """Unlink every per-client name under NAME: only call while holding the ServerLock."""
-    pattern = re.compile(rf"(?:sem\.)?{re.escape(name)}\.(c\d+-[0-9a-f]{{8}})\..*")
+    """Unlink the per-client names layout 2 left under NAME (``NAME.c<n>-<hex>.seg``,
+    ``sem.NAME.c<n>-<hex>.*``), only those of our own uid: call holding the ServerLock."""
+    pattern = re.compile(rf"(?:sem\.)?{re.escape(name)}\.c\d+-[0-9a-f]{{8}}\..*")
     with contextlib.suppress(OSError):
-        for cid in {m[1] for n in os.listdir(SHM_DIR) if (m := pattern.fullmatch(n))}:
-            _unlink(*_objects(name, cid))
+        for entry in os.scandir(SHM_DIR):
+            with contextlib.suppress(OSError):
+                if pattern.fullmatch(entry.name) and entry.stat(follow_symlinks=False).st_uid == os.geteuid():
+                    os.unlink(entry.path)
 
 
 def _param(endpoint: Endpoint, key: str, default: int, low: int) -> int:
@@ -182,10 +200,28 @@ def _cpu_mask() -> int:
     return sum(1 << min(cpu, 63) for cpu in set(os.sched_getaffinity(0))) or 1 << 63
 
 
-def _peer_pid(sock: socket.socket) -> int:
+def _peer_cred(sock: socket.socket) -> tuple[int, int | None, int | None]:
+    """(pid, uid, gid) of the process at the other end, as the kernel says (pid 0 and
+    None when it cannot)."""
     with contextlib.suppress(OSError):
-        return _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
-    return 0
+        pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        return pid, uid, gid
+    return 0, None, None
+
+
+def _inode(path: str) -> tuple[int, int]:
+    """(device, inode) at ``path``, (0, 0) when nothing is there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0, 0
+    return st.st_dev, st.st_ino
+
+
+def _close_fds(fds: Sequence[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 class ShmConnection(CloseOnce, Connection):
@@ -196,25 +232,29 @@ class ShmConnection(CloseOnce, Connection):
     Connection contract says).
     """
 
-    def __init__(self, mm: mmap.mmap, sems: dict[str, posix_ipc.Semaphore], sock: socket.socket,
-                 server: bool, spin_us: int, peer: str, names: tuple[str, list[str]] | None) -> None:
+    def __init__(self, mm: mmap.mmap, ring: int, events: dict[str, int], sock: socket.socket,
+                 server: bool, spin_us: int, peer: str) -> None:
+        """Takes ownership of ``mm``, the eventfds and ``sock``. ``ring`` is the
+        geometry this side decided or checked: the header's copy is the peer's to
+        overwrite, so it is never read again."""
         self.peer = peer
-        self._mm, self._sems, self._sock, self._names = mm, sems, sock, names
+        self._mm, self._events, self._sock = mm, events, sock
         self._q = memoryview(mm).cast("Q")
-        ring = self._q[W_RING]
         out, inn = (1, 0) if server else (0, 1)
         oh, self._osleep_w, ot, osleep_r = _words(out)
         ih, isleep_w, it, self._isleep_r = _words(inn)
         o, i = ("s2c", "c2s") if server else ("c2s", "s2c")
-        self._o_data, self._o_space = sems[f"{o}.data"], sems[f"{o}.space"]  # post / wait
-        self._i_data, self._i_space = sems[f"{i}.data"], sems[f"{i}.space"]  # wait / post
+        self._i_data, self._o_space = events[f"{i}.data"], events[f"{o}.space"]  # we wait on these
+        self._data_waiter, self._space_waiter = select.poll(), select.poll()
+        self._data_waiter.register(self._i_data, select.POLLIN)
+        self._space_waiter.register(self._o_space, select.POLLIN)
         self._my_closed = W_CLOSED + int(server)
         self._peer_closed = W_CLOSED + 1 - int(server)
         chunk = max(4096, ring // 4)  # publish big writes in pieces: the reader overlaps
         self._rings = rings_class()(
             mm, HEADER + out * ring, HEADER + inn * ring, ring,
             (oh, ot, osleep_r, ih, it, isleep_w, self._peer_closed), chunk,
-            self._o_data.release, self._i_space.release)
+            _poster(events[f"{o}.data"]), _poster(events[f"{i}.space"]))
         self._put, self._get, self._fence = self._rings.put, self._rings.get, self._rings.fence
         self._spin_ns = spin_us * 1000
         self._mask = _cpu_mask()
@@ -252,7 +292,7 @@ class ShmConnection(CloseOnce, Connection):
             data = get(0)
             if data is None and not closed and not self.closed:
                 left = remaining(deadline)
-                _sleep_on(self._i_data, SLICE if left is None else min(SLICE, left))
+                _sleep_on(self._data_waiter, self._i_data, SLICE if left is None else min(SLICE, left))
                 closed = q[self._peer_closed]
                 data = get(0)
             q[self._isleep_r] = 0
@@ -331,7 +371,7 @@ class ShmConnection(CloseOnce, Connection):
             self._fence()  # the flag is seen before we re-check the tail
             if not room() and not q[self._peer_closed] and not self.closed:
                 left = remaining(deadline)
-                _sleep_on(self._o_space, SLICE if left is None else min(SLICE, left))
+                _sleep_on(self._space_waiter, self._o_space, SLICE if left is None else min(SLICE, left))
             q[self._osleep_w] = 0
             if room() or q[self._peer_closed] or self.closed:
                 return  # the caller re-checks closed flags
@@ -343,23 +383,27 @@ class ShmConnection(CloseOnce, Connection):
 
     def _on_close(self) -> None:
         self._q[self._my_closed] = 1
-        for sem in self._sems.values():  # wake the peer and our own blocked threads
-            with contextlib.suppress(posix_ipc.Error):
-                sem.release()
-        if self._names:
-            _unlink(*self._names)
+        for fd in self._events.values():  # wake the peer and our own blocked threads
+            with contextlib.suppress(OSError):
+                os.eventfd_write(fd, 1)
 
     def _release(self) -> None:
         self._rings.release()
         self._q.release()
         self._mm.close()
-        for sem in self._sems.values():
-            with contextlib.suppress(posix_ipc.Error):
-                sem.close()
+        _close_fds(list(self._events.values()))
         self._sock.close()
 
 
 class ShmListener(CloseOnce, Listener):
+    """The rendezvous socket ``/dev/shm/NAME.sock``, held under ``ServerLock("shm", NAME)``.
+
+    /dev/shm is world-writable: the name may be removed or replaced under us.
+    ``accept`` checks every ``HEAL_EVERY`` s that the name is still our socket
+    and binds it again if not (we hold the lock, so no other ipcgw server can
+    own the name), but never removes a file of another uid.
+    """
+
     def __init__(self, endpoint: Endpoint) -> None:
         _check_platform()
         self.endpoint = endpoint
@@ -370,84 +414,140 @@ class ShmListener(CloseOnce, Listener):
         self._ids = itertools.count(1)
         self._lock_file = ServerLock("shm", self.name)
         self._lock_file.acquire()
+        self._lock_ino = _inode(self._lock_file.path)
         CloseOnce.__init__(self)
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self._poll = select.poll()
+        self._poll.register(self._wake, select.POLLIN)
+        self._sock: socket.socket | None = None
+        self._ino = (0, 0)
+        self._next_check = 0.0
+        self._warned = ""
         try:
             _sweep(self.name)  # we hold the lock: whatever is there is a dead server's
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-            self._sock.bind(self.path)
-            os.chmod(self.path, endpoint.mode)
-            self._sock.listen(64)
-            self._sock.setblocking(False)
+            self._bind()
         except BaseException as exc:
             self.close()
             if isinstance(exc, OSError):
                 raise TransportError(f"cannot listen on {self.path}: {exc}") from exc
             raise
-        self._poll = select.poll()
-        self._poll.register(self._wake, select.POLLIN)
-        self._poll.register(self._sock, select.POLLIN)
+
+    def _bind(self) -> None:
+        """(Re)create the socket at ``path``; a leftover of our uid (a dead server's)
+        is removed first, another uid's is refused."""
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(self.path)
+            if st.st_uid != os.geteuid():
+                raise TransportError(
+                    f"{self.path} belongs to uid {st.st_uid}, not to this server: someone else "
+                    f"took the name; have it removed, or pick another shm name")
+            os.unlink(self.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(self.path)
+            os.chmod(self.path, self.endpoint.mode)  # /dev/shm is sticky: nobody replaced it since
+            ino = _inode(self.path)
+            sock.listen(64)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        old, self._sock, self._ino = self._sock, sock, ino
+        self._poll.register(sock, select.POLLIN)
+        if old is not None:
+            self._poll.unregister(old)
+            old.close()
+
+    def _heal(self) -> None:
+        """If ``path`` is no longer our socket, bind it again (one log line)."""
+        self._next_check = time.monotonic() + HEAL_EVERY
+        try:
+            found = _inode(self.path)
+        except OSError:
+            return
+        if found == self._ino:
+            return
+        what = "replaced" if found != (0, 0) else "removed"
+        try:
+            if _inode(self._lock_file.path) != self._lock_ino:
+                raise TransportError(f"our lock {self._lock_file.path} was removed too, so another "
+                                     "server may own the name now: not taking it over")
+            self._bind()
+        except (OSError, TransportError) as exc:
+            if self._warned != str(exc):  # one line per new reason, not one a second
+                self._warned = str(exc)
+                log.warning("shm rendezvous %s was %s; cannot recreate it: %s", self.path, what, exc)
+            return
+        self._warned = ""
+        if self.closed:  # close() ran meanwhile: leave nothing behind
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        log.warning("shm rendezvous %s was %s; recreated", self.path, what)
 
     def accept(self) -> Connection:
         self._users.append(None)
         try:
             while not self.closed:
-                self._poll.poll()
+                events = self._poll.poll(HEAL_EVERY * 1000)
                 if self.closed:
                     break
+                if not events or time.monotonic() >= self._next_check:
+                    self._heal()
+                sock = self._sock
+                assert sock is not None
                 try:
-                    csock, _ = self._sock.accept()
+                    csock, _ = sock.accept()
                 except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                     continue
                 try:
                     return self._session(csock)
-                except (OSError, posix_ipc.Error):
-                    csock.close()  # the client went away, or we ran out of shm: next one
+                except OSError:
+                    csock.close()  # the client went away, or we ran out of memory: next one
             raise ListenerClosed(f"shm listener on {self.path} closed")
         finally:
             self._leave()
 
     def _session(self, csock: socket.socket) -> Connection:
+        """A fresh sealed segment and four eventfds for this client, sent over its socket."""
         cid = f"c{next(self._ids)}-{secrets.token_hex(4)}"
-        names = _objects(self.name, cid)
-        ring, mode = self.ring, self.endpoint.mode
-        sems: dict[str, posix_ipc.Semaphore] = {}
+        ring, size = self.ring, HEADER + 2 * self.ring
+        fds: list[int] = []
         mm: mmap.mmap | None = None
         try:
-            shm = posix_ipc.SharedMemory(names[0], posix_ipc.O_CREX, mode, HEADER + 2 * ring)
-            try:
-                mm = mmap.mmap(shm.fd, HEADER + 2 * ring)
-            finally:
-                shm.close_fd()
+            seg = os.memfd_create(f"ipcgw-{self.name}.{cid}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            fds.append(seg)
+            os.ftruncate(seg, size)
+            fcntl.fcntl(seg, fcntl.F_ADD_SEALS, SEALS)  # the peer cannot shrink it under us (SIGBUS)
+            mm = mmap.mmap(seg, size)
             with memoryview(mm).cast("Q") as q:
                 q[W_RING] = ring
                 q[W_MAGIC] = MAGIC
-            for kind, sem in zip(SEM_KINDS, names[1], strict=True):
-                sems[kind] = posix_ipc.Semaphore(sem, posix_ipc.O_CREX, mode, 0)
+            events = {kind: os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for kind in EVENT_KINDS}
+            fds += events.values()
             csock.setblocking(False)
-            csock.send(f"IPCGW-SHM 2 {cid} {ring}\n".encode())  # fresh socket: always fits
+            socket.send_fds(csock, [f"IPCGW-SHM {LAYOUT} {cid} {ring}\n".encode()], fds)  # fits
         except BaseException:
-            _unlink(*names)
-            for sem in sems.values():
-                sem.close()
             if mm is not None:
                 mm.close()
+            _close_fds(fds)
             raise
-        pid = _peer_pid(csock)
-        return ShmConnection(mm, sems, csock, True, self.spin_us, f"shm client pid {pid}", names)
+        os.close(seg)  # the mapping keeps the memory; the client has its own fd
+        pid, uid, gid = _peer_cred(csock)
+        conn = ShmConnection(mm, ring, events, csock, True, self.spin_us,
+                             f"shm client pid {pid} uid {uid}")
+        conn.peer_uid, conn.peer_gid = uid, gid
+        return conn
 
     def _on_close(self) -> None:
         os.eventfd_write(self._wake, 1)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)  # ours: we hold the ServerLock until just below
-        # No sweep here: accepted sessions own their names (unlinked by the client once
-        # opened, by the server session at close); a new server sweeps after a crash.
+        with contextlib.suppress(OSError):
+            if _inode(self.path) == self._ino:
+                os.unlink(self.path)  # ours: we hold the ServerLock until just below
         self._lock_file.release()
 
     def _release(self) -> None:
-        self._sock.close()
+        if self._sock is not None:
+            self._sock.close()
         os.close(self._wake)
 
 
@@ -478,56 +578,62 @@ class ShmTransport(Transport):
 
 def _connect(sock: socket.socket, name: str, path: str, spin_us: int,
              deadline: float | None, timeout: float) -> Connection:
+    line, fds = b"", []
     try:
-        sock.settimeout(remaining(deadline))
-        sock.connect(path)
-        line = b""
-        while not line.endswith(b"\n") and len(line) < 128:
-            sock.settimeout(max(remaining(deadline) or 0.0, 0.001))
-            chunk = sock.recv(128 - len(line))
-            if not chunk:
-                raise ConnectError(f"shm server {name} closed the rendezvous (refused or dying)")
-            line += chunk
-    except (FileNotFoundError, NotADirectoryError):
-        raise ConnectError(f"no ipcgw shm server named {name} ({path} missing)") from None
-    except ConnectionRefusedError:
-        raise ConnectError(f"shm server {name} is dead ({path} refuses; a new server "
-                           "reclaims it)") from None
-    except TimeoutError:
-        raise ConnectError(f"shm server {name} did not answer within {timeout} s") from None
-    except OSError as exc:
-        raise ConnectError(f"shm connect to {name}: {exc}") from exc
-    m = HELLO.fullmatch(line)
-    if not m:
-        raise ConnectError(f"{path} is not an ipcgw shm server (said {line[:40]!r})")
-    cid, ring = m[1].decode(), int(m[2])
-    names = _objects(name, cid)
-    sems: dict[str, posix_ipc.Semaphore] = {}
-    mm: mmap.mmap | None = None
-    try:
-        shm = posix_ipc.SharedMemory(names[0])
         try:
-            if shm.size != HEADER + 2 * ring:
-                raise ConnectError(f"shm segment {names[0]} has the wrong size")
-            mm = mmap.mmap(shm.fd, shm.size)
-        finally:
-            shm.close_fd()
-        for kind, sem in zip(SEM_KINDS, names[1], strict=True):
-            sems[kind] = posix_ipc.Semaphore(sem)
-        with memoryview(mm).cast("Q") as q:
-            ok = q[W_MAGIC] == MAGIC and q[W_RING] == ring
-        if not ok:
-            raise ConnectError(f"shm segment {names[0]} is not initialised")
-    except BaseException as exc:
-        for s in sems.values():
-            s.close()
-        if mm is not None:
-            mm.close()
-        if isinstance(exc, posix_ipc.Error):
-            raise ConnectError(f"shm server {name}: cannot open {cid}: {exc}") from None
+            sock.settimeout(remaining(deadline))
+            sock.connect(path)
+            while not line.endswith(b"\n") and len(line) < 128:
+                sock.settimeout(max(remaining(deadline) or 0.0, 0.001))
+                chunk, got, _, _ = socket.recv_fds(sock, 128 - len(line), 8)
+                fds += got
+                if not chunk:
+                    raise ConnectError(f"shm server {name} closed the rendezvous (refused or dying)")
+                line += chunk
+        except (FileNotFoundError, NotADirectoryError):
+            raise ConnectError(f"no ipcgw shm server named {name} ({path} missing)") from None
+        except ConnectionRefusedError:
+            raise ConnectError(f"shm server {name} is dead ({path} refuses; a new server "
+                               "reclaims it)") from None
+        except TimeoutError:
+            raise ConnectError(f"shm server {name} did not answer within {timeout} s") from None
+        except OSError as exc:
+            raise ConnectError(f"shm connect to {name}: {exc}") from exc
+        m = HELLO.fullmatch(line)
+        if not m:
+            raise ConnectError(f"{path} is not an ipcgw shm server (said {line[:40]!r})")
+        if int(m[1]) != LAYOUT:
+            raise ConnectError(f"shm server {name} speaks layout {int(m[1])}, this client {LAYOUT}: "
+                               "run the same ipcgw version on both sides")
+        cid, ring = m[2].decode(), int(m[3])
+        if len(fds) != 1 + len(EVENT_KINDS):
+            raise ConnectError(f"shm server {name} sent {len(fds)} fds, not {1 + len(EVENT_KINDS)}")
+        mm = _map_segment(fds[0], name, cid, ring)
+    except BaseException:
+        _close_fds(fds)
         raise
-    finally:
-        _unlink(*names)  # from now on the kernel frees them when both sides are gone
-    pid = _peer_pid(sock)
+    os.close(fds[0])
+    events = dict(zip(EVENT_KINDS, fds[1:], strict=True))
+    pid, uid, gid = _peer_cred(sock)
     sock.setblocking(False)
-    return ShmConnection(mm, sems, sock, False, spin_us, f"shm server {name} pid {pid}", None)
+    conn = ShmConnection(mm, ring, events, sock, False, spin_us, f"shm server {name} pid {pid}")
+    conn.peer_uid, conn.peer_gid = uid, gid
+    return conn
+
+
+def _map_segment(fd: int, name: str, cid: str, ring: int) -> mmap.mmap:
+    """Map the server's segment after checking it can neither shrink nor grow under us."""
+    try:
+        st = os.fstat(fd)
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError as exc:
+        raise ConnectError(f"shm server {name} sent a segment fd that is not a memfd: {exc}") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_size != HEADER + 2 * ring or seals & SEALS != SEALS:
+        raise ConnectError(f"shm server {name}: segment {cid} is not sealed at {HEADER + 2 * ring} bytes")
+    mm = mmap.mmap(fd, st.st_size)
+    with memoryview(mm).cast("Q") as q:
+        ok = q[W_MAGIC] == MAGIC and q[W_RING] == ring
+    if not ok:
+        mm.close()
+        raise ConnectError(f"shm segment {cid} of server {name} is not initialised")
+    return mm
