@@ -585,3 +585,75 @@ def test_legacy_named_fifo_reclaims_stale_and_serves_python_writer(
     assert not path.exists()
     with pytest.raises(ConnectError):
         connect_bytes(url, 1)
+
+
+def test_legacy_partial_record_of_a_dead_writer_is_dropped(fifo_dir: Path, sspi_writer: str) -> None:
+    fifo_dir.mkdir()
+    path = fifo_dir / LEGACY_NAME
+    with in_process(f"fifo://{fifo_dir}?codec=sspi") as lst:
+        conn = lst.accept()
+        with closing(conn):
+            half = ("import os, signal, sys; fd = os.open(sys.argv[1], os.O_WRONLY); "
+                    "os.write(fd, b'\\x02\\x00\\x00\\x00'); os.kill(os.getpid(), signal.SIGKILL)")
+            for _ in range(2):  # also right after a whole session
+                subprocess.run([sys.executable, "-c", half, str(path)], timeout=10)
+                with pytest.raises(Timeout):  # half a record is not handed up
+                    conn.recv(0.3)
+                subprocess.run([sspi_writer, str(path), "3", "40"], check=True, timeout=10)
+                assert read_exactly(conn, 24) == records(3, 40)
+
+
+def test_peer_identity(fifo_dir: Path) -> None:
+    url = f"fifo://{fifo_dir}"
+    with in_process(url) as lst:
+        client, server = pair(lst, url)
+        with closing(client, server):
+            assert (server.peer_uid, server.peer_gid) == (os.geteuid(), os.getegid())
+    fifo_dir.mkdir()
+    for mode, want in (("0600", (os.geteuid(), os.getegid())), ("0620", (None, os.getegid())),
+                       ("0622", (None, None))):
+        with in_process(f"fifo://{fifo_dir}/legacy?codec=sspi&mode={mode}") as lst:
+            conn = lst.accept()
+            with closing(conn):
+                assert (conn.peer_uid, conn.peer_gid) == want, mode
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(ServerLock("fifo", str(fifo_dir / "legacy")).path)
+
+
+def test_old_client_hello_without_framing_is_served(fifo_dir: Path) -> None:
+    url = f"fifo://{fifo_dir}"
+    with in_process(url) as lst:
+        got: list[Connection | BaseException] = []
+        thread = accept_in_thread(lst, got)
+        base, token = fifo_dir / f"c{os.getpid()}-{'ab' * 8}", "ab" * 8
+        os.mkfifo(f"{base}.c2s", 0o600)
+        os.mkfifo(f"{base}.s2c", 0o600)
+        rfd = os.open(f"{base}.s2c", os.O_RDONLY | os.O_NONBLOCK)
+        req = os.open(fifo_dir / REQUEST, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(req, f"IPCGW-FIFO 1 {os.getpid()} {token}\n".encode())
+            thread.join(5)
+            assert isinstance(got[0], Connection), got
+            with closing(got[0]):
+                assert os.read(rfd, 1) == b"\x06"
+        finally:
+            os.close(rfd)
+            os.close(req)
+
+
+@pytest.mark.parametrize(("server", "client"), [("fixed:4096", "length:4"),
+                                                ("length:4", "delimited:nul")])
+def test_framing_mismatch_is_refused_at_once_naming_the_servers(
+        fifo_dir: Path, server: str, client: str) -> None:
+    """Before: a fixed:4096 server left a length:4 client waiting 5 s for "did not answer Hello"."""
+    with echo_server(f"fifo://{fifo_dir}?framing={server}"):
+        start = time.monotonic()
+        with pytest.raises(ConnectError, match=f"refused the session: client uses framing {client} / "
+                           f"codec msgpack, this server uses {server} / msgpack: use the same framing"):
+            connect_bytes(f"fifo://{fifo_dir}?framing={client}", 5)
+        assert time.monotonic() - start < 1
+        assert fifos(fifo_dir) == [REQUEST]  # the refused pair is gone
+        conn = connect_bytes(f"fifo://{fifo_dir}?framing={server}", 5)
+        with closing(conn):
+            conn.send(b"same")
+            assert conn.recv(5) == b"same"
