@@ -18,6 +18,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +29,9 @@ from conftest import LocalUser, require_netns, require_shm_c
 from gateway_helpers import ServerProcess
 
 import ipcgw
-from ipcgw.transports.base import ServerLock
+from ipcgw.errors import TransportError
+from ipcgw.transports import listen
+from ipcgw.transports.base import Connection, ServerLock
 
 # A peer that does the rendezvous by hand, maps its segment and then writes
 # what argv says into it. Word indexes as in shm.py: c2s head 16, c2s tail 48,
@@ -230,4 +233,62 @@ def test_fuzzed_shared_words_never_hurt_the_server_or_other_clients(
               f"{pings} exact pongs meanwhile")
         assert stores > 1000 and sessions > 1 and pings > 20
         assert "bug while serving" not in srv.log() and "Traceback" not in srv.log(), srv.log()
+        srv.stop_ok()
+
+
+def test_the_server_side_connection_names_another_users_uid(name: str, attacker: LocalUser) -> None:
+    lst = listen(f"shm:///{name}?mode=0666")
+    try:
+        got: list[object] = []
+        thread = threading.Thread(target=lambda: got.append(lst.accept()), daemon=True)
+        thread.start()
+        proc = hostile(name, "head:0", 3, user=attacker)  # a no-op store, then it waits
+        thread.join(5)
+        conn = got[0]
+        assert isinstance(conn, Connection)
+        assert (conn.peer_uid, conn.peer_gid) == (attacker.uid, attacker.gid)
+        assert f"uid {attacker.uid}" in conn.peer
+        conn.close()
+        assert finish(proc).split() == ["STORED", "CLOSED"]
+    finally:
+        lst.close()
+
+
+def _squat(attacker: LocalUser, path: str) -> None:
+    done = attacker.run_python("import sys; open(sys.argv[1], 'x').close()", path)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_name_another_user_took_is_refused_not_removed(name: str, attacker: LocalUser) -> None:
+    path = f"/dev/shm/{name}.sock"
+    _squat(attacker, path)
+    with pytest.raises(TransportError, match=f"belongs to uid {attacker.uid}"):
+        listen(f"shm:///{name}")
+    assert os.stat(path).st_uid == attacker.uid  # still there: not ours to remove
+
+
+def test_the_sweep_leaves_another_users_names_alone(name: str, attacker: LocalUser) -> None:
+    theirs = f"/dev/shm/{name}.c1-0123abcd.seg"
+    _squat(attacker, theirs)
+    listen(f"shm:///{name}").close()
+    assert os.stat(theirs).st_uid == attacker.uid
+
+
+def test_a_rendezvous_name_replaced_by_another_user_is_not_taken_over(
+        name: str, rings: str, tmp_path: Path, attacker: LocalUser) -> None:
+    path = f"/dev/shm/{name}.sock"
+    with server(name, rings, tmp_path) as srv, ipcgw.connect(srv.url, timeout=5) as old:
+        os.unlink(path)
+        _squat(attacker, path)
+        time.sleep(2.5)  # two checks at least
+        assert os.stat(path).st_uid == attacker.uid
+        assert srv.log().count("cannot recreate it") == 1, srv.log()  # one line, not one a second
+        assert old.ping(b"still") == b"still"
+        os.unlink(path)  # the squatter's file goes (as an admin would remove it): the server heals
+        start = time.monotonic()
+        while not os.path.exists(path) or os.stat(path).st_uid != os.geteuid():
+            assert time.monotonic() - start < 5.0, srv.log()
+            time.sleep(0.1)
+        with ipcgw.connect(srv.url, timeout=5) as new:
+            assert new.ping(b"new") == b"new"
         srv.stop_ok()

@@ -513,3 +513,41 @@ def test_c_and_python_rings_talk_to_each_other(name: str, rings: str, server_rin
                 assert client.request(ipcgw.Ping(i + 1, payload), timeout=10) == Pong(i + 1, payload)
         server.send_signal(signal.SIGTERM)
         assert server.wait(10) == 0
+
+
+# ---------------------------------------------------------------- peer identity, healing
+
+
+def test_server_side_connections_name_the_peer_uid_and_gid(name: str) -> None:
+    with pair(f"shm:///{name}") as (client, server):
+        assert (server.peer_uid, server.peer_gid) == (os.geteuid(), os.getegid())
+        assert (client.peer_uid, client.peer_gid) == (os.geteuid(), os.getegid())
+
+
+def test_a_removed_rendezvous_name_is_recreated_and_old_clients_go_on(name: str, tmp_path: Path) -> None:
+    from gateway_helpers import ServerProcess
+
+    path = f"/dev/shm/{name}.sock"
+    srv = ServerProcess([f"shm:///{name}"], tmp_path)
+    try:
+        with ipcgw.connect(srv.url, timeout=5) as old:
+            for attempt in ("removed", "replaced"):
+                os.unlink(path)
+                if attempt == "replaced":
+                    Path(path).write_text("not a socket")  # our uid's: the server may remove it
+                start = time.monotonic()
+                while True:  # a new client gets in within a bounded time
+                    try:
+                        with ipcgw.connect(srv.url, timeout=1) as new:
+                            assert new.ping(b"new") == b"new"
+                        break
+                    except ConnectError:
+                        assert time.monotonic() - start < 5.0, srv.log()
+                        time.sleep(0.1)
+                assert old.ping(b"old") == b"old"
+            log = srv.log()
+            assert log.count(f"shm rendezvous {path} was removed; recreated") == 1, log
+            assert log.count(f"shm rendezvous {path} was replaced; recreated") == 1, log
+        srv.stop_ok()
+    finally:
+        srv.kill()
