@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import mmap
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -29,7 +29,7 @@ def _c_rings() -> type[Any]:
     return Rings  # type: ignore[no-any-return]
 
 
-IMPLS = {"c": _c_rings, "python": lambda: PyRings}
+IMPLS: dict[str, Callable[[], type[Any]]] = {"c": _c_rings, "python": lambda: PyRings}
 
 
 class Side:
