@@ -6,10 +6,11 @@ about twice as fast to pack and unpack and a third smaller for the small
 messages that dominate, and the layout is versioned by the handshake
 (``Hello.version`` must equal :data:`PROTOCOL_VERSION`).
 
-``decode`` trusts nothing: every frame is checked for msgpack validity, a known
-tag, the field count and each field's type, and msgpack's own limits (derived
-from the frame size, capped below) keep a tiny frame from allocating a large
-container. Trailing NUL bytes (padding of ``fixed:N`` framing) are ignored.
+``decode`` trusts nothing: the array header, tag and field count are read off
+the first bytes before anything is built, each kind is unpacked with limits of
+its own (see "decode limits" below: a hostile frame costs no more than a
+legitimate one of its size), then each field's type is checked. Trailing NUL
+bytes (padding of ``fixed:N`` framing) are ignored.
 Expected failures raise :class:`DecodeError`; anything else is a bug.
 
 Dataclasses are ``slots=True`` but not frozen: frozen construction goes through
@@ -47,9 +48,6 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
-# Caps on container sizes inside one message, on top of msgpack's own
-# limits (which are derived from the frame length).
-MAX_CONTAINER = 1 << 20
 
 
 class Message:
@@ -180,21 +178,65 @@ _PYTYPES: dict[Any, tuple[type, ...]] = {
     "list[dict[str, Any]]": (list,),
 }
 
+# ---------------------------------------------------------------- decode limits
+#
+# A msgpack byte can become a 64-byte Python object (an empty array), so the
+# cost of a frame is bounded by its shape, not its size. Each kind may be
+# decoded freely up to a size no legitimate message of the kind exceeds
+# (handshake, Error, Bye, Report: 64 KiB; Command, Result, Event, Stats: 256
+# KiB, <= ~18 MiB of objects at the worst). Larger frames are accepted only
+# for kinds that carry bulk data, and only if they are *flat*: the top array,
+# at most one map of MAX_BULK_ITEMS, scalars, short strings and bin. That is
+# checked on the bytes before anything is built, so a large hostile frame
+# costs what a Ping of the same size costs: its bytes once.
+
+#: Frames of these sizes and below are unpacked without a look at their shape.
+MAX_SMALL = 64 * 1024
+MAX_RICH = 256 * 1024
+#: Most metrics in one Report; only ``BOOL_METRICS`` may be booleans.
+MAX_METRICS = 256
+BOOL_METRICS = frozenset({"link_up"})
+#: In a flat (large) frame: entries of its one map, bytes of each string.
+MAX_BULK_ITEMS = 64
+MAX_BULK_STR = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    free: int  # largest frame unpacked without a shape check
+    bulk: bool  # larger frames allowed when flat
+    max_map_len: int | None = None  # None: msgpack's default (the frame size)
+    max_str_len: int | None = None
+    no_bin: bool = False
+
+
+_FIXED = _Limits(MAX_SMALL, False, 0, MAX_SMALL, True)  # strings and ints only
+_LIMITS: dict[str, _Limits] = {
+    "Hello": _FIXED, "Welcome": _FIXED, "Error": _FIXED, "Bye": _FIXED,
+    # Ping/Pong: no keywords (they cost a tenth of the decode, and the size bounds the cost)
+    "Ping": _Limits(MAX_SMALL, True), "Pong": _Limits(MAX_SMALL, True),
+    "Report": _Limits(MAX_SMALL, False, MAX_METRICS, MAX_SMALL, True),
+    "Command": _Limits(MAX_RICH, True), "Result": _Limits(MAX_RICH, True),
+    "Event": _Limits(MAX_RICH, True), "Stats": _Limits(MAX_RICH, False),
+}
+
 
 class _Schema:
     """Per-class wire layout, with the two functions the hot paths call:
-    ``fields(msg)`` -> ``(TAG, f1, f2, ...)`` and ``build(obj)`` -> message or None."""
+    ``fields(msg)`` -> ``(TAG, f1, f2, ...)`` and ``decode(data, size)`` -> message."""
 
-    __slots__ = ("build", "cls", "fields", "names", "required", "types")
+    __slots__ = ("annotations", "cls", "decode", "fields", "limits", "names", "required", "types")
 
     def __init__(self, cls: type[Message]) -> None:
         fs = fields(cls)  # type: ignore[arg-type]
         self.cls = cls
         self.names = tuple(f.name for f in fs)
-        self.types = tuple(_PYTYPES[f.type] for f in fs)
+        self.annotations = tuple(str(f.type) for f in fs)
+        self.types = tuple(_PYTYPES[a] for a in self.annotations)
         self.fields = attrgetter("TAG", *self.names)  # TAG is a class attribute
         self.required = len(fs)
-        self.build = _compile_build(cls, [str(f.type) for f in fs])
+        self.limits = _LIMITS[cls.__name__]
+        self.decode = _compile_decode(self)
 
 
 # One boolean expression per field annotation; ``v`` is the decoded array,
@@ -216,37 +258,108 @@ def _str_keys(d: dict[Any, Any]) -> bool:
     return all(type(k) is str for k in d)
 
 
-def _compile_build(cls: type[Message], annotations: list[str]) -> Callable[[list[Any]], Any]:
-    """Generate ``lambda v: cls(v[1], ...) if len(v) == N and <checks> else None``:
-    decode is on every hot path, and one generated expression costs a fifth of
-    a loop over per-field checkers (and no slice of the array)."""
-    n = len(annotations)
-    checks = "".join(f" and {_CHECKS[a].format(i=i)}" for i, a in enumerate(annotations, 1))
+_METRIC_TYPES = (int, float)
+
+
+def _metrics_ok(d: dict[Any, Any]) -> bool:
+    for k, x in d.items():
+        if type(k) is not str or (type(x) not in _METRIC_TYPES and (type(x) is not bool
+                                                                    or k not in BOOL_METRICS)):
+            return False
+    return True
+
+
+def metric_error(metrics: Any) -> str | None:
+    """Why ``metrics`` is not a valid Report.metrics (None if it is): a map of
+    names to numbers (or booleans for ``BOOL_METRICS``), at most MAX_METRICS."""
+    if type(metrics) is not dict:
+        return f"Report.metrics must be a map of names to numbers, got {type(metrics).__name__}"
+    if len(metrics) > MAX_METRICS:
+        return f"Report has {len(metrics)} metrics, at most {MAX_METRICS} are allowed"
+    for name, value in metrics.items():
+        if type(name) is not str:
+            return f"Report metric names must be strings, got {type(name).__name__} {name!r}"
+        if type(value) in _METRIC_TYPES or (type(value) is bool and name in BOOL_METRICS):
+            continue
+        allowed = "a boolean" if name in BOOL_METRICS else "a number"
+        return (f"Report metric {name!r} must be {allowed}, got {type(value).__name__} "
+                f"{_short(value)} (metrics are numbers; booleans only for {', '.join(sorted(BOOL_METRICS))})")
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _compile_decode(schema: _Schema) -> Callable[[Any, int], Any]:
+    """Generate the kind's decoder: limits, unpack, one boolean expression of
+    type checks, construction. Decode is on every hot path; the generated code
+    passes msgpack its limits as literal keywords (``**kwargs`` costs twice the
+    unpack) and does no loop over per-field checkers.
+
+    The caller has read the array header and the tag, so ``v`` is a list of
+    ``required + 1`` items whose first is the tag."""
+    lim, n = schema.limits, schema.required
+    checks = [_CHECKS[a].format(i=i) for i, a in enumerate(schema.annotations, 1)]
+    if schema.cls.__name__ == "Report":
+        checks[2] = "(type(v[3]) is dict and _metrics_ok(v[3]))"
+    kw = [] if lim.bulk else ["max_ext_len=0"]
+    if lim.max_map_len is not None:  # a kind without free-form fields: its one array is the message
+        kw.append(f"max_array_len={n + 1}")
+        kw.append(f"max_map_len={lim.max_map_len}")
+    if any(a in ("dict[str, Any]", "Any", "list[dict[str, Any]]") for a in schema.annotations):
+        kw.append("strict_map_key=False")  # so a non-string key gets its own words
+    if lim.max_str_len is not None:
+        kw.append(f"max_str_len={lim.max_str_len}")
+    if lim.no_bin:
+        kw.append("max_bin_len=0")
     args = ", ".join(f"v[{i}]" for i in range(1, n + 1))
-    build: Callable[[list[Any]], Any] = eval(
-        f"lambda v: _cls({args}) if len(v) == {n + 1}{checks} else None",
-        {"_cls": cls, "_NUM": (int, float), "_str_keys": _str_keys},
-    )
-    return build
+    src = f"""
+def decode(data, size):
+    if size > {lim.free}:
+        return _large(_schema, data, size)
+    try:
+        v = _unpackb(data, {", ".join(kw)})
+    except _ExtraData as extra:
+        v = _unpadded(extra)
+    except Exception as exc:
+        raise _DecodeError(f"not valid msgpack: {{exc}}") from None
+    if {" and ".join(checks) or "True"}:
+        return _cls({args})
+    raise _DecodeError(_type_error(_schema, v[1:]))
+"""
+    env: dict[str, Any] = {
+        "_cls": schema.cls, "_schema": schema, "_NUM": _NUMBER, "_str_keys": _str_keys,
+        "_metrics_ok": _metrics_ok, "_unpackb": msgpack.unpackb, "_ExtraData": msgpack.ExtraData,
+        "_unpadded": _unpadded, "_DecodeError": DecodeError, "_type_error": _type_error,
+        "_large": _decode_large,
+    }
+    exec(src, env)
+    return env["decode"]  # type: ignore[no-any-return]
 
 
-MESSAGE_TYPES: tuple[type[Message], ...] = (
-    Hello, Welcome, Error, Bye, Ping, Pong, Report, Command, Result, Event, Stats,
-)
-_BY_TAG = {cls.TAG: _Schema(cls) for cls in MESSAGE_TYPES}
-_FIELDS = {s.cls: s.fields for s in _BY_TAG.values()}
-_BUILD = {tag: s.build for tag, s in _BY_TAG.items()}
+def _unpadded(extra: msgpack.ExtraData) -> Any:
+    """The message before ``fixed:N`` NUL padding; DecodeError for other trailing bytes."""
+    tail = extra.extra
+    if tail.strip(b"\0"):
+        raise DecodeError(f"{len(tail)} trailing bytes after the message") from None
+    return extra.unpacked
 
 
 _local = threading.local()
 
 
 def encode(msg: Message) -> bytes:
-    """Message -> msgpack bytes. Raises CodecError for a value msgpack cannot carry."""
+    """Message -> msgpack bytes. Raises CodecError for a value msgpack cannot carry
+    (and for a Report whose metrics are not numbers)."""
     try:
         values = _FIELDS[type(msg)](msg)
     except KeyError:
         raise CodecError(f"not a gateway message: {type(msg).__name__}") from None
+    if type(msg) is Report and not (type(msg.metrics) is dict and _metrics_ok(msg.metrics)
+                                    and len(msg.metrics) <= MAX_METRICS):
+        raise CodecError(metric_error(msg.metrics) or "invalid Report.metrics")
     try:
         # A Packer per thread: reusing one saves a third of encode, but its
         # buffer must not be shared between threads.
@@ -260,34 +373,148 @@ def encode(msg: Message) -> bytes:
 
 
 def decode(data: bytes | bytearray | memoryview) -> Message:
-    """msgpack bytes -> Message; DecodeError on anything malformed."""
+    """msgpack bytes -> Message; DecodeError on anything malformed (see the limits above)."""
     size = len(data)
     try:
-        if size <= MAX_CONTAINER:  # msgpack caps containers at len(data) itself
-            obj = _unpackb(data, strict_map_key=False)
-        else:
-            obj = _unpackb(data, strict_map_key=False, max_array_len=MAX_CONTAINER,
-                           max_map_len=MAX_CONTAINER)
-    except msgpack.ExtraData as extra:
-        if bytes(extra.extra).strip(b"\0"):
-            raise DecodeError(f"{len(extra.extra)} trailing bytes after the message") from None
-        obj = extra.unpacked
-    except Exception as exc:  # msgpack raises several unrelated types on bad input
-        if not size:
-            raise DecodeError("empty frame") from None
-        raise DecodeError(f"not valid msgpack: {exc}") from None
-    if type(obj) is not list or not obj or type(obj[0]) is not int:
+        kind_decode = _FAST[data[0] << 8 | data[1]]
+    except (KeyError, IndexError):
+        return _decode_slow(data, size)
+    return kind_decode(data, size)  # type: ignore[no-any-return]
+
+
+def _decode_slow(data: bytes | bytearray | memoryview, size: int) -> Message:
+    """Any header form, and the words for a frame of the wrong shape, decided on
+    the first bytes (nothing is built from a frame that is not [tag, ...])."""
+    if not size:
+        raise DecodeError("empty frame")
+    count, pos = _array_header(data, size)
+    if count < 0:
+        if size > MAX_SMALL:
+            raise DecodeError(f"expected [tag, fields...], got a {size}-byte frame starting with "
+                              f"0x{data[0]:02x} (not a msgpack array)")
+        try:  # small: say what it is instead
+            obj = msgpack.unpackb(data, strict_map_key=False)
+        except msgpack.ExtraData:
+            raise DecodeError("expected [tag, fields...], got several msgpack objects") from None
+        except Exception as exc:
+            raise DecodeError(f"not valid msgpack: {exc}") from None
         raise DecodeError(f"expected [tag, fields...], got {type(obj).__name__}")
-    build = _BUILD.get(obj[0])
-    if build is None:
-        raise DecodeError(f"unknown message type tag {obj[0]}")
-    msg = build(obj)
-    if msg is None:
-        raise DecodeError(_type_error(_BY_TAG[obj[0]], obj[1:]))
-    return msg  # type: ignore[no-any-return]
+    tag = data[pos]
+    if tag > 0x7F:
+        raise DecodeError(f"expected [tag, fields...]: the tag must be a small integer, got byte 0x{tag:02x}")
+    schema = _BY_TAG.get(tag)
+    if schema is None:
+        raise DecodeError(f"unknown message type tag {tag}")
+    if count != schema.required + 1:
+        raise DecodeError(f"{schema.cls.__name__} needs {schema.required} fields, got {count - 1}")
+    return schema.decode(data, size)  # type: ignore[no-any-return]
 
 
-_unpackb = msgpack.unpackb
+def _array_header(data: bytes | bytearray | memoryview, size: int) -> tuple[int, int]:
+    """(items, offset of the first item) of a top-level array, (-1, 0) if it is not
+    one; DecodeError if the header cannot be right (each item takes >= 1 byte)."""
+    head = data[0]
+    if 0x90 <= head <= 0x9F:
+        count, pos = head - 0x90, 1
+    elif head in (0xDC, 0xDD):
+        pos = 3 if head == 0xDC else 5
+        if size < pos:
+            raise DecodeError("not valid msgpack: truncated array header")
+        count = int.from_bytes(data[1:pos], "big")
+    else:
+        return -1, 0
+    if count > size - pos or count == 0:
+        raise DecodeError(f"not valid msgpack: an array of {count} items in {size - pos} bytes"
+                          if count else "expected [tag, fields...], got an empty array")
+    return count, pos
+
+
+def _decode_large(schema: _Schema, data: bytes | bytearray | memoryview, size: int) -> Message:
+    """A frame above its kind's free size: only bulk kinds, and only flat."""
+    name = schema.cls.__name__
+    if not schema.limits.bulk:
+        raise DecodeError(f"{name} frame of {size} bytes is larger than a {name} may be "
+                          f"({schema.limits.free}); bulk data belongs in a Ping payload or a Command "
+                          "argument")
+    count, pos = _array_header(data, size)
+    pos += 1  # the tag, checked by the caller
+    maps = 0
+    for field_name, annotation in zip(schema.names, schema.annotations, strict=True):
+        marker = data[pos]
+        if 0x80 <= marker <= 0x8F or marker in (0xDE, 0xDF):
+            if annotation not in ("dict[str, Any]", "Any") or maps:
+                raise DecodeError(f"a {name} over {schema.limits.free} bytes must be flat: "
+                                  f"{name}.{field_name} is a map")
+            items, pos = _map_header(data, pos, size)
+            if items > MAX_BULK_ITEMS:
+                raise DecodeError(f"a {name} over {schema.limits.free} bytes may have at most "
+                                  f"{MAX_BULK_ITEMS} entries in {name}.{field_name}, got {items}")
+            maps += 1
+            for _ in range(2 * items):
+                pos = _flat_item(data, pos, size, name, field_name)
+        else:
+            pos = _flat_item(data, pos, size, name, field_name)
+    # The shape is known now: top array, at most one small map, flat items.
+    try:
+        v = msgpack.unpackb(data, max_array_len=count, max_map_len=MAX_BULK_ITEMS,
+                            max_str_len=MAX_BULK_STR, max_ext_len=0, strict_map_key=False)
+    except msgpack.ExtraData as extra:
+        v = _unpadded(extra)
+    except Exception as exc:
+        raise DecodeError(f"not valid msgpack: {exc}") from None
+    msg = _build_checked(schema, v)
+    return msg
+
+
+def _build_checked(schema: _Schema, v: list[Any]) -> Message:
+    for value, types, annotation in zip(v[1:], schema.types, schema.annotations, strict=True):
+        if (types is not _ANY and type(value) not in types) or (
+                annotation == "dict[str, Any]" and not _str_keys(value)):
+            raise DecodeError(_type_error(schema, v[1:]))
+    return schema.cls(*v[1:])
+
+
+def _map_header(data: bytes | bytearray | memoryview, pos: int, size: int) -> tuple[int, int]:
+    head = data[pos]
+    if head <= 0x8F:
+        return head - 0x80, pos + 1
+    width = 2 if head == 0xDE else 4
+    if pos + 1 + width > size:
+        raise DecodeError("not valid msgpack: truncated map header")
+    return int.from_bytes(data[pos + 1 : pos + 1 + width], "big"), pos + 1 + width
+
+
+# Scalars by marker: bytes after the marker. Strings and bin: bytes of their length.
+_SCALAR_TAIL = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8,
+                0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+_LENGTH_WIDTH = {0xD9: 1, 0xDA: 2, 0xDB: 4, 0xC4: 1, 0xC5: 2, 0xC6: 4}
+
+
+def _flat_item(data: bytes | bytearray | memoryview, pos: int, size: int, name: str, field: str) -> int:
+    """End of the scalar, string or bin at ``pos``; DecodeError for a container,
+    an ext, a long string or a truncated item."""
+    if pos >= size:
+        raise DecodeError(f"not valid msgpack: {name} ends early")
+    head = data[pos]
+    if head <= 0x7F or head >= 0xE0:
+        end = pos + 1
+    elif 0xA0 <= head <= 0xBF:
+        end = pos + 1 + (head & 0x1F)
+    elif head in _SCALAR_TAIL:
+        end = pos + 1 + _SCALAR_TAIL[head]
+    elif head in _LENGTH_WIDTH:
+        width = _LENGTH_WIDTH[head]
+        length = int.from_bytes(data[pos + 1 : pos + 1 + width], "big")
+        if head >= 0xD9 and length > MAX_BULK_STR:
+            raise DecodeError(f"a large {name} may carry strings of at most {MAX_BULK_STR} bytes "
+                              f"({name}.{field} has one of {length}); send bulk data as bytes")
+        end = pos + 1 + width + length
+    else:
+        raise DecodeError(f"a large {name} must be flat: {name}.{field} holds a container or "
+                          f"an ext (byte 0x{head:02x})")
+    if end > size:
+        raise DecodeError(f"not valid msgpack: {name}.{field} is truncated")
+    return end
 
 
 def _type_error(schema: _Schema, values: list[Any]) -> str:
@@ -300,6 +527,8 @@ def _type_error(schema: _Schema, values: list[Any]) -> str:
                     f"got {type(value).__name__}")
         if type(value) is dict and not _str_keys(value):
             return f"{schema.cls.__name__}: map keys must be strings"
+    if schema.cls is Report:
+        return metric_error(values[2]) or "Report: invalid metrics"
     return f"{schema.cls.__name__}: invalid fields"
 
 
@@ -308,3 +537,12 @@ def _bad_number(types: tuple[type, ...], value: Any) -> bool:
     if types is _NUMBER or types == (int,):
         return type(value) is bool
     return False
+
+
+MESSAGE_TYPES: tuple[type[Message], ...] = (
+    Hello, Welcome, Error, Bye, Ping, Pong, Report, Command, Result, Event, Stats,
+)
+_BY_TAG = {cls.TAG: _Schema(cls) for cls in MESSAGE_TYPES}
+_FIELDS = {s.cls: s.fields for s in _BY_TAG.values()}
+# The common case: a fixarray header byte then a fixint tag -> that kind's decoder.
+_FAST = {(0x90 + s.required + 1) << 8 | tag: s.decode for tag, s in _BY_TAG.items()}
