@@ -551,3 +551,28 @@ def test_a_removed_rendezvous_name_is_recreated_and_old_clients_go_on(name: str,
         srv.stop_ok()
     finally:
         srv.kill()
+
+
+def test_healing_never_takes_over_a_name_another_live_server_holds(name: str, tmp_path: Path) -> None:
+    """Both the socket and the lock file removed (say a cleaner of /dev/shm and /tmp): a
+    second server may take the name; the first must leave it to it."""
+    from gateway_helpers import ServerProcess
+
+    first = ServerProcess([f"shm:///{name}"], tmp_path)
+    second: ServerProcess | None = None
+    try:
+        os.unlink(f"/dev/shm/{name}.sock")
+        os.unlink(ServerLock("shm", name).path)
+        second = ServerProcess([f"shm:///{name}"], tmp_path)
+        time.sleep(2.5)  # the first checks at least twice
+        assert "not taking it over" in first.log(), first.log()
+        assert first.log().count("cannot recreate it") == 1
+        with ipcgw.connect(f"shm:///{name}", timeout=5) as client:
+            assert client.ping(b"2") == b"2"
+        assert "connected" in second.log() and "connected" not in first.log()
+        first.stop_ok()
+        second.stop_ok()
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
