@@ -5,9 +5,10 @@ Features
 - Per client one shared-memory segment (a sealed ``memfd``: it cannot be
   shrunk or grown, so no peer can make the other's accesses fault) holding two
   single-producer, single-consumer byte rings (client→server, server→client)
-  and their counters. A byte stream: no message boundaries, frames wrap around the ring
-  end, a frame larger than the ring streams through it (``send`` waits for
-  room, bounded by ``Connection.send_timeout`` without progress).
+  and their counters. A byte stream: no message boundaries, frames wrap
+  around the ring end, a frame larger than the ring streams through it
+  (``send`` waits for room, bounded by ``Connection.send_timeout`` without
+  progress).
 - No syscall on the hot path. The data path (copies, counters, barriers,
   the spin) is ``Rings`` in C (``_shmring.c``, ~0.1 us an operation, built at
   install when a compiler is there), or its pure-Python twin (``shmrings.py``,
@@ -64,7 +65,7 @@ URL
 client learns it from the server. ``spin_us`` (each side its own) bounds the
 busy wait before sleeping: it must cover the peer's turnaround (a Ping costs
 the gateway ~3 us, a kernel path-manager command ~40 us) or every round trip
-pays two futex wake-ups (~30 us each here).
+pays two sleep/wake-ups (an eventfd write and a poll, ~30 us each here).
 
 Handshake: the client connects to the socket; the server creates the segment
 and four eventfds (``{c2s,s2c}.{data,space}``) and sends
