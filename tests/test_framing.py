@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ipcgw import framing
 from ipcgw.framing import (
     FrameTooLarge,
     FramingError,
@@ -173,3 +174,88 @@ def test_large_frames_many_chunks():
     for i in range(0, len(stream), 65536):
         frames += decoder.feed(stream[i : i + 65536])
     assert frames == [payload] * 3
+
+
+# ---------------------------------------------------------------- COBS: C and its Python twin (#13.2)
+
+COBS_PAIRS = [("python", framing.cobs_encode_py, framing.cobs_decode_py)]
+if framing.COBS_IMPL == "c":
+    COBS_PAIRS.append(("c", framing.cobs_encode, framing.cobs_decode))
+
+
+def test_the_c_cobs_is_built_where_required():
+    if os.environ.get("IPCGW_REQUIRE_COBS_C") == "1":
+        assert framing.COBS_IMPL == "c", "ipcgw/_cobs.c was not built (pip install -e . with a C compiler)"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"\0", b"\x01", b"\xff", b"ab"]) | st.binary(max_size=600), max_size=8))
+def test_cobs_c_and_python_write_the_same_bytes(parts: list[bytes]):
+    payload = b"".join(parts)
+    encoded = framing.cobs_encode_py(payload)
+    for _, enc, dec in COBS_PAIRS:
+        assert enc(payload) == encoded
+        assert dec(encoded) == payload
+        assert dec(memoryview(bytearray(encoded))) == payload
+
+
+@pytest.mark.parametrize("n", [0, 1, 253, 254, 255, 507, 508, 509, 100_000])
+@pytest.mark.parametrize("fill", [b"\0", b"\x01", b"\x01\0"])
+def test_cobs_block_boundaries(n: int, fill: bytes):
+    payload = (fill * n)[:n]
+    for _, enc, dec in COBS_PAIRS:
+        encoded = enc(payload)
+        assert b"\0" not in encoded and len(encoded) <= n + n // 254 + 1
+        assert encoded == framing.cobs_encode_py(payload)
+        assert dec(encoded) == payload
+
+
+@pytest.mark.parametrize(("bad", "words"), [
+    (b"", "empty"), (b"\x00", "code 0"), (b"\x05ab", "truncated"), (b"\xff" + b"a" * 254, "full block"),
+    (b"\x01\x00\x02", "code 0"),
+])
+def test_cobs_both_refuse_malformed_with_the_same_words(bad: bytes, words: str):
+    for _, _, dec in COBS_PAIRS:
+        with pytest.raises(FramingError, match=words):
+            dec(bad)
+
+
+def _mb_per_s(fn, data: bytes) -> float:
+    best = min(_timed(fn, data) for _ in range(3))
+    return len(data) / best / 1e6
+
+
+def _timed(fn, data: bytes) -> float:
+    import time
+
+    t0 = time.perf_counter()
+    fn(data)
+    return time.perf_counter() - t0
+
+
+@pytest.mark.skipif(framing.COBS_IMPL != "c", reason="the C COBS is not built")
+@pytest.mark.parametrize("kind", ["zeros", "no-zero"])
+def test_cobs_worst_case_is_fast(kind: str):
+    """Before: 16 MiB all-zero decode 5.5 MB/s (2.8 s), no-zero encode 0.7 MB/s. Target
+    >= 200 MB/s; asserted at 100 to leave room for a loaded CI machine."""
+    n = 16 << 20
+    payload = bytes(n) if kind == "zeros" else b"\x01" * n
+    encoded = framing.cobs_encode(payload)
+    assert _mb_per_s(framing.cobs_encode, payload) >= 100
+    assert _mb_per_s(framing.cobs_decode, encoded) >= 100
+
+
+def test_cobs_python_twin_is_linear():
+    """The twin re-sliced a zero-free piece 254 bytes at a time: 4x the input cost ~16x."""
+    small, big = b"\x01" * (1 << 20), b"\x01" * (4 << 20)
+    ratio = min(_timed(framing.cobs_encode_py, big) for _ in range(3)) / min(
+        _timed(framing.cobs_encode_py, small) for _ in range(3))
+    assert ratio < 8, ratio
+
+
+@pytest.mark.skipif(framing.COBS_IMPL != "c", reason="the C COBS is not built")
+def test_delimited_nul_frame_of_max_size_decodes_quickly():
+    framer = make_framer("delimited:nul")
+    payload = bytes(framer.max_frame)
+    decoder = framer.decoder()
+    assert decoder.feed(framer.encode(payload)) == [payload]
