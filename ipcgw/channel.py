@@ -13,7 +13,7 @@ from collections import deque
 from typing import NoReturn
 
 from ipcgw.codecs import get_codec
-from ipcgw.errors import Disconnected, Timeout
+from ipcgw.errors import Disconnected, FrameTimeout, Timeout
 from ipcgw.framing import LengthFramer
 from ipcgw.messages import Message
 from ipcgw.transports.base import Connection
@@ -27,7 +27,15 @@ _SCATTER_MIN = 32 * 1024
 
 
 class Channel:
-    """Send and receive whole messages over one connection (sends are thread-safe)."""
+    """Send and receive whole messages over one connection (sends are thread-safe).
+
+    ``frame_timeout`` bounds how long a frame may take once its first byte has
+    arrived (a server sets it: a peer that trickles a byte a second must not
+    hold a session forever); waiting for a frame to *start* is not bounded by it.
+    """
+
+    #: Seconds from a frame's first byte to its last; None: no deadline.
+    frame_timeout: float | None = None
 
     def __init__(self, conn: Connection, endpoint: Endpoint) -> None:
         self.conn = conn
@@ -83,17 +91,41 @@ class Channel:
         recv, feed = self._conn_recv, self._feed
         deadline = None if timeout is None else time.monotonic() + timeout
         left = timeout
+        started = None  # deadline of a frame whose first byte is here
+        if self.frame_timeout is not None and self._decoder.pending:
+            started = time.monotonic() + self.frame_timeout
         while True:
-            data = recv(left)
+            if started is None:
+                data = recv(left)
+            else:
+                try:
+                    data = recv(self._until_frame_due(started, left))
+                except Timeout:
+                    if time.monotonic() < started:
+                        raise
+                    self._until_frame_due(started, left)  # raises FrameTimeout
+                    raise
             if not data:
                 self._eof()
             got = feed(data)
             if got:
                 return got
+            if started is None and self.frame_timeout is not None:
+                started = time.monotonic() + self.frame_timeout
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0.0:
                     raise Timeout(f"no complete frame from {self.conn.peer} within {timeout} s")
+
+    def _until_frame_due(self, due: float, left: float | None) -> float:
+        """The recv timeout while a frame is under way; raises once it is overdue."""
+        until = due - time.monotonic()
+        if until <= 0.0:
+            raise FrameTimeout(
+                f"{self.conn.peer} sent {self._decoder.pending} bytes of a frame and not the rest "
+                f"within {self.frame_timeout} s (a started frame has a deadline; server option "
+                "--frame-timeout)")
+        return until if left is None else min(left, until)
 
     def _eof(self) -> NoReturn:
         held = self._decoder.pending

@@ -16,7 +16,7 @@ import click
 from ipcgw import messages
 from ipcgw.client import connect
 from ipcgw.errors import IpcgwError
-from ipcgw.server import BaseHandler, Gateway
+from ipcgw.server import DEFAULT_MAX_CLIENTS, BaseHandler, Gateway
 from ipcgw.url import parse_url
 
 HANDLERS = {"base": "ipcgw.server:BaseHandler", "mptcp": "ipcgw.mptcp.handler:MptcpHandler"}
@@ -76,7 +76,24 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
 
 
-def build_handler(handler: str, policy: str | None, run: tuple[str, ...]) -> BaseHandler:
+def build_handler(handler: str, policy: str | None, run: tuple[str, ...], run_limit: int = 1) -> BaseHandler:
+    """``auto``: the mptcp handler where this namespace's kernel path manager is usable,
+    else the base handler and one warning saying why (the sspi plugin's successor must
+    act on the kernel by default, and still start on a machine without MPTCP)."""
+    if handler == "auto":
+        from ipcgw.mptcp.handler import mptcp_available
+
+        why = mptcp_available()
+        if why is None:
+            handler = "mptcp"
+        elif policy or run:
+            raise click.UsageError(f"--policy and --run need the mptcp handler, and it cannot run "
+                                   f"here: {why}")
+        else:
+            logging.getLogger("ipcgw.cli").warning(
+                "serving without a path manager: %s; Commands will be refused "
+                "(fix that and restart, or say --handler base to silence this)", why)
+            handler = "base"
     cls = load_object(HANDLERS.get(handler, handler))
     kwargs: dict[str, Any] = {}
     if policy:
@@ -84,6 +101,7 @@ def build_handler(handler: str, policy: str | None, run: tuple[str, ...]) -> Bas
     for item in run:
         name, _, command = item.partition("=")
         kwargs.setdefault("programs", {})[name] = command.split()
+        kwargs["max_running"] = run_limit
     if kwargs and cls is BaseHandler:
         raise click.BadParameter("--policy and --run need a path-manager handler (--handler mptcp)")
     obj: BaseHandler = cls(**kwargs)
@@ -101,21 +119,44 @@ def build_handler(handler: str, policy: str | None, run: tuple[str, ...]) -> Bas
               help="Listen on URL (repeatable), e.g. 'fifo:///tmp?framing=fixed:8&codec=sspi'.")
 @click.option("--framing", help="Framing for --transport (default length:4).")
 @click.option("--codec", type=click.Choice(["msgpack", "sspi"]), help="Codec for --transport.")
-@click.option("--handler", default="base", show_default=True,
-              help="base, mptcp, or module:Class (a BaseHandler subclass).")
+@click.option("--handler", default="auto", show_default=True,
+              help="auto (mptcp where the kernel's path manager is usable, else base), base, "
+                   "mptcp, or module:Class (a BaseHandler subclass).")
 @click.option("--policy", help="module:Class path-manager policy, e.g. ipcgw.mptcp.policy:RssiPolicy.")
 @click.option("--run", "run", multiple=True, metavar="NAME=COMMAND",
               help="Program a legacy IPERF_START/TCPDUMP may start (iperf=..., tcpdump=...).")
+@click.option("--run-limit", type=click.IntRange(min=1), default=1, show_default=True,
+              help="How many copies of each --run program may run at once; more are refused.")
 @click.option("--send-timeout", type=float, default=5.0, show_default=True,
               help="Seconds a client may leave replies unread before it is dropped.")
+@click.option("--frame-timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True,
+              help="Seconds from a frame's first byte to its last before the client is dropped.")
+@click.option("--max-clients", type=click.IntRange(min=1), default=DEFAULT_MAX_CLIENTS,
+              show_default=True, help="Sessions per listener; the next client is refused.")
+@click.option("--allow-uid", "allow_uids", type=int, multiple=True, metavar="UID",
+              help="Let this uid drive the path manager too (default: the server's uid only).")
+@click.option("--allow-gid", "allow_gids", type=int, multiple=True, metavar="GID",
+              help="Let peers of this group drive the path manager.")
+@click.option("--token-file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Shared secret a client presents with ?token_file= (TCP peers).")
 def serve(transport: str | None, path: str | None, key: str | None, host: str, port: int,
           urls: tuple[str, ...], framing: str | None, codec: str | None, handler: str,
-          policy: str | None, run: tuple[str, ...], send_timeout: float) -> None:
-    """Serve clients until SIGINT/SIGTERM, then remove every OS object created."""
+          policy: str | None, run: tuple[str, ...], run_limit: int, send_timeout: float,
+          frame_timeout: float,
+          max_clients: int, allow_uids: tuple[int, ...], allow_gids: tuple[int, ...],
+          token_file: str | None) -> None:
+    """Serve clients until SIGINT/SIGTERM, then remove every OS object created.
+
+    Who may send Commands and Reports to a handler that drives the kernel: peers
+    whose uid is the server's (the OS tells on every transport but TCP), those
+    allowed with --allow-uid/--allow-gid, and clients with the --token-file secret.
+    """
     all_urls = list(urls)
     if transport or not all_urls:
         all_urls.insert(0, _transport_url(transport or "unix", path, key, host, port, framing, codec))
-    gateway = Gateway(build_handler(handler, policy, run), send_timeout=send_timeout)
+    gateway = Gateway(build_handler(handler, policy, run, run_limit), send_timeout=send_timeout,
+                      frame_timeout=frame_timeout, max_clients=max_clients, allow_uids=allow_uids,
+                      allow_gids=allow_gids, token=read_token(token_file) if token_file else None)
     signal.signal(signal.SIGTERM, lambda *_: gateway.stop())
     signal.signal(signal.SIGINT, lambda *_: gateway.stop())
     try:
@@ -129,6 +170,26 @@ def serve(transport: str | None, path: str | None, key: str | None, host: str, p
         gateway.serve_forever()
     finally:
         gateway.close()
+
+
+def read_token(path: str) -> str:
+    """A token file must be the server's own and unreadable by others: it is a password."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot open {path}: {exc.strerror}", param_hint="--token-file") \
+            from None
+    with os.fdopen(fd) as f:
+        st = os.fstat(f.fileno())
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise click.BadParameter(f"{path} must be owned by uid {os.geteuid()} and mode 0600 "
+                                     f"(chmod 600 {path})", param_hint="--token-file")
+        token = f.read().strip()
+    if len(token) < 16:
+        raise click.BadParameter(f"{path} holds {len(token)} characters; use 16 or more "
+                                 "(e.g. python3 -c 'import secrets; print(secrets.token_hex())')",
+                                 param_hint="--token-file")
+    return token
 
 
 def _transport_url(transport: str, path: str | None, key: str | None, host: str, port: int,

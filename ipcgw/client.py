@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -44,6 +45,8 @@ from ipcgw.url import Endpoint, parse_url
 
 __all__ = ["Client", "connect"]
 
+log = logging.getLogger("ipcgw.client")
+
 
 def connect(url: str | Endpoint, timeout: float = 5.0, name: str = "") -> Client:
     """Connect and handshake; ConnectError (with the reason) if no server answers in time."""
@@ -57,6 +60,23 @@ def connect(url: str | Endpoint, timeout: float = 5.0, name: str = "") -> Client
         client.close(say_bye=False)
         raise
     return client
+
+
+def _token(endpoint: Endpoint) -> str:
+    """The server's shared secret, from ``?token=`` or ``?token_file=`` (read once)."""
+    path = endpoint.params.get("token_file")
+    if path is None:
+        return endpoint.params.get("token", "")
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError as exc:
+        raise ConnectError(f"cannot read the token file {path}: {exc.strerror}") from None
+
+
+#: Requests that timed out whose replies may still come: kept to drop those
+#: replies, never to hand them to recv() as if they were new messages.
+_ABANDONED_KEPT = 1024
 
 
 def _answer_key(msg: Message) -> int:
@@ -89,6 +109,8 @@ class Client:
         self._replies: dict[int, Message] = {}
         self._awaited: set[int] = set()
         self._failure: IpcgwError | None = None
+        self._abandoned: dict[int, None] = {}  # insertion-ordered: the oldest go first
+        self._said: Error | None = None  # the server's last session-level Error
         self._closed = False
         self._send, self._recv = channel.send, channel.recv
 
@@ -96,7 +118,10 @@ class Client:
 
     def send(self, msg: Message) -> None:
         """Send one message (thread-safe)."""
-        self._send(msg)
+        try:
+            self._send(msg)
+        except Disconnected as exc:
+            raise self._explained(exc) from None
 
     def recv(self, timeout: float | None = None) -> Message:
         """Next message that is not the reply to a pending request."""
@@ -123,10 +148,17 @@ class Client:
                 self._awaited.add(key)
         try:
             self._send(msg)
+        except Disconnected as exc:
+            self._finish(key, reading)
+            raise self._explained(exc) from None
         except BaseException:
             self._finish(key, reading)
             raise
-        return self._read_reply(key, timeout) if reading else self._next(key, timeout)
+        try:
+            return self._read_reply(key, timeout) if reading else self._next(key, timeout)
+        except Timeout:
+            self._abandon(key)
+            raise
 
     def command(self, op: str, timeout: float | None = 5.0, **args: Any) -> Any:
         """Run a server command; its value, or IpcgwError with the server's words."""
@@ -163,7 +195,7 @@ class Client:
         if not self.channel.codec.handshake:
             return
         ep = self.endpoint
-        self.channel.send(Hello(PROTOCOL_VERSION, ep.framing, ep.codec, self.name))
+        self.channel.send(Hello(PROTOCOL_VERSION, ep.framing, ep.codec, self.name, _token(ep)))
         try:
             reply = self.channel.recv(timeout)
         except Timeout:
@@ -225,12 +257,13 @@ class Client:
                 except Timeout:
                     raise
                 except IpcgwError as exc:
-                    with lock:
-                        self._failure = exc
-                    raise
+                    raise self._failed(exc) from None
                 reply_key = _answer_key(msg)
                 if reply_key == key:
                     return msg
+                if reply_key in self._abandoned or self._session_error(msg):
+                    left = remaining(deadline)
+                    continue
                 if key is None and not (reply_key and reply_key in self._awaited):
                     return msg  # the inbox reader's own
                 self._keep(msg, reply_key)
@@ -249,20 +282,67 @@ class Client:
             except Timeout:
                 raise
             except IpcgwError as exc:
-                with self._lock:
-                    self._failure = exc
-                raise
+                raise self._failed(exc) from None
             kind = type(msg)
             if (kind is Pong and msg.seq == key) or (  # type: ignore[attr-defined]
                     (kind is Result or kind is Error) and msg.request_id == key):  # type: ignore[attr-defined]
                 return msg
-            self._keep(msg, _answer_key(msg))
+            reply_key = _answer_key(msg)
+            if not (reply_key in self._abandoned or self._session_error(msg)):
+                self._keep(msg, reply_key)
             done = False
         finally:
             if done:
                 self._finish(None, True)
         left = None if start is None else max(0.0, start + timeout - time.monotonic())  # type: ignore[operator]
         return self._next(key, left, reading=True)
+
+    def _abandon(self, key: int) -> None:
+        """A request timed out: its reply, if it still comes, is dropped on arrival."""
+        with self._lock:
+            self._abandoned[key] = None
+            if len(self._abandoned) > _ABANDONED_KEPT:
+                del self._abandoned[next(iter(self._abandoned))]
+
+    def _session_error(self, msg: Message) -> bool:
+        """Drop a late reply (True) or note the server's session-level Error (kept, False)."""
+        kind = type(msg)
+        if kind is Pong or kind is Result or kind is Error:
+            key = _answer_key(msg)
+            if key in self._abandoned:
+                with self._lock:
+                    self._abandoned.pop(key, None)
+                log.debug("dropped a late %s for timed-out request %d", kind.__name__, key)
+                return True
+            if kind is Error and not key:
+                self._said = msg  # type: ignore[assignment]
+        return False
+
+    def _explained(self, exc: Disconnected) -> Disconnected:
+        """A disconnect with the server's own reason, when it managed to send one."""
+        said = self._said
+        if said is None:
+            with self._lock:  # the Error may sit unread behind a failed send: read if nobody does
+                reading = not self._reading
+                self._reading = True
+            if reading:
+                try:
+                    with contextlib.suppress(IpcgwError):
+                        msg = self._recv(0.2)
+                        if type(msg) is Error:
+                            said = msg  # type: ignore[assignment]
+                finally:
+                    self._finish(None, True)
+        if said is None:
+            return exc
+        return Disconnected(f"the server closed the session: {said.reason}")
+
+    def _failed(self, exc: IpcgwError) -> IpcgwError:
+        if isinstance(exc, Disconnected):
+            exc = self._explained(exc)
+        with self._lock:
+            self._failure = exc
+        return exc
 
     def _keep(self, msg: Message, reply_key: int) -> None:
         """A message the reading thread does not want itself: a reply another thread

@@ -25,10 +25,14 @@ from ipcgw.messages import Command, Report, Result
 from ipcgw.transports import get_transport
 
 
+def _sysv_key() -> int:
+    return 0x1C0F0000 + os.getpid() % 0xFFFF
+
+
 def demo_urls(workdir: str, tag: str) -> list[str]:
     urls = [
         f"fifo://{workdir}/fifo",
-        f"sysv://{0x1C0F0000 + os.getpid() % 0xFFFF:#x}",
+        f"sysv://{_sysv_key():#x}",
         f"posixmq:///ipcgw-demo-{tag}",
         "tcp://127.0.0.1:0",
         f"unix://{workdir}/gw.sock",
@@ -42,19 +46,27 @@ def demo_urls(workdir: str, tag: str) -> list[str]:
     return urls
 
 
-def _ipc_names() -> set[str]:
-    names = {f"mq:{n}" for n in os.listdir("/dev/mqueue")} if os.path.isdir("/dev/mqueue") else set()
-    names |= {f"shm:{n}" for n in os.listdir("/dev/shm")}
+def _own_ipc_names(tag: str, sysv_key: int, pids: set[int]) -> set[str]:
+    """The queues and segments this demo's server made and did not remove: named with
+    the demo's tag, at its SysV key, or SysV queues its processes used last. Other
+    programs' objects are none of the demo's business."""
+    names = {f"mq:{n}" for n in os.listdir("/dev/mqueue") if tag in n} \
+        if os.path.isdir("/dev/mqueue") else set()
+    names |= {f"shm:{n}" for n in os.listdir("/dev/shm") if tag in n}
     with open("/proc/sysvipc/msg") as f:
-        names |= {f"sysv:{line.split()[1]}" for line in list(f)[1:] if line.strip()}
+        for line in list(f)[1:]:
+            cols = line.split()  # key msqid perms cbytes qnum lspid lrpid ...
+            if cols and (int(cols[0]) == sysv_key or {int(cols[5]), int(cols[6])} & pids):
+                names.add(f"sysv:{cols[1]}")
     return names
 
 
 def run_demo(echo: Callable[[str], None] = print, rounds: int = 2000) -> None:
     workdir = tempfile.mkdtemp(prefix="ipcgw-demo-")
-    before = _ipc_names()
-    wanted = demo_urls(workdir, uuid.uuid4().hex[:6])
-    cmd = [sys.executable, "-P", "-m", "ipcgw", "serve"]
+    tag = uuid.uuid4().hex[:6]
+    wanted = demo_urls(workdir, tag)
+    # The base handler: a demo must never change the host's own MPTCP endpoints.
+    cmd = [sys.executable, "-P", "-m", "ipcgw", "serve", "--handler", "base"]
     for url in wanted:
         cmd += ["--listen", url]
     log_path = os.path.join(workdir, "server.log")
@@ -93,7 +105,7 @@ def run_demo(echo: Callable[[str], None] = print, rounds: int = 2000) -> None:
     with open(log_path) as log_file:
         log_text = log_file.read()
     shutil.rmtree(workdir)
-    left = _ipc_names() - before
+    left = _own_ipc_names(tag, _sysv_key(), {server.pid, os.getpid()})
     echo(f"server exited {rc} after SIGTERM; OS objects left behind: {sorted(left) or 'none'}")
     seen = [line.split(" report ", 1)[1] for line in log_text.splitlines() if " report " in line]
     legacy = [line for line in log_text.splitlines() if "endpoint.set_flags" in line]

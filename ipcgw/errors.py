@@ -2,7 +2,8 @@
 
     IpcgwError
     ├── FramingError            bytes do not form valid frames
-    │   └── FrameTooLarge       a frame exceeds max_frame (size, max_size)
+    │   ├── FrameTooLarge       a frame exceeds max_frame (size, max_size)
+    │   └── FrameTimeout        a started frame did not complete in time (slowloris)
     ├── CodecError              a message cannot be expressed in the codec
     │   └── DecodeError         a frame is not a valid message of the codec
     ├── ProtocolError           a valid message at the wrong time (handshake)
@@ -32,6 +33,11 @@ class FrameTooLarge(FramingError):
         self.size = size
         self.max_size = max_size
         super().__init__(f"frame of {size} bytes exceeds max_frame={max_size}")
+
+
+class FrameTimeout(FramingError):
+    """A frame's first bytes came but not the rest within the deadline; the stream
+    is lost (a peer trickling bytes must not hold a session forever)."""
 
 
 class CodecError(IpcgwError):

@@ -19,15 +19,21 @@ Errors, by where they stop:
 from __future__ import annotations
 
 import contextlib
+import hmac
+import ipaddress
 import itertools
 import logging
+import os
 import queue
+import resource
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import ClassVar
 
 from ipcgw.channel import Channel
 from ipcgw.errors import (
     CodecError,
+    ConnectError,
     DecodeError,
     Disconnected,
     FramingError,
@@ -56,6 +62,24 @@ __all__ = ["BaseHandler", "Gateway", "Session"]
 
 log = logging.getLogger("ipcgw.server")
 
+OnMessage = Callable[["Session", Message], "Message | None"]
+
+
+def _default_max_clients() -> int:
+    """Sessions per listener: each costs a thread (~0.3 MiB) and up to 4 fds."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, min(256, (soft - 64) // 8))
+
+
+DEFAULT_MAX_CLIENTS = _default_max_clients()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
 
 class Session:
     """One connected client."""
@@ -72,6 +96,9 @@ class Session:
         self._outbox: queue.Queue[Message] | None = None
         self._outbox_lock = threading.Lock()
         conn.send_timeout = gateway.send_timeout
+        self.channel.frame_timeout = gateway.frame_timeout
+        #: Why this peer may not drive the handler's backend ("" = it may): see Gateway.
+        self.refusal = ""
 
     @property
     def closed(self) -> bool:
@@ -135,6 +162,10 @@ class Session:
         try:
             if self.channel.codec.handshake:
                 self._handshake()
+            else:
+                self.refusal = self.gateway.refusal(self.channel.conn, None)
+            if self.refusal:
+                log.warning("%s may not drive the path manager: %s", self, self.refusal)
             log.info("%s connected", self)
             handler.on_connect(self)
             self._serve(handler)
@@ -164,7 +195,10 @@ class Session:
 
     def _serve(self, handler: BaseHandler) -> None:
         # Every round trip runs this loop once: locals, no property calls.
-        recv, send, on_message = self.channel.recv, self.channel.send, handler.on_message
+        recv, send = self.channel.recv, self.channel.send
+        on_message: OnMessage = handler.on_message
+        if self.refusal and handler.drives_kernel:
+            on_message = self._refusing(on_message)
         is_closed, replies = self._closed.is_set, self.replies
         while not is_closed():
             try:
@@ -184,6 +218,21 @@ class Session:
             if isinstance(msg, Bye):
                 self._close_reason = f"said bye ({msg.reason})" if msg.reason else "said bye"
                 return
+
+    def _refusing(self, on_message: OnMessage) -> OnMessage:
+        """``on_message`` for a peer that may not act on the kernel: Commands and
+        Reports (which drive the policy) are refused, Pings still answered."""
+        refusal = self.refusal
+
+        def guarded(session: Session, msg: Message) -> Message | None:
+            if isinstance(msg, Command):
+                return Error(f"not allowed to run {msg.op!r}: {refusal}", msg.request_id)
+            if isinstance(msg, Report):
+                log.warning("%s: report ignored: %s", session, refusal)
+                return Error(f"report ignored: {refusal}") if session.replies else None
+            return on_message(session, msg)
+
+        return guarded
 
     def _handshake(self) -> None:
         try:
@@ -206,6 +255,7 @@ class Session:
                 f"uses {self.endpoint.framing} / {self.endpoint.codec}: use the server's URL"
             )
         self.name = first.name
+        self.refusal = self.gateway.refusal(self.channel.conn, first)
         self.channel.send(Welcome(PROTOCOL_VERSION, self.id, self.gateway.name))
 
     def _try_send(self, msg: Message) -> None:
@@ -221,6 +271,10 @@ class BaseHandler:
     Subclass and override ``on_message``; return the reply (or None). Called from
     the session's own thread, so a handler may block only that client.
     """
+
+    #: Commands and Reports act on the kernel: only trusted peers may send them
+    #: (the server's uid, --allow-uid/--allow-gid, or a TCP token; see Gateway).
+    drives_kernel: ClassVar[bool] = False
 
     def on_connect(self, session: Session) -> None:
         """A client finished its handshake."""
@@ -260,12 +314,22 @@ class Gateway:
         send_timeout: float = 5.0,
         handshake_timeout: float = 10.0,
         outbox_limit: int = 4096,
+        frame_timeout: float | None = 10.0,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+        allow_uids: Iterable[int] = (),
+        allow_gids: Iterable[int] = (),
+        token: str | None = None,
     ) -> None:
         self.handler = handler or BaseHandler()
         self.name = name
         self.send_timeout = send_timeout
         self.handshake_timeout = handshake_timeout
         self.outbox_limit = outbox_limit
+        self.frame_timeout = frame_timeout
+        self.max_clients = max_clients
+        self.allow_uids = frozenset({os.geteuid(), *allow_uids})
+        self.allow_gids = frozenset(allow_gids)
+        self.token = token.encode() if token else None
         self.listeners: list[Listener] = []
         self._sessions: dict[int, Session] = {}
         self._lock = threading.Lock()
@@ -273,9 +337,36 @@ class Gateway:
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
 
+    def refusal(self, conn: Connection, hello: Hello | None) -> str:
+        """Why the peer behind ``conn`` may not drive the kernel, or "" if it may.
+
+        Trusted: a peer whose uid the OS vouches for (SO_PEERCRED, the owner of
+        the FIFO, queue or segment it made) and is the server's or allowed, or
+        one in an allowed group, or one that presented the server's token.
+        """
+        token = hello.token.encode() if hello is not None and hello.token else b""
+        if self.token is not None and token and hmac.compare_digest(token, self.token):
+            return ""
+        uid, gid = conn.peer_uid, conn.peer_gid
+        if uid is not None and (uid in self.allow_uids or gid in self.allow_gids):
+            return ""
+        if token:
+            return "wrong token (the server's --token-file)"
+        if uid is None:
+            return ("the transport cannot tell who the peer is: give the server a --token-file "
+                    "and the client ?token=")
+        return (f"peer uid {uid} is not the server's (uid {os.geteuid()}); start the server "
+                f"with --allow-uid {uid} or --allow-gid {gid}")
+
     def listen(self, url: str | Endpoint) -> Endpoint:
         """Start serving ``url``; returns the endpoint actually bound (e.g. TCP port 0)."""
         endpoint = parse_url(url) if isinstance(url, str) else url
+        if endpoint.scheme == "tcp" and self.handler.drives_kernel and self.token is None:
+            host = endpoint.host_port[0]
+            if not _is_loopback(host):
+                raise ConnectError(
+                    f"refusing to serve {endpoint}: anyone who reaches {host} could drive the path "
+                    "manager; listen on 127.0.0.1, or give the server a --token-file")
         listener = listen_url(endpoint)
         self.listeners.append(listener)
         thread = threading.Thread(target=self._accept_loop, args=(listener,),
@@ -334,11 +425,31 @@ class Gateway:
                 log.warning("accept on %s failed: %s", listener.endpoint, exc)
                 self._stopped.wait(0.05)
                 continue
+            with self._lock:
+                served = sum(1 for s in self._sessions.values() if s.endpoint is listener.endpoint)
+            if served >= self.max_clients:
+                self._refuse(conn, listener.endpoint)
+                continue
             session = Session(self, conn, listener.endpoint, next(self._ids))
             with self._lock:
                 self._sessions[session.id] = session
             threading.Thread(target=session.run, name=f"ipcgw-s{session.id}",
                              daemon=True).start()
+
+    def _refuse(self, conn: Connection, endpoint: Endpoint) -> None:
+        """One client too many: tell it why (bounded wait), close it, serve the others."""
+        reason = (f"server busy: {self.max_clients} clients already on {endpoint.scheme} "
+                  "(server option --max-clients)")
+        log.warning("refused a client on %s: %s", endpoint, reason)
+        conn.send_timeout = 0.5
+        try:
+            channel = Channel(conn, endpoint)
+            if channel.codec.replies:
+                channel.send(Error(reason))
+        except IpcgwError:
+            pass
+        finally:
+            conn.close()
 
     def _forget(self, session: Session) -> None:
         with self._lock:

@@ -51,7 +51,10 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "ipcgw", "-v", "serve"]
         for url in urls:
             cmd += ["--listen", url]
-        cmd += extra or []
+        extra = extra or []
+        if "--handler" not in extra:  # not auto: a transport test must not touch the host's MPTCP
+            extra = ["--handler", "base", *extra]
+        cmd += extra
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()

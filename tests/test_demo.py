@@ -18,3 +18,35 @@ def test_demo_runs_every_transport_and_leaves_nothing(tmp_path):
         assert scheme in out
     assert "OS objects left behind: none" in out
     assert "2 legacy sspi commands decoded" in out
+
+
+
+def test_demo_ignores_other_programs_ipc_objects(tmp_path):
+    """Objects that come and go beside the demo (another program's queues and
+    segments) are not the demo's leftovers: it checks only its own names."""
+    import posix_ipc
+    import sysv_ipc
+
+    made = tmp_path / "made.txt"
+    code = ("import posix_ipc, sys, sysv_ipc, time, uuid\n"
+            "t = uuid.uuid4().hex[:8]\n"
+            "with open(sys.argv[1], 'w', buffering=1) as out:\n"
+            "    for i in range(40):\n"
+            "        posix_ipc.MessageQueue(f'/other-{t}-{i}', posix_ipc.O_CREX)\n"
+            "        posix_ipc.SharedMemory(f'/other-{t}-{i}', posix_ipc.O_CREX, size=4096)\n"
+            "        q = sysv_ipc.MessageQueue(None, sysv_ipc.IPC_CREX)\n"
+            "        print(f'/other-{t}-{i}', q.id, file=out)\n"
+            "        time.sleep(0.1)\n")
+    other = subprocess.Popen([sys.executable, "-c", code, str(made)])
+    try:
+        result = subprocess.run([sys.executable, "-m", "ipcgw", "demo", "--rounds", "50"],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    finally:
+        other.wait(30)
+        for line in made.read_text().splitlines():
+            name, qid = line.split()
+            posix_ipc.unlink_message_queue(name)
+            posix_ipc.unlink_shared_memory(name)
+            sysv_ipc.remove_message_queue(int(qid))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OS objects left behind: none" in result.stdout

@@ -171,7 +171,13 @@ def _flag(value: Any, name: str) -> bool:
 
 
 class MptcpHandler(_Base):  # type: ignore[misc,valid-type]
-    """Executes path-manager commands, streams events and stats, runs a policy."""
+    """Executes path-manager commands, streams events and stats, runs a policy.
+
+    A ``--run`` program runs at most ``max_running`` times at once per name
+    (default 1): a peer that repeats IPERF_START cannot fork the host to death.
+    """
+
+    drives_kernel = True
 
     def __init__(
         self,
@@ -179,14 +185,16 @@ class MptcpHandler(_Base):  # type: ignore[misc,valid-type]
         programs: Mapping[str, Sequence[str]] | None = None,
         netns: str | None = None,
         listen_events: bool = True,
+        max_running: int = 1,
     ) -> None:
         self.netns = netns
+        self.max_running = max_running
         self.pm = PathManager(netns)
         self.policy = policy
         if policy is not None:
             policy.bind(self.pm)
         self.programs = {name: list(argv) for name, argv in (programs or {}).items()}
-        self._procs: list[subprocess.Popen[bytes]] = []
+        self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._subs: dict[int, _Subscription] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -253,7 +261,7 @@ class MptcpHandler(_Base):  # type: ignore[misc,valid-type]
                 self.policy.close()
             except Exception:
                 log.exception("policy close failed")
-        for proc in self._procs:
+        for _, proc in self._procs:
             if proc.poll() is None:
                 proc.terminate()
                 try:
@@ -380,9 +388,15 @@ class MptcpHandler(_Base):  # type: ignore[misc,valid-type]
             argv = [str(value) if part == "{value}" else part for part in base]
         else:
             argv = [*base, str(value)]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-        self._procs = [p for p in self._procs if p.poll() is None] + [proc]
+        with self._lock:
+            self._procs = [(n, p) for n, p in self._procs if p.poll() is None]
+            running = sum(1 for n, _ in self._procs if n == name)
+            if running >= self.max_running:
+                raise BadArguments(f"{name} is already running ({running} of at most "
+                                   f"{self.max_running}); wait for it to end")
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+            self._procs.append((name, proc))
         log.info("started %s (pid %d): %s", name, proc.pid, argv)
         return {"pid": proc.pid, "argv": argv}
 

@@ -631,7 +631,14 @@ def _connect(endpoint: Endpoint, deadline: float | None, timeout: float) -> Conn
             raise ConnectError(f"fifo server at {folder} refused the session: {_reason(rfd, deadline)}")
         if answer != ACK:
             raise ConnectError(f"fifo server at {folder} refused the session")
-        wfd, _ = open_fifo(names[0], _WR, me, dir_fd=dfd)  # the server reads it now, so no ENXIO
+        try:
+            wfd, _ = open_fifo(names[0], _WR, me, dir_fd=dfd)  # the server reads it now, so no ENXIO
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENXIO):
+                raise
+            # The server ended the session right after accepting it (say, one client
+            # too many): what it said waits in .s2c, so hand out the pipe to read it.
+            wfd = os.dup(placeholder)
     except ConnectError:
         _abort(fds, names, dfd)
         raise
