@@ -8,6 +8,9 @@ it into frames. ``make_framer(spec)`` builds one of:
                   (COBS in C, ipcgw/_cobs.c, with a pure-Python twin; both linear)
 ``delimited:lf``  payload + ``\\n``; for text, a payload containing ``\\n`` is refused
 ``fixed:N``       every frame exactly N bytes, short payloads padded with NUL
+``read:N``        each chunk the transport hands over, cut every N bytes, is a frame: how
+                  a C reader doing ``read(fd, buf, N)`` sees a FIFO (writes <= PIPE_BUF
+                  are atomic); for legacy writers that may write less than N (sspi2)
 
 Decoders keep one ``bytearray`` and a read offset, resume delimiter searches
 where the previous one stopped and compact rarely, so feeding N bytes in any
@@ -40,7 +43,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
-_VALID_SPECS = "length, length:1|2|4|8, delimited:nul, delimited:lf, fixed:N (N >= 1)"
+_VALID_SPECS = "length, length:1|2|4|8, delimited:nul, delimited:lf, fixed:N, read:N (N >= 1)"
 # Compact the buffer once the consumed prefix is this large (and more than half).
 _COMPACT_AT = 64 * 1024
 
@@ -379,6 +382,45 @@ class FixedDecoder(_Buffer):
         return frames
 
 
+# ---------------------------------------------------------------- read:N
+
+
+class ReadFramer:
+    """A frame per read of up to ``size`` bytes, as the legacy C readers cut a FIFO."""
+
+    def __init__(self, size: int, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if size < 1:
+            raise ValueError(f"read size must be >= 1, not {size}")
+        if size > max_frame:
+            raise FrameTooLarge(size, max_frame)
+        self.size = size
+        self.max_frame = size
+        self.spec = f"read:{size}"
+
+    def encode(self, payload: bytes) -> bytes:
+        if not 0 < len(payload) <= self.size:
+            raise FrameTooLarge(len(payload), self.size) if payload else FramingError(
+                "read framing cannot carry an empty frame (a zero-byte read is EOF)")
+        return bytes(payload)
+
+    def decoder(self) -> ReadDecoder:
+        return ReadDecoder(self.size)
+
+
+class ReadDecoder:
+    """Keeps nothing: whatever arrives is cut into frames at once."""
+
+    __slots__ = ("_size",)
+    pending = 0
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+
+    def feed(self, data: bytes) -> list[bytes]:
+        size = self._size
+        return [bytes(data[i : i + size]) for i in range(0, len(data), size)]
+
+
 # ---------------------------------------------------------------- factory
 
 
@@ -392,6 +434,8 @@ def make_framer(spec: str, max_frame: int = DEFAULT_MAX_FRAME) -> Framer:
             return DelimitedFramer(arg, max_frame)
         if kind == "fixed" and arg:
             return FixedFramer(int(arg), max_frame)
+        if kind == "read" and arg:
+            return ReadFramer(int(arg), max_frame)
     except ValueError as exc:
         raise ValueError(f"bad framing spec {spec!r}: {exc}; valid forms: {_VALID_SPECS}") from None
     raise ValueError(f"unknown framing spec {spec!r}; valid forms: {_VALID_SPECS}")

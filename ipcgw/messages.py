@@ -43,8 +43,11 @@ __all__ = [
     "Result",
     "Stats",
     "Welcome",
+    "build",
     "decode",
     "encode",
+    "kind_size_limit",
+    "metric_error",
 ]
 
 PROTOCOL_VERSION = 1
@@ -215,7 +218,7 @@ _LIMITS: dict[str, _Limits] = {
     "Hello": _FIXED, "Welcome": _FIXED, "Error": _FIXED, "Bye": _FIXED,
     # Ping/Pong: no keywords (they cost a tenth of the decode, and the size bounds the cost)
     "Ping": _Limits(MAX_SMALL, True), "Pong": _Limits(MAX_SMALL, True),
-    "Report": _Limits(MAX_SMALL, False, MAX_METRICS, MAX_SMALL, True),
+    "Report": _Limits(MAX_SMALL, False, MAX_METRICS, MAX_SMALL),
     "Command": _Limits(MAX_RICH, True), "Result": _Limits(MAX_RICH, True),
     "Event": _Limits(MAX_RICH, True), "Stats": _Limits(MAX_RICH, False),
 }
@@ -471,7 +474,23 @@ def _build_checked(schema: _Schema, v: list[Any]) -> Message:
         if (types is not _ANY and type(value) not in types) or (
                 annotation == "dict[str, Any]" and not _str_keys(value)):
             raise DecodeError(_type_error(schema, v[1:]))
+    if schema.cls is Report and (len(v[3]) > MAX_METRICS or not _metrics_ok(v[3])):
+        raise DecodeError(metric_error(v[3]) or "Report: invalid metrics")
     return schema.cls(*v[1:])
+
+
+def kind_size_limit(cls: type[Message]) -> int:
+    """Largest frame of this kind decoded without a shape check (others must be flat)."""
+    return _BY_TAG[cls.TAG].limits.free
+
+
+def build(cls: type[Message], values: list[Any]) -> Message:
+    """A message of ``cls`` from its field values in order, with decode's type checks
+    (DecodeError): for codecs other than msgpack (JSON Lines)."""
+    schema = _BY_TAG[cls.TAG]
+    if len(values) != schema.required:
+        raise DecodeError(_type_error(schema, values))
+    return _build_checked(schema, [cls.TAG, *values])
 
 
 def _map_header(data: bytes | bytearray | memoryview, pos: int, size: int) -> tuple[int, int]:

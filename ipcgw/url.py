@@ -9,21 +9,40 @@
     unix:@ipcgw                    abstract socket (scoped to the network namespace)
     shm:///ipcgw                   shared-memory rings
 
-Query: ``framing=length:4|delimited:nul|delimited:lf|fixed:N``, ``codec=msgpack|sspi``,
-``max_frame=BYTES``, ``mode=0600``; transports may read more (``params``).
+Query: ``framing=length:4|delimited:nul|delimited:lf|fixed:N|read:N``,
+``codec=msgpack|json|sspi|sspi2``, ``max_frame=BYTES``, ``mode=0600``, ``token=``/``token_file=``
+(handshake secret); transports read more (``params``), declared per scheme in
+:data:`SCHEME_PARAMS`, so a typo (``?framng=length:4``) is refused when the URL
+is parsed, with a "did you mean". Binary msgpack cannot ride ``delimited:lf``
+(its bytes contain ``\n``): text framing takes ``codec=json``, and is its
+default.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ipcgw.codecs import get_codec
 from ipcgw.framing import DEFAULT_MAX_FRAME, Framer, make_framer
 
-__all__ = ["Endpoint", "parse_url"]
+__all__ = ["SCHEME_PARAMS", "Endpoint", "parse_url"]
 
 _STANDARD = {"framing", "codec", "max_frame", "mode"}
+#: Keys every scheme takes besides the standard ones (read by the client's handshake).
+COMMON_PARAMS = frozenset({"token", "token_file"})
+#: The extra query keys each transport reads from ``Endpoint.params``: a transport
+#: that reads a new key declares it here. A scheme not listed is refused later,
+#: by the transport registry, so its keys are not checked.
+SCHEME_PARAMS: dict[str, frozenset[str]] = {
+    "fifo": frozenset({"pipe_size"}),
+    "sysv": frozenset(),
+    "posixmq": frozenset({"maxmsg", "msgsize"}),
+    "tcp": frozenset(),
+    "unix": frozenset({"server_uid"}),
+    "shm": frozenset({"ring", "spin_us"}),
+}
 
 
 @dataclass(frozen=True)
@@ -68,7 +87,7 @@ class Endpoint:
 
 
 def parse_url(url: str) -> Endpoint:
-    """Parse and validate an endpoint URL (ValueError with the reason)."""
+    """Parse and validate an endpoint URL (ValueError with the reason, one line)."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if not scheme:
@@ -78,10 +97,13 @@ def parse_url(url: str) -> Endpoint:
         raise ValueError(f"{scheme} URL takes a path: {scheme}:///{parts.netloc}{parts.path}")
     if not address:
         raise ValueError(f"endpoint {url!r} has no address")
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    codec = query.get("codec", "msgpack")
-    get_codec(codec)  # validates the name
-    framing = query.get("framing") or get_codec(codec).default_framing
+    query = _query(scheme, parts.query, url)
+    codec = query.get("codec") or ("json" if query.get("framing") == "delimited:lf" else "msgpack")
+    framing = query.get("framing") or get_codec(codec).default_framing  # get_codec validates the name
+    if not get_codec(codec).binary_safe_on(framing):
+        raise ValueError(f"codec={codec} cannot ride framing={framing} in {url!r}: binary {codec} "
+                         f"contains the delimiter byte; use codec=json with delimited:lf, or "
+                         f"framing=delimited:nul for {codec}")
     try:
         max_frame = int(query.get("max_frame", DEFAULT_MAX_FRAME))
         mode = int(query.get("mode", "0600"), 8)
@@ -98,3 +120,23 @@ def parse_url(url: str) -> Endpoint:
     )
     endpoint.framer()  # validates the framing spec
     return endpoint
+
+
+def _query(scheme: str, text: str, url: str) -> dict[str, str]:
+    """The query as a dict; ValueError for a key given twice or one the scheme does not take."""
+    query: dict[str, str] = {}
+    for key, value in parse_qsl(text, keep_blank_values=True):
+        if key in query:
+            raise ValueError(f"URL parameter {key!r} is given twice in {url!r}")
+        query[key] = value
+    extra = SCHEME_PARAMS.get(scheme)
+    if extra is None:
+        return query
+    known = _STANDARD | COMMON_PARAMS | extra
+    for key in query:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"unknown URL parameter {key!r} for {scheme}: {hint}"
+                             f"({scheme} takes {', '.join(sorted(known))})")
+    return query

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ipcgw import messages, sspi
-from ipcgw.codecs import get_codec
+from ipcgw.codecs import CODECS, get_codec
 from ipcgw.errors import CodecError, DecodeError
 from ipcgw.messages import (
     Bye,
@@ -145,5 +145,45 @@ def test_sspi_cannot_express_ping():
 def test_codec_registry():
     assert get_codec("sspi").handshake is False
     assert get_codec("msgpack").decode(encode(Bye())) == Bye()
-    with pytest.raises(ValueError, match="known: msgpack, sspi"):
-        get_codec("json")
+    with pytest.raises(ValueError, match="known: msgpack, json, sspi, sspi2"):
+        get_codec("xml")
+
+
+def test_legacy_codecs_say_so():
+    """Transports pick the legacy one-way FIFO path on this attribute, not on a codec name."""
+    assert {n for n, c in CODECS.items() if c.legacy_oneway} == {"sspi", "sspi2"}
+    assert all(not c.handshake and not c.replies for c in CODECS.values() if c.legacy_oneway)
+
+
+# ---------------------------------------------------------------- Report metrics (#14.6)
+
+
+@pytest.mark.parametrize(("metrics", "words"), [
+    ({"rssi_dbm": "abc"}, "metric 'rssi_dbm' must be a number, got str 'abc'"),
+    ({"rssi_dbm": True}, "metric 'rssi_dbm' must be a number, got bool"),
+    ({"link_up": "yes"}, "metric 'link_up' must be a boolean"),
+    ({"snr_db": None}, "metric 'snr_db' must be a number, got NoneType"),
+    ({"snr_db": [1]}, "metric 'snr_db'"),
+    ({"snr_db": {"a": 1}}, "metric 'snr_db'"),
+    ({"x": b"\x00"}, "metric 'x'"),
+])
+def test_report_metrics_must_be_numbers_on_both_sides(metrics, words):
+    msg = Report(1.0, 2, metrics)
+    with pytest.raises(CodecError, match=words):
+        encode(msg)  # the client
+    raw = msgpack.packb([7, 1.0, 2, metrics, 0], use_bin_type=True)
+    with pytest.raises(DecodeError, match=words):
+        decode(raw)  # the server, from a client that did not check
+
+
+def test_report_metrics_numbers_and_link_up_pass():
+    msg = Report(1.0, 2, {"rssi_dbm": -80, "snr_db": 20.5, "link_up": False, "loss": math.inf})
+    assert decode(encode(msg)) == msg
+
+
+def test_report_metric_count_is_bounded():
+    many = {f"m{i}": 1 for i in range(messages.MAX_METRICS + 1)}
+    with pytest.raises(CodecError, match="at most"):
+        encode(Report(0.0, 1, many))
+    with pytest.raises(DecodeError):
+        decode(msgpack.packb([7, 0.0, 1, many, 0]))
