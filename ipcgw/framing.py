@@ -22,7 +22,6 @@ lost: discard the decoder.
 
 from __future__ import annotations
 
-import os
 import struct
 from typing import Protocol
 
@@ -248,10 +247,8 @@ def _cobs_decode_c(encoded: bytes | bytearray | memoryview) -> bytes:
 
 
 # The C path (ipcgw/_cobs.c, built when a compiler is there) is 20-500x faster
-# on zero-heavy data; IPCGW_COBS=python forces the twin (tests run both).
+# on zero-heavy data; tests run both (the twin by its own name).
 try:
-    if os.environ.get("IPCGW_COBS") == "python":
-        raise ImportError("IPCGW_COBS=python")
     from ipcgw._cobs import decode as _c_cobs_decode
     from ipcgw._cobs import encode as _c_cobs_encode
 except ImportError:
