@@ -249,15 +249,15 @@ def _cobs_decode_c(encoded: bytes | bytearray | memoryview) -> bytes:
 # The C path (ipcgw/_cobs.c, built when a compiler is there) is 20-500x faster
 # on zero-heavy data; tests run both (the twin by its own name).
 try:
-    from ipcgw._cobs import decode as _c_cobs_decode
-    from ipcgw._cobs import encode as _c_cobs_encode
+    from ipcgw import _cobs  # framing's own C half (it knows nothing above bytes)
 except ImportError:
     COBS_IMPL = "python"
     cobs_encode = cobs_encode_py
     cobs_decode = cobs_decode_py
 else:
     COBS_IMPL = "c"
-    cobs_encode = _c_cobs_encode
+    _c_cobs_decode = _cobs.decode
+    cobs_encode = _cobs.encode
     cobs_decode = _cobs_decode_c
 
 
