@@ -15,9 +15,11 @@ import click
 
 from ipcgw import messages
 from ipcgw.client import connect
-from ipcgw.errors import IpcgwError
+from ipcgw.codecs import CODECS, get_codec
+from ipcgw.errors import CodecError, IpcgwError
 from ipcgw.server import DEFAULT_MAX_CLIENTS, BaseHandler, Gateway
-from ipcgw.url import parse_url
+from ipcgw.transports import get_transport
+from ipcgw.url import Endpoint, parse_url
 
 HANDLERS = {"base": "ipcgw.server:BaseHandler", "mptcp": "ipcgw.mptcp.handler:MptcpHandler"}
 
@@ -45,6 +47,23 @@ def load_object(spec: str) -> Any:
         raise click.BadParameter(f"cannot load {spec}: {exc}") from None
 
 
+class UrlType(click.ParamType):
+    """An endpoint URL, checked when the command line is read: a typo is a usage
+    error in one line (exit 2), never a traceback from deep in a transport."""
+
+    name = "URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            get_transport(parse_url(value).scheme)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value)
+
+
+URL = UrlType()
+
+
 class LazyGroup(click.Group):
     """A group whose heavier commands (netlink, ns-3, benchmarks) are imported
     only when run, so ``ipcgw ping`` starts fast and works without them."""
@@ -65,6 +84,17 @@ class LazyGroup(click.Group):
             command: click.Command = load_object(self.lazy[cmd_name])
             return command
         return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """What a user can cause (no server, a refusal, no permission) ends in one
+        line and exit 1, whichever command it came from."""
+        try:
+            return super().invoke(ctx)
+        except IpcgwError as exc:
+            raise click.ClickException(str(exc)) from None
+        except PermissionError as exc:
+            raise click.ClickException(f"{exc.strerror}: {exc.filename or ''} (needs root?)".strip()) \
+                from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -115,10 +145,10 @@ def build_handler(handler: str, policy: str | None, run: tuple[str, ...], run_li
 @click.option("--key", help="sysv key (hex or decimal).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="tcp host.")
 @click.option("--port", type=int, default=7700, show_default=True, help="tcp port.")
-@click.option("--listen", "-l", "urls", multiple=True, metavar="URL",
+@click.option("--listen", "-l", "urls", multiple=True, type=URL,
               help="Listen on URL (repeatable), e.g. 'fifo:///tmp?framing=fixed:8&codec=sspi'.")
 @click.option("--framing", help="Framing for --transport (default length:4).")
-@click.option("--codec", type=click.Choice(["msgpack", "sspi"]), help="Codec for --transport.")
+@click.option("--codec", type=click.Choice(list(CODECS)), help="Codec for --transport.")
 @click.option("--handler", default="auto", show_default=True,
               help="auto (mptcp where the kernel's path manager is usable, else base), base, "
                    "mptcp, or module:Class (a BaseHandler subclass).")
@@ -210,6 +240,11 @@ def _parse_value(text: str) -> Any:
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
+    if lowered.startswith("0x"):
+        try:
+            return int(text, 16)
+        except ValueError:
+            return text
     for cast in (int, float):
         try:
             return cast(text)
@@ -218,76 +253,95 @@ def _parse_value(text: str) -> Any:
     return text
 
 
+def _answers(endpoint: Endpoint) -> bool:
+    return get_codec(endpoint.codec).replies
+
+
 @main.command()
-@click.argument("url")
-@click.option("--size", default=64, show_default=True, help="Payload bytes.")
-@click.option("--count", default=1000, show_default=True, help="Round trips measured.")
-@click.option("--warmup", default=100, show_default=True, help="Round trips not measured.")
-@click.option("--timeout", default=5.0, show_default=True)
+@click.argument("url", type=URL)
+@click.option("--size", type=click.IntRange(min=0), default=64, show_default=True, help="Payload bytes.")
+@click.option("--count", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Round trips measured.")
+@click.option("--warmup", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Round trips not measured.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True)
 def ping(url: str, size: int, count: int, warmup: int, timeout: float) -> None:
     """Measure round trips through a running server."""
+    endpoint = parse_url(url)
+    if not _answers(endpoint):
+        raise click.UsageError(f"codec={endpoint.codec} is one-way: nothing answers a Ping there "
+                               "(send records with a legacy writer, or ping the server's msgpack URL)")
     payload = os.urandom(size)
-    try:
-        with connect(url, timeout=timeout, name="ipcgw-ping") as client:
-            for _ in range(warmup):
-                client.ping(payload, timeout)
-            samples = []
-            start = time.perf_counter()
-            for _ in range(count):
-                t0 = time.perf_counter_ns()
-                if client.ping(payload, timeout) != payload:
-                    raise click.ClickException("Pong payload differs from Ping payload")
-                samples.append(time.perf_counter_ns() - t0)
-            elapsed = time.perf_counter() - start
-    except IpcgwError as exc:
-        raise click.ClickException(str(exc)) from None
+    with connect(endpoint, timeout=timeout, name="ipcgw-ping") as client:
+        for _ in range(warmup):
+            client.ping(payload, timeout)
+        samples = []
+        start = time.perf_counter()
+        for _ in range(count):
+            t0 = time.perf_counter_ns()
+            if client.ping(payload, timeout) != payload:
+                raise click.ClickException("Pong payload differs from Ping payload")
+            samples.append(time.perf_counter_ns() - t0)
+        elapsed = time.perf_counter() - start
     samples.sort()
 
     def pct(p: float) -> float:
         return samples[min(len(samples) - 1, int(p * len(samples)))] / 1000
 
-    click.echo(f"{parse_url(url).scheme} {size} B x {count}: min {samples[0] / 1000:.1f} us  "
+    click.echo(f"{endpoint.scheme} {size} B x {count}: min {samples[0] / 1000:.1f} us  "
                f"p50 {pct(0.5):.1f} us  p99 {pct(0.99):.1f} us  max {samples[-1] / 1000:.1f} us  "
                f"{count / elapsed:,.0f} msgs/s")
 
 
 @main.command()
-@click.argument("url")
+@click.argument("url", type=URL)
 @click.argument("op_or_path")
 @click.argument("fields", nargs=-1)
 @click.option("--report", is_flag=True, help="Send a Report for path OP_OR_PATH instead of a Command.")
 @click.option("--sim-time", type=float, default=0.0, help="Report sim time.")
-@click.option("--timeout", default=5.0, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True)
 def send(url: str, op_or_path: str, fields: tuple[str, ...], report: bool, sim_time: float,
          timeout: float) -> None:
     """Send one Command (OP KEY=VALUE...) or Report (--report PATH KEY=VALUE...); print the reply.
 
+    Values are true/false, integers (decimal, or 0x-hex as `ipcgw monitor` prints
+    tokens), floats, or text. Report metrics must be numbers (link_up: true/false).
+
     \b
     ipcgw send unix:///tmp/ipcgw.sock endpoint.set_flags id=2 backup=true
+    ipcgw send unix:///tmp/ipcgw.sock pm.remove token=0xe3237b7a id=5
     ipcgw send unix:///tmp/ipcgw.sock --report 2 rssi_dbm=-85.5
     """
     values = {}
     for item in fields:
         name, sep, text = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        if not sep or not name:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="FIELDS")
         values[name] = _parse_value(text)
-    try:
-        with connect(url, timeout=timeout, name="ipcgw-send") as client:
-            if report:
-                client.send(messages.Report(sim_time, int(op_or_path), values))
-                reply = client.ping(b"", timeout)  # a round trip proves the report was read
-                click.echo("report sent")
-            elif not client.channel.codec.replies:
-                client.send(messages.Command(0, op_or_path, values))
-                click.echo("command sent (this codec has no replies)")
-            else:
-                reply = client.request(messages.Command(0, op_or_path, values), timeout)
-                click.echo(repr(reply))
-                if not (isinstance(reply, messages.Result) and reply.ok):
-                    sys.exit(1)
-    except IpcgwError as exc:
-        raise click.ClickException(str(exc)) from None
+    if report:
+        if not op_or_path.isdigit():
+            raise click.BadParameter(f"a Report needs a path id (an integer), got {op_or_path!r}",
+                                     param_hint="PATH")
+        msg: messages.Message = messages.Report(sim_time, int(op_or_path), values)
+    else:
+        msg = messages.Command(0, op_or_path, values)
+    try:  # a bad value is the command line's fault: say so before connecting
+        get_codec(parse_url(url).codec).encode(msg)
+    except CodecError as exc:
+        raise click.BadParameter(str(exc), param_hint="FIELDS") from None
+    with connect(url, timeout=timeout, name="ipcgw-send") as client:
+        if not client.channel.codec.replies:
+            client.send(msg)
+            click.echo(f"{type(msg).__name__.lower()} sent (this codec has no replies)")
+        elif report:
+            client.send(msg)
+            client.ping(b"", timeout)  # a round trip proves the report was read
+            click.echo("report sent")
+        else:
+            reply = client.request(msg, timeout)  # type: ignore[arg-type]
+            click.echo(repr(reply))
+            if not (isinstance(reply, messages.Result) and reply.ok):
+                sys.exit(1)
 
 
 @main.command()

@@ -7,6 +7,7 @@ also run standalone: ``python -m ipcgw.mptcp.cli testbed up``.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -103,6 +104,13 @@ def _build(prefix: str, scenario: int | None, paths: tuple[str, ...], client_pm:
 @click.group()
 def testbed() -> None:
     """Client and server namespaces joined by veth paths, with MPTCP set up."""
+    require_root("ipcgw testbed (network namespaces, veth links, tc and sysctls)")
+
+
+def require_root(what: str) -> None:
+    """Say what needs root before the first syscall fails in its own words."""
+    if os.geteuid() != 0:
+        raise click.ClickException(f"{what} needs root: run it as root (e.g. sudo -E ipcgw ...)")
 
 
 @testbed.command()
