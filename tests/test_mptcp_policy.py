@@ -3,6 +3,9 @@ flipping endpoint 2 on the real kernel from Reports sent through the handler."""
 
 from __future__ import annotations
 
+import math
+import time
+from collections import deque
 from typing import Any
 
 import pytest
@@ -11,7 +14,7 @@ from netns_helpers import FakeSession
 from ipcgw.messages import Report
 from ipcgw.mptcp.events import MptcpEvent
 from ipcgw.mptcp.handler import MptcpHandler
-from ipcgw.mptcp.policy import Policy, RssiPolicy, load_policy
+from ipcgw.mptcp.policy import Policy, RssiPolicy, build_policy, load_policy
 
 
 class FakePM:
@@ -122,3 +125,124 @@ def test_policy_errors_do_not_escape(netns: str) -> None:
         assert rssi.backup is None
     finally:
         handler.close()
+
+
+# -- issue #20: parameters from a spec, per-station state, link loss, time-constant filter --
+
+SPEC = "ipcgw.mptcp.policy:RssiPolicy"
+
+
+def test_build_policy_parses_typed_parameters_and_aliases() -> None:
+    p = build_policy(f"{SPEC}?threshold=-78&alpha=0.9&endpoints=3:2,5:4&path_id=2"
+                     "&on_link_down=false&tau=250")
+    assert isinstance(p, RssiPolicy)
+    assert (p.threshold_dbm, p.alpha, p.endpoints, p.path_id, p.on_link_down, p.tau_ms) == (
+        -78.0, 0.9, {3: 2, 5: 4}, 2, False, 250.0)
+    # a TOML table's values are checked the same way, and may be mixed with the query
+    q = build_policy(f"{SPEC}?alpha=0.5", {"endpoints": {"7": 4}, "hysteresis_db": 2})
+    assert isinstance(q, RssiPolicy) and q.endpoints == {7: 4} and q.hysteresis_db == 2.0
+    assert isinstance(load_policy(f"{SPEC}?alpha=0.5", wlan_id=3), RssiPolicy)
+
+
+@pytest.mark.parametrize(("spec", "args", "words"), [
+    (f"{SPEC}?treshold=-78", None, "no parameter 'treshold'; did you mean threshold"),
+    (f"{SPEC}?alpah=0.9", None, "did you mean alpha"),
+    (f"{SPEC}?alpha=abc", None, "alpha='abc' is not float"),
+    (f"{SPEC}?alpha=nan", None, "alpha='nan' is not float"),
+    (f"{SPEC}?alpha=1.5", None, "alpha must be in [0, 1)"),
+    (f"{SPEC}?wlan_id=2.5", None, "wlan_id='2.5' is not int"),
+    (f"{SPEC}?on_link_down=maybe", None, "on_link_down='maybe' is not bool"),
+    (f"{SPEC}?alpha=0.5&alpha=0.6", None, "alpha given twice"),
+    (f"{SPEC}?threshold=-1&threshold_dbm=-2", None, "threshold_dbm given twice"),
+    (f"{SPEC}?alpha", None, "bad parameter 'alpha'"),
+    (SPEC, {"alpha": "high"}, "alpha='high' is not float"),
+    (SPEC, {"wlan_id": True}, "wlan_id=True is not int"),
+    ("ipcgw.mptcp.policy:RsiPolicy", None, "did you mean RssiPolicy"),
+    ("ipcgw.messages:Report", None, "not a Policy subclass"),
+    ("no_such_module_x:P", None, "cannot be imported"),
+    ("RssiPolicy", None, "module:Class"),
+])
+def test_build_policy_refuses_naming_the_parameter(spec: str, args: dict[str, Any] | None,
+                                                   words: str) -> None:
+    with pytest.raises(ValueError) as info:
+        build_policy(spec, args)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def station(rssi: float | None, node: int, t: float = 0.0, link: bool | None = None) -> Report:
+    metrics: dict[str, Any] = {} if rssi is None else {"rssi_dbm": rssi}
+    if link is not None:
+        metrics["link_up"] = link
+    return Report(t, 2, metrics, node)
+
+
+def test_two_stations_keep_their_own_filter_and_endpoint() -> None:
+    p = build_policy(f"{SPEC}?alpha=0.5&endpoints=3:2,5:4")
+    pm = FakePM()
+    p.bind(pm)  # type: ignore[arg-type]
+    for _ in range(10):  # interleaved: a near station (node 3) and a far one (node 5)
+        p.on_report(station(-60, 3))
+        p.on_report(station(-95, 5))
+    assert pm.calls == [(2, False), (4, True)]  # each acts on its own endpoint, once
+    assert p.stations[(None, 3, 2)].filtered == pytest.approx(-60)
+    assert p.stations[(None, 5, 2)].filtered == pytest.approx(-95)
+    # the same node in two sessions (two simulations) is two stations too
+    p.report_from(7, station(-95, 3))
+    assert p.stations[(7, 3, 2)].filtered == -95 and p.stations[(None, 3, 2)].filtered == -60
+    p.session_closed(7)
+    assert (7, 3, 2) not in p.stations
+
+
+def test_link_down_makes_the_endpoint_backup_at_once() -> None:
+    p = RssiPolicy()
+    pm = FakePM()
+    p.bind(pm)  # type: ignore[arg-type]
+    p.on_report(station(-70, 3))
+    p.on_report(station(-79, 3))  # filtered still well above -80: nothing
+    assert pm.calls == [(2, False)]
+    p.on_report(station(None, 3, link=False))  # the station went deaf: no more RSSI
+    assert pm.calls == [(2, False), (2, True)]
+    assert p.decisions[-1]["why"] == "link down" and p.decisions[-1]["endpoint"] == 2
+    p.on_report(station(None, 3, link=True))  # associated again: the next RSSI decides
+    assert pm.calls == [(2, False), (2, True)] and p.stations[(None, 3, 2)].filtered is None
+    p.on_report(station(-60, 3))
+    assert pm.calls == [(2, False), (2, True), (2, False)]
+    q = RssiPolicy(on_link_down=False)
+    q.bind(FakePM())  # type: ignore[arg-type]
+    q.on_report(station(None, 3, link=False))
+    assert q.decisions == deque()
+
+
+def test_time_constant_filter_does_not_depend_on_the_report_rate() -> None:
+    """A step from -60 to -95 dBm at t=0 reaches the same value 0.5 s later whether
+    reports come every 100 ms or every 1 ms; alpha per report does not."""
+    out = {}
+    for dt in (0.1, 0.001):
+        p = RssiPolicy(tau_ms=500)
+        p.bind(FakePM())  # type: ignore[arg-type]
+        p.on_report(Report(0.0, 2, {"rssi_dbm": -60.0}))
+        n = round(0.5 / dt)
+        for k in range(1, n + 1):
+            p.on_report(Report(k * dt, 2, {"rssi_dbm": -95.0}))
+        out[dt] = p.filtered
+    expect = -95 + 35 * math.exp(-1)
+    assert out[0.1] == pytest.approx(expect, abs=1e-6) and out[0.001] == pytest.approx(expect)
+    per_report = {}
+    for n in (5, 500):
+        p = RssiPolicy(alpha=0.85)
+        p.bind(FakePM())  # type: ignore[arg-type]
+        p.on_report(Report(0.0, 2, {"rssi_dbm": -60.0}))
+        for k in range(n):
+            p.on_report(Report(k, 2, {"rssi_dbm": -95.0}))
+        per_report[n] = p.filtered
+    assert per_report[5] > -85 and per_report[500] == pytest.approx(-95)
+
+
+def test_decisions_are_timed_on_the_monotonic_clock() -> None:
+    p = RssiPolicy(alpha=0.0)
+    p.bind(FakePM())  # type: ignore[arg-type]
+    before = time.monotonic()
+    p.on_report(Report(3.0, 2, {"rssi_dbm": -90.0, "host_mono": before - 0.25}))
+    d = p.decisions[-1]
+    assert d["report_mono"] == before - 0.25 and before <= d["decided_mono"] <= d["acked_mono"]
+    assert d["report_sim"] == 3.0 and d["backup"] is True and d["filtered_dbm"] == -90.0
