@@ -301,3 +301,31 @@ def test_ns3_cell_runs_in_the_simulated_paths_and_times_the_handover(
     assert rec["p1_lost_pkts"] == 0  # a lossless, uncongested p2p path
     assert rec["reports"] > 5 and rec["reaction_ms"] is not None
     assert 0.5 < rec["handover_sim_s"] < 4.0
+
+
+@pytest.mark.parametrize(("policy", "words"), [
+    ("rssi?treshold=-78", "policy 'rssi?treshold=-78': RssiPolicy has no parameter 'treshold'; did you mean"),
+    ({"spec": "rssi", "args": {"alpha": "x"}}, "alpha='x' is not float"),
+    ({"spec": "rssi", "arg": {}}, "unknown key(s) ['arg']"),
+])
+def test_policy_parameters_are_checked_when_the_file_loads(policy: Any, words: str) -> None:
+    raw = {"setup": [{"dataplane": "veth"}], "workload": [{"kind": "file", "sizes": ["64K"]}],
+           "policies": [policy]}
+    with pytest.raises(ConfigError) as info:
+        parse(raw)
+    assert words in str(info.value)
+
+
+def test_policy_parameters_in_a_spec_reach_the_policy() -> None:
+    raw = {"setup": [{"dataplane": "veth"}], "workload": [{"kind": "file", "sizes": ["64K"]}],
+           "policies": ["rssi?threshold=-75&tau_ms=300",
+                        {"name": "strict", "spec": "rssi", "args": {"threshold_dbm": -70}}]}
+    exp = parse(raw)
+    specs = [(p.name, p.spec, p.args) for p in exp.policies]
+    q = "threshold=-75&tau_ms=300"
+    assert specs == [(f"rssi?{q}", f"ipcgw.mptcp.policy:RssiPolicy?{q}", {}),
+                     ("strict", "ipcgw.mptcp.policy:RssiPolicy", {"threshold_dbm": -70})]
+    from ipcgw.mptcp.policy import build_policy
+
+    p = build_policy(exp.policies[0].spec or "", exp.policies[0].args)
+    assert (p.threshold_dbm, p.tau_ms) == (-75.0, 300.0)  # type: ignore[attr-defined]

@@ -25,7 +25,11 @@
 transport axis collapses to ``-`` for it); ``rssi`` is
 ``ipcgw.mptcp.policy:RssiPolicy``; anything with a colon is loaded with
 :func:`ipcgw.mptcp.policy.load_policy`. A policy can also be a table
-``{name, spec, args}``.
+``{name, spec, args}``; ``spec`` may carry parameters
+(``"rssi?threshold=-78&tau_ms=300"``) and ``args`` is a table of more. Both
+are checked against the policy's signature when the file is loaded
+(:func:`ipcgw.mptcp.policy.build_policy`): an unknown name or a bad value
+names the parameter before any cell runs.
 """
 
 from __future__ import annotations
@@ -163,14 +167,33 @@ def _policy(item: Any) -> PolicySpec:
     if isinstance(item, str):
         if item == "kernel":
             return PolicySpec("kernel", None)
-        spec = ALIASES.get(item, item)
+        base, sep, query = item.partition("?")
+        spec = ALIASES.get(base, base) + sep + query
         if ":" not in spec:
-            raise ConfigError(f"policy {item!r}: use kernel, rssi or module:Class")
-        return PolicySpec(item if item in ALIASES else spec.rpartition(":")[2], spec)
-    if isinstance(item, dict) and "spec" in item:
-        spec = ALIASES.get(item["spec"], item["spec"])
-        return PolicySpec(str(item.get("name", spec)), spec, dict(item.get("args", {})))
-    raise ConfigError(f"bad policy entry {item!r}")
+            raise ConfigError(f"policy {item!r}: use kernel, rssi or module:Class[?name=value&...]")
+        name = item if base in ALIASES else base.rpartition(":")[2] + sep + query
+        policy = PolicySpec(name, spec)
+    elif isinstance(item, dict) and "spec" in item:
+        base, sep, query = str(item["spec"]).partition("?")
+        spec = ALIASES.get(base, base) + sep + query
+        unknown = sorted(set(item) - {"name", "spec", "args"})
+        if unknown:
+            raise ConfigError(f"policy {item.get('name', spec)!r}: unknown key(s) {unknown} "
+                              "(name, spec, args)")
+        policy = PolicySpec(str(item.get("name", spec)), spec, dict(item.get("args", {})))
+    else:
+        raise ConfigError(f"bad policy entry {item!r}")
+    from ipcgw.mptcp.policy import build_policy, policy_class
+
+    try:
+        policy_class(policy.spec or "")
+    except ValueError:
+        return policy  # not importable here: the cell fails with the reason, the rest run
+    try:  # a typo in a parameter fails here, not as a silently default cell
+        build_policy(policy.spec or "", policy.args)
+    except ValueError as exc:
+        raise ConfigError(f"policy {policy.name!r}: {exc}") from None
+    return policy
 
 
 def _setup(item: dict[str, Any], i: int) -> SetupSpec:

@@ -29,7 +29,7 @@ from typing import Any
 from ipcgw.messages import Report
 from ipcgw.mptcp.events import MptcpEvent
 from ipcgw.mptcp.pm import PathManager
-from ipcgw.mptcp.policy import Policy, load_policy
+from ipcgw.mptcp.policy import Policy, build_policy
 
 __all__ = ["PolicyGateway", "transport_url"]
 
@@ -93,11 +93,17 @@ class _Probe(Policy):
         self.inner.dispatch(event)
 
     def on_report(self, report: Report) -> None:
+        self.report_from(None, report)
+
+    def session_closed(self, session: int) -> None:
+        self.inner.session_closed(session)
+
+    def report_from(self, session: int | None, report: Report) -> None:
         received = time.monotonic()
         self.reports.append((report.sim_time, received))
         self._local.report = (report.sim_time, received, report.metrics)
         try:
-            self.inner.on_report(report)
+            self.inner.report_from(session, report)
         finally:
             self._local.report = None
 
@@ -120,7 +126,7 @@ class PolicyGateway:
         self.spec, self.args, self.transport, self.netns = spec, args, transport, netns
         self.tag = uuid.uuid4().hex[:12]
         self.url, self._cleanup = transport_url(transport, self.tag)
-        self.probe = _Probe(load_policy(spec, **args))
+        self.probe = _Probe(build_policy(spec, args))
         self.gateway: Any = None
         self.seen: list[tuple[float, int, list[str]]] = []
         self._stop = threading.Event()

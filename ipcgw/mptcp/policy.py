@@ -33,7 +33,7 @@ from ipcgw.mptcp.events import MptcpEvent
 from ipcgw.mptcp.genl import KernelError
 from ipcgw.mptcp.pm import PathManager
 
-__all__ = ["Policy", "RssiPolicy", "Station", "build_policy", "load_policy"]
+__all__ = ["Policy", "RssiPolicy", "Station", "build_policy", "load_policy", "policy_class"]
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +252,12 @@ class RssiPolicy(Policy):
         with self._lock:
             for key in [k for k in self.stations if k[0] == session]:
                 del self.stations[key]
+
+
+def policy_class(spec: str) -> type[Policy]:
+    """The class a ``module:Class[?...]`` spec names (ValueError if there is none)."""
+    module, name, _ = _split_spec(spec.strip())
+    return _policy_class(module, name)
 
 
 def _split_spec(spec: str) -> tuple[str, str, str]:
