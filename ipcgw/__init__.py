@@ -18,6 +18,7 @@ from ipcgw.errors import (
     ProtocolError,
     Timeout,
     TransportError,
+    UrlError,
 )
 from ipcgw.framing import make_framer
 from ipcgw.messages import (
@@ -63,6 +64,7 @@ __all__ = [
     "Stats",
     "Timeout",
     "TransportError",
+    "UrlError",
     "Welcome",
     "connect",
     "make_framer",

@@ -1,6 +1,7 @@
 """Every exception ipcgw raises on purpose, in one tree.
 
     IpcgwError
+    ├── UrlError                an endpoint URL is malformed (also a ValueError)
     ├── FramingError            bytes do not form valid frames
     │   ├── FrameTooLarge       a frame exceeds max_frame (size, max_size)
     │   └── FrameTimeout        a started frame did not complete in time (slowloris)
@@ -20,6 +21,11 @@ from __future__ import annotations
 
 class IpcgwError(Exception):
     """Root of every error ipcgw raises on purpose."""
+
+
+class UrlError(IpcgwError, ValueError):
+    """An endpoint URL that names no valid endpoint (scheme, address or parameter),
+    with the reason and, where one is close, what was probably meant."""
 
 
 class FramingError(IpcgwError):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ipcgw.codecs import get_codec
+from ipcgw.errors import UrlError
 from ipcgw.framing import DEFAULT_MAX_FRAME, Framer, make_framer
 
 __all__ = ["SCHEME_PARAMS", "Endpoint", "parse_url"]
@@ -61,10 +62,15 @@ class Endpoint:
         return make_framer(self.framing, self.max_frame)
 
     @property
+    def oneway(self) -> bool:
+        """A legacy protocol (sspi, sspi2): one plain pipe, no handshake, no replies."""
+        return get_codec(self.codec).legacy_oneway
+
+    @property
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.address.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"{self.scheme} URL needs HOST:PORT, got {self.address!r}")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise UrlError(f"{self.scheme} URL needs HOST:PORT, got {self.address!r}")
         return host.strip("[]"), int(port)
 
     def with_address(self, address: str) -> Endpoint:
@@ -87,28 +93,32 @@ class Endpoint:
 
 
 def parse_url(url: str) -> Endpoint:
-    """Parse and validate an endpoint URL (ValueError with the reason, one line)."""
+    """Parse and validate an endpoint URL (UrlError, also a ValueError, with the reason in one line)."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if not scheme:
-        raise ValueError(f"endpoint {url!r} has no scheme (e.g. unix:///run/ipcgw.sock)")
+        raise UrlError(f"endpoint {url!r} has no scheme (e.g. unix:///run/ipcgw.sock)")
     address = parts.netloc + parts.path if scheme in ("tcp", "sysv") else parts.path
     if scheme not in ("tcp", "sysv") and parts.netloc:
-        raise ValueError(f"{scheme} URL takes a path: {scheme}:///{parts.netloc}{parts.path}")
+        raise UrlError(f"{scheme} URL takes a path: {scheme}:///{parts.netloc}{parts.path}")
     if not address:
-        raise ValueError(f"endpoint {url!r} has no address")
+        raise UrlError(f"endpoint {url!r} has no address")
     query = _query(scheme, parts.query, url)
     codec = query.get("codec") or ("json" if query.get("framing") == "delimited:lf" else "msgpack")
-    framing = query.get("framing") or get_codec(codec).default_framing  # get_codec validates the name
-    if not get_codec(codec).binary_safe_on(framing):
-        raise ValueError(f"codec={codec} cannot ride framing={framing} in {url!r}: binary {codec} "
-                         f"contains the delimiter byte; use codec=json with delimited:lf, or "
-                         f"framing=delimited:nul for {codec}")
+    try:
+        kind = get_codec(codec)
+    except ValueError as exc:
+        raise UrlError(str(exc)) from None
+    framing = query.get("framing") or kind.default_framing
+    if not kind.binary_safe_on(framing):
+        raise UrlError(f"codec={codec} cannot ride framing={framing} in {url!r}: binary {codec} "
+                       f"contains the delimiter byte; use codec=json with delimited:lf, or "
+                       f"framing=delimited:nul for {codec}")
     try:
         max_frame = int(query.get("max_frame", DEFAULT_MAX_FRAME))
         mode = int(query.get("mode", "0600"), 8)
     except ValueError:
-        raise ValueError(f"max_frame must be an integer and mode octal in {url!r}") from None
+        raise UrlError(f"max_frame must be an integer and mode octal in {url!r}") from None
     endpoint = Endpoint(
         scheme,
         address,
@@ -118,8 +128,26 @@ def parse_url(url: str) -> Endpoint:
         mode,
         {k: v for k, v in query.items() if k not in _STANDARD},
     )
-    endpoint.framer()  # validates the framing spec
+    try:
+        endpoint.framer()  # validates the framing spec
+    except ValueError as exc:
+        raise UrlError(str(exc)) from None
+    if scheme == "tcp":
+        endpoint.host_port  # noqa: B018 - validates HOST:PORT
+    elif scheme == "sysv":
+        sysv_key(address)
     return endpoint
+
+
+def sysv_key(address: str) -> int:
+    """A System V key from the URL's address: hex (0x...) or decimal."""
+    try:
+        key = int(address, 0)
+    except ValueError:
+        raise UrlError(f"sysv URL needs a numeric key (0x.. or decimal), got {address!r}") from None
+    if key == 0 or not -(2**31) <= key < 2**32:
+        raise UrlError(f"sysv key must be a non-zero 32-bit number, got {address!r}")
+    return key
 
 
 def _query(scheme: str, text: str, url: str) -> dict[str, str]:
@@ -127,7 +155,7 @@ def _query(scheme: str, text: str, url: str) -> dict[str, str]:
     query: dict[str, str] = {}
     for key, value in parse_qsl(text, keep_blank_values=True):
         if key in query:
-            raise ValueError(f"URL parameter {key!r} is given twice in {url!r}")
+            raise UrlError(f"URL parameter {key!r} is given twice in {url!r}")
         query[key] = value
     extra = SCHEME_PARAMS.get(scheme)
     if extra is None:
@@ -137,6 +165,6 @@ def _query(scheme: str, text: str, url: str) -> dict[str, str]:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ValueError(f"unknown URL parameter {key!r} for {scheme}: {hint}"
+            raise UrlError(f"unknown URL parameter {key!r} for {scheme}: {hint}"
                              f"({scheme} takes {', '.join(sorted(known))})")
     return query

@@ -55,6 +55,7 @@ class ServerProcess:
         if "--handler" not in extra:  # not auto: a transport test must not touch the host's MPTCP
             extra = ["--handler", "base", *extra]
         cmd += extra
+        self.netns = netns
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -118,4 +119,30 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+            reclaim(getattr(self, "urls", []), self.netns)
         self._log.close()
+
+
+def reclaim(urls: list[str], netns: str | None = None) -> None:
+    """After a kill -9: what the dead server left (FIFOs, sockets, lock files, queues)
+    is removed the way a user would, by a server that reclaims it and stops cleanly."""
+    named = [u for u in urls if not u.startswith(("tcp:", "unix:@"))]  # those leave no name
+    if not named:
+        return
+    cmd = [sys.executable, "-m", "ipcgw", "serve", "--handler", "base"]
+    for url in named:
+        cmd += ["--listen", url]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    for _ in named:
+        if not proc.stdout.readline():
+            break
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.stdout.close()

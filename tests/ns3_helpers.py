@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gateway_helpers import reclaim
 
 from ipcgw.messages import Command, Event, Message, Report, Result
 from ipcgw.server import BaseHandler, Session
@@ -88,6 +89,7 @@ class Server:
                  extra: list[str] | None = None, netns: str | None = None,
                  env: dict[str, str] | None = None) -> None:
         urls = [urls] if isinstance(urls, str) else urls
+        self.netns = netns
         self.log_path = tmp / f"server-{uuid.uuid4().hex[:6]}.log"
         cmd = [sys.executable, "-m", "ipcgw", "-v", "serve", "--handler", handler,
                *(extra or [])]
@@ -147,6 +149,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.returncode == -signal.SIGKILL:  # a test killed it: remove what it left
+            reclaim(getattr(self, "urls", []), self.netns)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._log.close()

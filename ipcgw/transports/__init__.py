@@ -10,6 +10,7 @@ import difflib
 import importlib
 from functools import cache
 
+from ipcgw.errors import UrlError
 from ipcgw.transports.base import Connection, Listener, Transport
 from ipcgw.url import Endpoint, parse_url
 
@@ -32,7 +33,7 @@ def get_transport(scheme: str) -> type[Transport]:
     except KeyError:
         close = difflib.get_close_matches(scheme, TRANSPORTS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
+        raise UrlError(
             f"unknown transport {scheme!r}{hint} (known: {', '.join(TRANSPORTS)})"
         ) from None
     module, _, name = target.partition(":")

@@ -552,7 +552,7 @@ class FifoTransport(Transport):
 
     @classmethod
     def listen(cls, endpoint: Endpoint) -> Listener:
-        if endpoint.codec == "sspi":
+        if endpoint.oneway:
             from ipcgw.transports.legacy_fifo import LegacyFifoListener
 
             return LegacyFifoListener(endpoint)
@@ -560,7 +560,7 @@ class FifoTransport(Transport):
 
     @classmethod
     def connect(cls, endpoint: Endpoint, timeout: float = 5.0) -> Connection:
-        if endpoint.codec == "sspi":
+        if endpoint.oneway:
             from ipcgw.transports.legacy_fifo import connect_legacy
 
             return connect_legacy(endpoint)
