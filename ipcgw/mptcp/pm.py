@@ -12,6 +12,14 @@ carrying the kernel's extack words ("invalid token", "subflow not found", ...),
 so a gateway can hand them to its client verbatim. Results are plain dicts and
 lists so they travel in a msgpack ``Result`` unchanged.
 
+The commands a simulation sends at run time (endpoint flags and get-by-id,
+limits, every userspace-PM command) go through :class:`~ipcgw.mptcp.lean.LeanPM`,
+pre-built messages on a command socket of their own (~8 µs for a GET_LIMITS
+instead of ~50 µs); ``lean=False`` sends them through pyroute2 like
+everything else (dumps, endpoint add/delete/flush), the reference the tests
+hold the lean path to. Both paths check arguments alike, in the same order,
+with the same words.
+
 Remember the userspace-PM rule: the kernel accepts MP_JOINs and ADD_ADDRs only
 while some socket listens on ``mptcp_pm_events`` (host-wide, not per namespace).
 """
@@ -25,6 +33,7 @@ from typing import Any
 
 from ipcgw.mptcp import genl
 from ipcgw.mptcp.genl import ADDR_FLAG_NAMES, GenlSocket, KernelError
+from ipcgw.mptcp.lean import LeanPM, pack_addr
 
 __all__ = [
     "KernelError",
@@ -125,6 +134,23 @@ def _addr_nest(
     return {"attrs": attrs}
 
 
+def _check_nest(
+    addr: str | None = None,
+    id: int | None = None,
+    port: int | None = None,
+    ifindex: int | None = None,
+) -> None:
+    """The checks :func:`_addr_nest` makes, in its order, for the lean path."""
+    if addr is not None:
+        pack_addr(addr)
+    if id is not None:
+        _u8(id, "id")
+    if port is not None:
+        _u16(port, "port")
+    if ifindex is not None:
+        _ifindex(ifindex)
+
+
 def _u8(value: int, name: str) -> int:
     if type(value) is not int or not 0 <= value <= 0xFF:
         raise ValueError(f"{name} must be an integer 0..255, got {value!r}")
@@ -166,16 +192,30 @@ def _endpoint(nest: Any) -> dict[str, Any]:
 class PathManager:
     """Commands to the MPTCP path manager of one network namespace.
 
-    Thread-safe (one netlink socket, requests serialized by its lock); a
-    request costs a few tens of µs, mostly pyroute2's encode/decode.
+    Thread-safe (each netlink socket serializes its requests with a lock).
+    Through pyroute2 a request costs a few tens of µs, mostly encode/decode;
+    the run-time commands take the lean path unless ``lean=False``.
     """
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, lean: bool = True) -> None:
         self.netns = netns
         self._nl = GenlSocket(genl.MPTCP_PM_NAME, genl.mptcp_pm_msg, netns=netns)
+        self._lean: LeanPM | None = None
+        if lean:
+            try:
+                self._lean = LeanPM(netns)
+            except BaseException:
+                self._nl.close()
+                raise
+
+    @property
+    def lean(self) -> bool:
+        return self._lean is not None
 
     def close(self) -> None:
         self._nl.close()
+        if self._lean is not None:
+            self._lean.close()
 
     def __enter__(self) -> PathManager:
         return self
@@ -200,6 +240,8 @@ class PathManager:
 
     def endpoint(self, id: int) -> dict[str, Any]:
         """One endpoint by id (KernelError when it does not exist)."""
+        if self._lean is not None:
+            return self._lean.endpoint(_u8(id, "id"))
         nest = _addr_nest(id=id)
         (reply,) = self._do(
             "endpoint.get", genl.MPTCP_PM_CMD_GET_ADDR, [("MPTCP_PM_ATTR_ADDR", nest)]
@@ -248,12 +290,16 @@ class PathManager:
         bits = (genl.MPTCP_PM_ADDR_FLAG_BACKUP if backup else 0) | (
             genl.MPTCP_PM_ADDR_FLAG_FULLMESH if fullmesh else 0
         )
+        if self._lean is not None:
+            return self._lean.set_endpoint_flags(_u8(id, "id"), bits)
         nest = _addr_nest(id=id, flags=bits)
         self._do("endpoint.set_flags", genl.MPTCP_PM_CMD_SET_FLAGS, [("MPTCP_PM_ATTR_ADDR", nest)])
 
     # -- kernel PM: limits ----------------------------------------------------
 
     def limits(self) -> dict[str, int]:
+        if self._lean is not None:
+            return self._lean.limits()
         (reply,) = self._do("limits.get", genl.MPTCP_PM_CMD_GET_LIMITS)
         return {
             "subflows": reply.get_attr("MPTCP_PM_ATTR_SUBFLOWS") or 0,
@@ -270,6 +316,9 @@ class PathManager:
             attrs.append(
                 ("MPTCP_PM_ATTR_RCV_ADD_ADDRS", _u32(add_addr_accepted, "add_addr_accepted"))
             )
+        if self._lean is not None:
+            self._lean.set_limits(subflows, add_addr_accepted)
+            return self._lean.limits()
         self._do("limits.set", genl.MPTCP_PM_CMD_SET_LIMITS, attrs)
         return self.limits()
 
@@ -289,6 +338,9 @@ class PathManager:
         ... dev X`` passes it; the kernel keeps it in the connection's list of
         local addresses.
         """
+        if self._lean is not None:
+            _check_nest(addr, id, port, ifindex)
+            return self._lean.announce(_u32(token, "token"), addr, id, port, ifindex)
         nest = _addr_nest(addr, id, port, genl.MPTCP_PM_ADDR_FLAG_SIGNAL, ifindex)
         self._do(
             "pm.announce",
@@ -298,6 +350,8 @@ class PathManager:
 
     def remove(self, token: int, id: int) -> None:
         """RM_ADDR of local address id ``id`` on connection ``token``."""
+        if self._lean is not None:
+            return self._lean.remove(_u32(token, "token"), _u8(id, "id"))
         self._do(
             "pm.remove",
             genl.MPTCP_PM_CMD_REMOVE,
@@ -325,6 +379,12 @@ class PathManager:
         alone would pick another.
         """
         flags = genl.MPTCP_PM_ADDR_FLAG_BACKUP if backup else None
+        if self._lean is not None:
+            _check_nest(local_addr, local_id, local_port, ifindex)
+            token = _u32(token, "token")
+            _check_nest(remote_addr, port=remote_port)
+            return self._lean.subflow_create(token, local_addr, remote_addr,
+                                             remote_port, local_id, local_port, flags, ifindex)
         local = _addr_nest(local_addr, local_id, local_port, flags, ifindex)
         self._do(
             "pm.subflow_create",
@@ -339,6 +399,12 @@ class PathManager:
     def subflow_destroy(
         self, token: int, local_addr: str, local_port: int, remote_addr: str, remote_port: int
     ) -> None:
+        if self._lean is not None:
+            token = _u32(token, "token")
+            _check_nest(local_addr, port=local_port)
+            _check_nest(remote_addr, port=remote_port)
+            return self._lean.subflow_destroy(token, local_addr, local_port,
+                                              remote_addr, remote_port)
         self._do(
             "pm.subflow_destroy",
             genl.MPTCP_PM_CMD_SUBFLOW_DESTROY,
@@ -360,6 +426,12 @@ class PathManager:
     ) -> None:
         """MP_PRIO on one subflow; the *peer* raises SUB_PRIORITY."""
         bits = genl.MPTCP_PM_ADDR_FLAG_BACKUP if backup else 0
+        if self._lean is not None:
+            token = _u32(token, "token")
+            _check_nest(local_addr, port=local_port)
+            _check_nest(remote_addr, port=remote_port)
+            return self._lean.set_flags(token, local_addr, local_port,
+                                        remote_addr, remote_port, bits)
         self._do(
             "pm.set_flags",
             genl.MPTCP_PM_CMD_SET_FLAGS,
