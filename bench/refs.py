@@ -12,7 +12,6 @@ outlives the case, so a dead echo cannot hang the whole run.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import select
 import socket
@@ -31,7 +30,6 @@ __all__ = ["PEER_KINDS", "RAW_TRANSPORTS", "Ref", "SkipCase", "make_ref"]
 RAW_TRANSPORTS = ("fifo", "sysv", "posixmq", "tcp", "unix", "shm")
 PEER_KINDS = ("zmq-ipc", "zmq-tcp", "mp-pipe")
 _ROOT = str(Path(__file__).resolve().parent.parent)
-_shm_ids = itertools.count(1)
 
 
 class SkipCase(Exception):
@@ -277,28 +275,29 @@ class RawFifo(_StreamRef):
 
 
 class RawShm(_StreamRef):
-    """Two shared-memory rings (``bench/shmring.py``), spin-then-sleep: ipcgw's shm
-    mechanism without its framing, codec, send lock and close protocol. The names
-    are unlinked once the echo has opened them, and in ``close()`` on every path."""
+    """ipcgw's own shm rings (``bench/shmring.py``: the C ``Rings``, layout 3, memfd
+    and eventfds handed to the echo by fd) without its framing, codec, channel and
+    close protocol. Nothing is named, so nothing can be left behind."""
 
     transport = "shm"
 
     def start(self) -> None:
         from bench import shmring
 
-        objs = shmring.names(f"/ipcgwb-{os.getpid()}-{next(_shm_ids)}")
-        self._stack.callback(shmring.unlink, objs)
-        shmring.create(objs)
-        # As ipcgw's transport: no spinning when both sides share the only CPU.
-        spin = 0 if os.sched_getaffinity(0) == {self.server_cpu} else shmring.SPIN_US
-        self._spawn([str(spin), *objs])
-        self.end = shmring.ShmEnd(objs, server=False, spin_us=spin)
+        fds = shmring.create()
+        try:
+            # As ipcgw's transport: no spinning when both sides share the only CPU.
+            spin = 0 if os.sched_getaffinity(0) == {self.server_cpu} else shmring.SPIN_US
+            self._spawn([str(spin), *map(str, fds)], pass_fds=tuple(fds))
+            self.end = shmring.ShmEnd(fds, server=False, spin_us=spin)  # owns the fds now
+        except BaseException:
+            shmring.close_fds(fds)
+            raise
         self._stack.callback(self.end.close)
         self._read = self.end.read_into
         self._write = self.end.write
         self._init_buffers()
-        self._read_exact(1)  # ready: the echo has opened every object
-        shmring.unlink(objs)
+        self._read_exact(1)  # ready: the echo has mapped the segment
 
     def _end(self) -> None:
         self.end.end()

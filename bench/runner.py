@@ -26,6 +26,7 @@ from bench.gateway import (
     available_transports,
     fresh_url,
 )
+from bench.handler import SINK_OP
 from bench.idle import measure_idle
 from bench.interleave import interleaved_p50
 from bench.measure import Record, batch_for, latency_loop, throughput_loop, warm_up
@@ -119,7 +120,7 @@ def _wait_threads(pid: int, baseline: int, timeout: float = 1.0) -> None:
 
 def _gateway_case(server: GatewayServer, case: Case, cfg: Config, client_cpu_n: int) -> Record:
     import ipcgw
-    from ipcgw.messages import Report
+    from ipcgw.messages import Command
 
     rec = Record(case.kind, case.transport, case.framing, case.placement, case.size)
     pin_self(client_cpu_n)
@@ -135,9 +136,9 @@ def _gateway_case(server: GatewayServer, case: Case, cfg: Config, client_cpu_n: 
             s1, c1 = proc_cpu(server.pid), client_cpu()
             rec.rtt_count = rec.hist.total
             rec.cpu_client_rtt, rec.cpu_server_rtt = c1 - c0, s1 - s0
-            # One-way: Reports get no reply, so nothing waits unread on the server side;
-            # the final ping's Pong comes after the server has handled every Report.
-            report = Report(0.0, 1, {"payload": payload})
+            # One-way: a sink Command (request_id 0) gets no reply, so nothing waits unread;
+            # the final ping's Pong comes after the server has handled every one.
+            report = Command(0, SINK_OP, {"payload": payload})
             t0 = time.perf_counter()
             s0, c0 = proc_cpu(server.pid), client_cpu()
             rec.tp_msgs = throughput_loop(client.send, report, cfg.tp_time, batch_for(case.size))

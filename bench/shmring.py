@@ -1,101 +1,120 @@
-"""The shm references' mechanism in plain Python: two SPSC byte rings in a POSIX
-shared-memory segment, spin-then-sleep on POSIX semaphores.
+"""The raw-Python shm reference: ipcgw's own ring code without the rest of ipcgw.
 
-Why a copy of the idea and not ipcgw's transport: the raw reference answers
-"what does this mechanism cost in Python without ipcgw's framing, codec,
-send lock and close handling?", so it must not import ipcgw. The layout is the
-one of ``bench/c/shm.c`` (the C floor), word for word:
+Why these rings: the reference answers "what does the shm mechanism cost from
+Python without ipcgw's framing, codec, channel and close protocol?". A ring in
+pure Python (as this file used to be) is slower than the C data path ipcgw
+runs (``ipcgw/transports/_shmring.c``), so ipcgw could look *faster* than its
+own reference. Here both sides use the very ``Rings`` class the transport
+uses (``rings_class()``: the C one when built, else its Python twin; ``IMPL``
+says which), in the transport's layout 3:
 
-- a 4096-byte header of 8-byte words, then ring c2s, then ring s2c (``RING``
-  bytes each);
-- ring r's producer words on one 128-byte line at word ``(1 + 2r) * 16``:
-  head, producer-asleep (waiting for room), eof; its consumer words on the
-  next line: tail, consumer-asleep. One writer per line: no false sharing.
+- one memfd segment (sealed: no shrink/grow), a 4096-byte header of 8-byte
+  words, then ring c2s, then ring s2c (``RING`` bytes each); ring r's head,
+  writer-asleep, tail and reader-asleep words each on their own 128-byte line
+  at word ``(1 + 4r) * 16 + {0, 16, 32, 48}``;
+- four eventfds (``{c2s,s2c}.{data,space}``) to sleep on; no names, so
+  nothing can be left in /dev/shm. The bench creates them (``create``) and
+  hands them to the echo child by fd (``pass_fds``);
+- words 2 (client) and 3 (server) are the end marker (the transport's closed
+  flags), stored after the last head; word 6 is the "aborted" flag ``Rings``
+  checks before each put.
 
-Wait strategy: a side that finds nothing to do spins on the counter for
-``spin_us`` (0 when both sides are pinned to the same CPU: the peer could not
-run meanwhile, as ipcgw's transport does), then sets its asleep flag, passes a
-full barrier, re-checks and sleeps on its semaphore in 0.25 s slices. The
-other side posts only when it sees the flag after its own barrier (Dekker:
-x86-64 may let a later load pass an earlier store; a ``threading.Lock``
-acquire/release is a ``lock``-prefixed instruction, no syscall).
-Counters are single aligned 8-byte loads/stores through ``memoryview.cast("Q")``.
+Wait strategy, the transport's: ``Rings.get`` spins up to ``spin_us`` (no
+GIL), then the reader sets its asleep flag, fences, re-checks and polls its
+eventfd in 0.25 s slices; the writer posts only when it sees the flag. No
+spinning when both sides are pinned to one CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import mmap
-import threading
+import os
+import select
 import time
 from collections.abc import Callable
 
-import posix_ipc
+from ipcgw.transports.shmrings import rings_class
 
-__all__ = ["RING", "SPIN_US", "ShmEnd", "create", "names", "unlink"]
+__all__ = ["IMPL", "RING", "SPIN_US", "ShmEnd", "close_fds", "create"]
 
 HEADER = 4096
 RING = 1 << 20
 CHUNK = RING // 4  # big writes are published in pieces, so the reader overlaps the copy
-SPIN_US = 50
-SLICE = 0.25  # seconds per semaphore wait between liveness checks
-SEM_KINDS = ("c2s.data", "c2s.space", "s2c.data", "s2c.space")
+SEGMENT = HEADER + 2 * RING
+SPIN_US = 50  # ipcgw's default spin_us
+SLICE_MS = 250  # per eventfd wait between liveness checks
+LINE = 16  # words per 128 bytes
+W_EOF = 2  # + 0 client, + 1 server
+W_ABORTED = 6
+EVENT_KINDS = ("c2s.data", "c2s.space", "s2c.data", "s2c.space")
+IMPL = "C" if rings_class().__module__.endswith("_shmring") else "Python twin"
 
 
-def names(base: str) -> list[str]:
-    """The segment name, then the four semaphore names (``base`` starts with '/')."""
-    return [f"{base}.seg", *(f"{base}.{kind}" for kind in SEM_KINDS)]
+def _words(ring: int) -> tuple[int, int, int, int]:
+    """(head, writer-asleep, tail, reader-asleep) word indexes of ring 0 (c2s) or 1 (s2c)."""
+    base = (1 + 4 * ring) * LINE
+    return base, base + LINE, base + 2 * LINE, base + 3 * LINE
 
 
-def create(objs: list[str]) -> None:
-    """Create the zeroed segment and the semaphores (count 0), mode 0600; the caller
-    owns the names and unlinks them (``unlink``) on every path."""
-    shm = posix_ipc.SharedMemory(objs[0], posix_ipc.O_CREX, 0o600, HEADER + 2 * RING)
-    shm.close_fd()
-    for name in objs[1:]:
-        posix_ipc.Semaphore(name, posix_ipc.O_CREX, 0o600, 0).close()
+def create() -> list[int]:
+    """A zeroed sealed segment, then the four eventfds: fds the caller owns (``close_fds``)."""
+    fds: list[int] = []
+    try:
+        seg = os.memfd_create("ipcgw-bench-raw", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        fds.append(seg)
+        os.ftruncate(seg, SEGMENT)
+        fcntl.fcntl(seg, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+        for _ in EVENT_KINDS:
+            fds.append(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
+    except BaseException:
+        close_fds(fds)
+        raise
+    return fds
 
 
-def unlink(objs: list[str]) -> None:
-    """Remove the names; objects stay alive while mapped or open (like an unlinked file)."""
-    with contextlib.suppress(posix_ipc.ExistentialError):
-        posix_ipc.unlink_shared_memory(objs[0])
-    for name in objs[1:]:
-        with contextlib.suppress(posix_ipc.ExistentialError):
-            posix_ipc.unlink_semaphore(name)
+def close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
-def _words(ring: int) -> tuple[int, int, int, int, int]:
-    """(head, producer-asleep, eof, tail, consumer-asleep) word indexes of ring 0 or 1."""
-    prod = (1 + 2 * ring) * 16
-    return prod, prod + 1, prod + 2, prod + 16, prod + 17
+def _post(fd: int) -> Callable[[], None]:
+    def post() -> None:
+        with contextlib.suppress(OSError):  # a full counter already means "posted"
+            os.eventfd_write(fd, 1)
+    return post
 
 
 class ShmEnd:
-    """One side: writes its outgoing ring, reads its incoming one. ``server`` is the echo."""
+    """One side: writes its outgoing ring, reads its incoming one. ``objs`` are the
+    fds of ``create()`` (as strings in the echo child's argv); this object owns them
+    from now on. ``server`` is the echo."""
 
-    def __init__(self, objs: list[str], server: bool, spin_us: int,
+    def __init__(self, objs: list[str] | list[int], server: bool, spin_us: int,
                  alive: Callable[[], bool] = lambda: True) -> None:
-        shm = posix_ipc.SharedMemory(objs[0])
-        try:
-            self._mm = mmap.mmap(shm.fd, HEADER + 2 * RING)
-        finally:
-            shm.close_fd()
-        self._mv = memoryview(self._mm)
-        self._q = self._mv.cast("Q")
-        sems = {kind: posix_ipc.Semaphore(name) for kind, name in zip(SEM_KINDS, objs[1:],
-                                                                       strict=True)}
-        self._sems = list(sems.values())
+        self._fds = [int(x) for x in objs]
+        seg, events = self._fds[0], dict(zip(EVENT_KINDS, self._fds[1:], strict=True))
+        self._mm = mmap.mmap(seg, SEGMENT)
+        self._q = memoryview(self._mm).cast("Q")
         out, inn = (1, 0) if server else (0, 1)
-        self._oh, self._o_wsleep, self._oeof, self._ot, self._o_rsleep = _words(out)
-        self._ih, self._i_wsleep, self._ieof, self._it, self._i_rsleep = _words(inn)
-        self._obase, self._ibase = HEADER + out * RING, HEADER + inn * RING
+        oh, self._osleep_w, ot, self._osleep_r = _words(out)
+        ih, isleep_w, it, self._isleep_r = _words(inn)
+        self._my_eof, self._peer_eof = W_EOF + out, W_EOF + inn
         o, i = ("s2c", "c2s") if server else ("c2s", "s2c")
-        self._o_data, self._o_space = sems[f"{o}.data"], sems[f"{o}.space"]  # post / wait
-        self._i_data, self._i_space = sems[f"{i}.data"], sems[f"{i}.space"]  # wait / post
-        self._head = self._tail = 0
+        self._o_data = events[f"{o}.data"]
+        self._i_data, self._o_space = events[f"{i}.data"], events[f"{o}.space"]
+        self._data_poll, self._space_poll = select.poll(), select.poll()
+        self._data_poll.register(self._i_data, select.POLLIN)
+        self._space_poll.register(self._o_space, select.POLLIN)
+        self._rings = rings_class()(
+            self._mm, HEADER + out * RING, HEADER + inn * RING, RING,
+            (oh, ot, self._osleep_r, ih, it, isleep_w, W_ABORTED), CHUNK,
+            _post(self._o_data), _post(events[f"{i}.space"]))
+        self._put, self._get, self._fence = self._rings.put, self._rings.get, self._rings.fence
         self._spin_ns = spin_us * 1000
-        self._fence = threading.Lock()
+        self._pending = memoryview(b"")
         self._alive = alive
         self._aborted = False
 
@@ -103,52 +122,41 @@ class ShmEnd:
 
     def write(self, data: bytes | memoryview) -> None:
         """All of ``data`` into the outgoing ring, waiting for room as needed."""
-        q, mv, base, ot = self._q, self._mv, self._obase, self._ot
-        if len(data) > CHUNK:
-            data = memoryview(data).cast("B")  # slices without copies
-        n, pos, head = len(data), 0, self._head
-        while pos < n:
-            free = RING - (head - q[ot])
-            if not free:
-                self._wait_space(head)
-                continue
-            k = min(free, n - pos, CHUNK)
-            off = head % RING
-            first = min(k, RING - off)
-            mv[base + off:base + off + first] = data if first == n else data[pos:pos + first]
-            if k > first:
-                mv[base:base + k - first] = data[pos + first:pos + k]
-            pos += k
-            head += k
-            q[self._oh] = head  # one 8-byte store after the data stores (TSO keeps the order)
-            self._publish()
-        self._head = head
+        put = self._put
+        done = put(data)
+        if done == len(data):
+            return
+        view, pos = memoryview(data).cast("B"), max(done, 0)
+        while pos < len(view) or done < 0:
+            if done < 0:
+                raise EOFError("shm reference aborted")
+            done = put(view[pos:])
+            if done == 0:
+                self._wait_space()
+            pos += max(done, 0)
 
     def end(self) -> None:
         """The end marker (a stream's EOF): stored after the last head."""
-        self._q[self._oeof] = 1
-        self._publish()
+        q = self._q
+        q[self._my_eof] = 1
+        self._fence()
+        if q[self._osleep_r]:
+            os.eventfd_write(self._o_data, 1)
 
-    def _publish(self) -> None:
-        fence = self._fence  # full barrier between the head store and the asleep load
-        fence.acquire()
-        fence.release()
-        if self._q[self._o_rsleep]:
-            self._o_data.release()
-
-    def _wait_space(self, head: int) -> None:
-        q, ot = self._q, self._ot
-        if self._spin(lambda: head - q[ot] < RING):
-            return
+    def _wait_space(self) -> None:
+        q, room = self._q, self._rings.room
+        now = time.perf_counter_ns
+        end = now() + self._spin_ns
+        while now() < end:
+            if room():
+                return
         while True:
-            q[self._o_wsleep] = 1
-            with self._fence:
-                pass
-            if head - q[ot] >= RING:
-                with contextlib.suppress(posix_ipc.BusyError, posix_ipc.SignalError):
-                    self._o_space.acquire(SLICE)
-            q[self._o_wsleep] = 0
-            if head - q[ot] < RING:
+            q[self._osleep_w] = 1
+            self._fence()
+            if not room():
+                self._sleep(self._space_poll, self._o_space)
+            q[self._osleep_w] = 0
+            if room():
                 return
             self._check()
 
@@ -156,59 +164,43 @@ class ShmEnd:
 
     def read_into(self, view: memoryview) -> int:
         """Up to ``len(view)`` bytes that are there (waiting for some); 0 at the end marker."""
-        q, tail = self._q, self._tail
-        head = q[self._ih]
-        if head == tail:
-            head = self._wait_data(tail)
-            if head < 0:
-                return 0
-        k = min(head - tail, len(view))
-        off = tail % RING
-        first = min(k, RING - off)
-        start = self._ibase + off
-        view[:first] = self._mv[start:start + first]
-        if k > first:
-            view[first:k] = self._mv[self._ibase:self._ibase + k - first]
-        self._tail = tail = tail + k
-        q[self._it] = tail
-        fence = self._fence  # full barrier, then: does the writer wait for room?
-        fence.acquire()
-        fence.release()
-        if q[self._i_wsleep]:
-            self._i_space.release()
+        data = self._pending
+        if not data:
+            got = self._get(self._spin_ns)
+            if got is None:
+                got = self._sleep_for_data()
+                if not got:
+                    return 0
+            data = memoryview(got)
+        k = min(len(data), len(view))
+        view[:k] = data[:k]
+        self._pending = data[k:]
         return k
 
-    def _wait_data(self, tail: int) -> int:
-        """The new head, or -1 at the end marker."""
-        q, ih, ieof = self._q, self._ih, self._ieof
-        if self._spin(lambda: q[ih] != tail):
-            return q[ih]
+    def _sleep_for_data(self) -> bytes:
+        """After the spin: data, or b"" at the end marker."""
+        q, get = self._q, self._get
         while True:
-            q[self._i_rsleep] = 1
-            with self._fence:
-                pass
-            eof, head = q[ieof], q[ih]  # eof first: its store came after the last head's
-            if head == tail and not eof:
-                with contextlib.suppress(posix_ipc.BusyError, posix_ipc.SignalError):
-                    self._i_data.acquire(SLICE)
-                eof, head = q[ieof], q[ih]
-            q[self._i_rsleep] = 0
-            if head != tail:
-                return head
+            q[self._isleep_r] = 1
+            self._fence()  # the flag is seen before we re-check the head
+            eof = q[self._peer_eof]  # first: stored after the last head
+            data = get(0)
+            if data is None and not eof:
+                self._sleep(self._data_poll, self._i_data)
+                eof = q[self._peer_eof]
+                data = get(0)
+            q[self._isleep_r] = 0
+            if data is not None:
+                return data
             if eof:
-                return -1
+                return b""
             self._check()
 
-    def _spin(self, ready: Callable[[], bool]) -> bool:
-        """Busy-wait up to spin_us for ``ready()``: no syscall, as ipcgw's transport."""
-        if not self._spin_ns:
-            return False
-        now = time.perf_counter_ns
-        end = now() + self._spin_ns
-        while now() < end:
-            if ready():
-                return True
-        return False
+    @staticmethod
+    def _sleep(poller: select.poll, fd: int) -> None:
+        if poller.poll(SLICE_MS):
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(fd)
 
     # ------------------------------------------------------------ liveness and close
 
@@ -219,14 +211,15 @@ class ShmEnd:
     def abort(self) -> None:
         """From another thread: make a blocked write/read raise EOFError (the peer died)."""
         self._aborted = True
-        for sem in (self._i_data, self._o_space):
-            with contextlib.suppress(posix_ipc.Error):
-                sem.release()
+        with contextlib.suppress(ValueError):
+            self._q[W_ABORTED] = 1
+        for fd in self._fds[1:]:
+            with contextlib.suppress(OSError):
+                os.eventfd_write(fd, 1)
 
     def close(self) -> None:
+        self._rings.release()
+        self._pending.release()
         self._q.release()
-        self._mv.release()
         self._mm.close()
-        for sem in self._sems:
-            with contextlib.suppress(posix_ipc.Error):
-                sem.close()
+        close_fds(self._fds)

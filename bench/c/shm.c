@@ -1,85 +1,72 @@
-/* C floor over shared memory: two single-producer/single-consumer byte rings in
- * a POSIX shared-memory segment, spin-then-sleep on POSIX named semaphores.
- * ADDR = BASE SPIN_US: the caller picks BASE ("/name") and removes the names
- * too if we die before we do; we create BASE.seg and BASE.{c2s,s2c}.{data,space}
- * exclusively, map/open them and unlink every name before fork(), so nothing
- * named outlives setup (the child inherits the mapping and the semaphores).
+/* C floor over shared memory: ipcgw's shm layout 3 with nothing on top.
+ * ADDR = SPIN_US. Like the transport: one sealed-size memfd segment holding
+ * two single-producer/single-consumer byte rings, and four eventfds
+ * ({c2s,s2c}.{data,space}) to sleep on; no names at all (both processes come
+ * from fork(), so they share the mapping and the fds; nothing outlives us).
  *
- * Same layout and wait strategy as bench/shmring.py (raw Python) and ipcgw's
- * shm transport: a 4096-byte header of 8-byte words, then ring c2s, then ring
- * s2c; ring r's producer words (head, producer-asleep, eof) on the 128-byte
- * line at word (1 + 2r) * 16, its consumer words (tail, consumer-asleep) on the
- * next line. A side with nothing to do spins SPIN_US on the counter (0 when
- * both share one CPU), then sets its asleep flag, passes a seq_cst fence,
- * re-checks and sem_timedwait()s; the other side posts only when it sees the
- * flag after its own fence (Dekker). Payloads larger than the ring stream
- * through it in RING/4 pieces. The end marker is the eof word, after the last
- * head. */
+ * Layout (ipcgw/transports/shm.py, LAYOUT 3): a 4096-byte header of 8-byte
+ * words, then ring c2s, then ring s2c. Ring r's head, writer-asleep, tail and
+ * reader-asleep words each on their own 128-byte line, at word
+ * (1 + 4r) * 16 + {0, 16, 32, 48}. Words 2 (client) and 3 (server) are the
+ * closed flags; here they are the end marker, stored after the last head.
+ *
+ * Wait strategy, as the transport's: a side with nothing to do spins SPIN_US
+ * on the counter (0 when both share one CPU), then sets its asleep flag,
+ * passes a seq_cst fence, re-checks and poll()s its eventfd for 0.25 s at
+ * most; the other side writes the eventfd only when it sees the flag after its
+ * own fence (Dekker). The writer re-reads the reader's tail only when its
+ * cached copy says the ring is full. Payloads larger than a quarter ring are
+ * published in RING/4 pieces. */
 #include <fcntl.h>
-#include <semaphore.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include "common.h"
 
 #define HEADER 4096
 #define RING ((uint64_t)1 << 20)
 #define CHUNK (RING / 4)
-#define SLICE_NS 250000000L /* between liveness checks while asleep */
+#define LINE 16 /* words per 128 bytes */
+#define SLICE_MS 250 /* between liveness checks while asleep */
 
-static const char *kinds[4] = {"c2s.data", "c2s.space", "s2c.data", "s2c.space"};
-static char names[5][256]; /* seg, then the semaphores in kinds order */
 static uint64_t *words;
 static char *mem;
-static sem_t *sems[4];
+static int efd[4]; /* c2s.data, c2s.space, s2c.data, s2c.space */
 static uint64_t spin_ns;
 static pid_t parent;
 
 struct side {                /* one ring seen from one end */
-    uint64_t *head, *wsleep, *eof, *tail, *rsleep;
+    uint64_t *head, *wsleep, *tail, *rsleep, *eof;
     char *data;
-    sem_t *data_sem, *space_sem;
+    int data_fd, space_fd;
     uint64_t pos;            /* our own head (out) or tail (in) */
+    uint64_t seen;           /* out: the reader's tail as last read */
 };
 static struct side out, in;
 
-static void unlink_names(void) {
-    shm_unlink(names[0]);
-    for (int i = 1; i < 5; i++) sem_unlink(names[i]);
-}
-
-static void setup_fail(const char *what) {
-    int e = errno;
-    unlink_names();
-    errno = e;
-    die(what);
-}
-
 static void t_setup(int argc, char **argv) {
-    if (argc < 2) { errno = EINVAL; die("shm needs BASE and SPIN_US"); }
-    snprintf(names[0], sizeof names[0], "%s.seg", argv[0]);
-    for (int i = 0; i < 4; i++) snprintf(names[i + 1], sizeof names[i + 1], "%s.%s", argv[0], kinds[i]);
-    spin_ns = strtoull(argv[1], NULL, 10) * 1000u;
-    int fd = shm_open(names[0], O_CREAT | O_EXCL | O_RDWR, 0600);
-    if (fd < 0) setup_fail("shm_open");
-    if (ftruncate(fd, HEADER + 2 * RING) != 0) setup_fail("ftruncate");
+    if (argc < 1) { errno = EINVAL; die("shm needs SPIN_US"); }
+    spin_ns = strtoull(argv[0], NULL, 10) * 1000u;
+    int fd = memfd_create("ipcgw-bench-c", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) die("memfd_create");
+    if (ftruncate(fd, HEADER + 2 * RING) != 0) die("ftruncate");
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) die("F_ADD_SEALS");
     mem = mmap(NULL, HEADER + 2 * RING, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (mem == MAP_FAILED) setup_fail("mmap");
+    if (mem == MAP_FAILED) die("mmap");
     close(fd);
-    for (int i = 0; i < 4; i++) {
-        sems[i] = sem_open(names[i + 1], O_CREAT | O_EXCL, 0600, 0);
-        if (sems[i] == SEM_FAILED) setup_fail("sem_open");
-    }
-    unlink_names(); /* both processes come from fork(): no one needs the names any more */
+    for (int i = 0; i < 4; i++)
+        if ((efd[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) die("eventfd");
     words = (uint64_t *)mem;
 }
 
 static void bind_side(struct side *s, int ring) {
-    uint64_t *p = words + (1 + 2 * ring) * 16;
-    s->head = p; s->wsleep = p + 1; s->eof = p + 2;
-    s->tail = p + 16; s->rsleep = p + 17;
+    uint64_t *p = words + (1 + 4 * ring) * LINE;
+    s->head = p; s->wsleep = p + LINE; s->tail = p + 2 * LINE; s->rsleep = p + 3 * LINE;
+    s->eof = words + 2 + ring; /* ring 0 is the client's output: its closed flag is word 2 */
     s->data = mem + HEADER + (uint64_t)ring * RING;
-    s->data_sem = sems[2 * ring];
-    s->space_sem = sems[2 * ring + 1];
+    s->data_fd = efd[2 * ring];
+    s->space_fd = efd[2 * ring + 1];
+    s->pos = s->seen = 0;
 }
 
 static void t_open(int child) {
@@ -98,6 +85,11 @@ static inline void relax(void) {
 #endif
 }
 
+static void post(int fd) {
+    uint64_t one = 1;
+    if (write(fd, &one, sizeof one) < 0 && errno != EAGAIN) die("eventfd write");
+}
+
 /* A peer that died cannot post: the child notices its parent is gone, the
  * parent reaps a dead child (it dies right after, so common.h's waitpid is moot). */
 static void check_peer(void) {
@@ -107,12 +99,12 @@ static void check_peer(void) {
     }
 }
 
-static void sleep_on(sem_t *sem) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += SLICE_NS;
-    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-    if (sem_timedwait(sem, &ts) != 0 && errno != ETIMEDOUT && errno != EINTR) die("sem_timedwait");
+static void sleep_on(int fd) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int r = poll(&p, 1, SLICE_MS);
+    if (r < 0 && errno != EINTR) die("poll");
+    uint64_t v;
+    if (r > 0 && read(fd, &v, sizeof v) < 0 && errno != EAGAIN) die("eventfd read");
 }
 
 /* Spin up to spin_ns for *p != v; 1 if it changed. */
@@ -136,7 +128,7 @@ static uint64_t wait_data(uint64_t tail) {
         fence();
         uint64_t eof = load(in.eof), head = load(in.head); /* eof first: stored after the last head */
         if (head == tail && !eof) {
-            sleep_on(in.data_sem);
+            sleep_on(in.data_fd);
             eof = load(in.eof);
             head = load(in.head);
         }
@@ -146,29 +138,38 @@ static uint64_t wait_data(uint64_t tail) {
     }
 }
 
+static int has_room(uint64_t head) {
+    out.seen = load(out.tail);
+    return head - out.seen < RING;
+}
+
 /* Until the reader has freed room below head. */
 static void wait_space(uint64_t head) {
-    if (spin_until_changed(out.tail, head - RING)) return;
+    if (spin_until_changed(out.tail, head - RING)) { out.seen = load(out.tail); return; }
     for (;;) {
         store(out.wsleep, 1);
         fence();
-        if (head - load(out.tail) >= RING) sleep_on(out.space_sem);
+        if (!has_room(head)) sleep_on(out.space_fd);
         store(out.wsleep, 0);
-        if (head - load(out.tail) < RING) return;
+        if (has_room(head)) return;
         check_peer();
     }
 }
 
-static void publish(struct side *s, uint64_t *word, uint64_t v) {
+static void publish(uint64_t *word, uint64_t v) {
     store(word, v);
     fence(); /* the store above before the asleep load below */
-    if (load(s->rsleep)) sem_post(s->data_sem);
+    if (load(out.rsleep)) post(out.data_fd);
 }
 
 static void tx(const char *buf, size_t n) {
     uint64_t head = out.pos;
     while (n) {
-        uint64_t room = RING - (head - load(out.tail));
+        uint64_t room = RING - (head - out.seen);
+        if (room < n && room < CHUNK) { /* the cached tail says full: re-read it */
+            has_room(head);
+            room = RING - (head - out.seen);
+        }
         if (!room) {
             wait_space(head);
             continue;
@@ -181,7 +182,7 @@ static void tx(const char *buf, size_t n) {
         head += k;
         buf += k;
         n -= k;
-        publish(&out, out.head, head);
+        publish(out.head, head);
     }
     out.pos = head;
 }
@@ -197,7 +198,7 @@ static size_t rx_some(char *buf, size_t cap) {
     in.pos = tail + k;
     store(in.tail, in.pos);
     fence(); /* the tail store before the writer-asleep load */
-    if (load(in.wsleep)) sem_post(in.space_sem);
+    if (load(in.wsleep)) post(in.space_fd);
     return k;
 }
 
@@ -214,4 +215,4 @@ static int rx(char *buf, size_t n) {
     return 1;
 }
 
-static void tx_end(void) { publish(&out, out.eof, 1); }
+static void tx_end(void) { publish(out.eof, 1); }
