@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -19,19 +18,22 @@ from ipcgw.codecs import CODECS, get_codec
 from ipcgw.errors import CodecError, IpcgwError
 from ipcgw.server import DEFAULT_MAX_CLIENTS, BaseHandler, Gateway
 from ipcgw.transports import get_transport
+from ipcgw.transports.base import run_dir
 from ipcgw.url import Endpoint, parse_url
 
 HANDLERS = {"base": "ipcgw.server:BaseHandler", "mptcp": "ipcgw.mptcp.handler:MptcpHandler"}
 
 
 def default_url(transport: str) -> str:
-    tmp = tempfile.gettempdir()
+    """Where ``serve --transport X`` listens: file names in the server's private run
+    directory (/run/ipcgw for root), never a fixed name in /tmp another user can take."""
+    run = run_dir(create=False)
     return {
-        "fifo": f"fifo://{tmp}/ipcgw",
+        "fifo": f"fifo://{run}/fifo",
         "sysv": "sysv://0x1c0ffee",
         "posixmq": "posixmq:///ipcgw",
         "tcp": "tcp://127.0.0.1:7700",
-        "unix": f"unix://{tmp}/ipcgw.sock",
+        "unix": f"unix://{run}/ipcgw.sock",
         "shm": "shm:///ipcgw",
     }[transport]
 
@@ -308,9 +310,9 @@ def send(url: str, op_or_path: str, fields: tuple[str, ...], report: bool, sim_t
     tokens), floats, or text. Report metrics must be numbers (link_up: true/false).
 
     \b
-    ipcgw send unix:///tmp/ipcgw.sock endpoint.set_flags id=2 backup=true
-    ipcgw send unix:///tmp/ipcgw.sock pm.remove token=0xe3237b7a id=5
-    ipcgw send unix:///tmp/ipcgw.sock --report 2 rssi_dbm=-85.5
+    ipcgw send unix:///run/ipcgw/ipcgw.sock endpoint.set_flags id=2 backup=true
+    ipcgw send unix:///run/ipcgw/ipcgw.sock pm.remove token=0xe3237b7a id=5
+    ipcgw send unix:///run/ipcgw/ipcgw.sock --report 2 rssi_dbm=-85.5
     """
     values = {}
     for item in fields:

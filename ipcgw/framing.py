@@ -41,7 +41,9 @@ __all__ = [
     "make_framer",
 ]
 
-DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+#: 16 MiB is the round number users send: the default admits a 16 MiB payload
+#: plus its message envelope (a msgpack Ping adds 10 bytes) and room to spare.
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024 + 64
 _VALID_SPECS = "length, length:1|2|4|8, delimited:nul, delimited:lf, fixed:N, read:N (N >= 1)"
 # Compact the buffer once the consumed prefix is this large (and more than half).
 _COMPACT_AT = 64 * 1024

@@ -182,3 +182,11 @@ def test_a_refused_frame_names_its_cause_at_the_client(start, transport):
     assert "exceeds max_frame=100000" in str(result[0]), result[0]
     assert server.alive()
     server.stop_ok()
+
+
+def test_a_16_mib_payload_fits_the_default_max_frame(start):
+    server = start("unix")
+    payload = os.urandom(16 * 1024 * 1024)
+    with ipcgw.connect(server.url, timeout=5) as client:
+        assert client.ping(payload, timeout=30) == payload
+    server.stop_ok()
