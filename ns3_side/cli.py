@@ -110,11 +110,13 @@ def run_cmd(paths: tuple[str, ...], prefix: str, scenario: int, duration: float 
 @dataplane.command()
 @click.option("--prefix", default="ipcgw", show_default=True)
 def down(prefix: str) -> None:
-    """Remove PREFIX-cli and PREFIX-srv left by a run that was killed."""
+    """Remove PREFIX-cli and PREFIX-srv and the controller's temp folder left by a kill -9."""
     from ipcgw.testbed import Testbed
+    from ns3_side.dataplane import remove_stale_tmp
 
     Testbed(prefix=prefix).down()
-    click.echo(f"removed {prefix}-cli and {prefix}-srv")
+    gone = remove_stale_tmp(prefix)
+    click.echo(f"removed {prefix}-cli and {prefix}-srv" + (f" and {', '.join(gone)}" if gone else ""))
 
 
 @click.group()
@@ -140,9 +142,19 @@ def experiment() -> None:
 @click.option("--hard-limit-ms", type=float, default=500.0, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--prefix", help="Namespace prefix (default: a unique one).")
+@click.option("--policy", "policy_spec", default="ipcgw.mptcp.policy:RssiPolicy", show_default=True,
+              help="module:Class?name=value&..., e.g. 'ipcgw.mptcp.policy:RssiPolicy?threshold=-78"
+                   "&tau_ms=300' (checked against the constructor).")
+@click.option("--report-alpha", type=float, default=0.3, show_default=True,
+              help="Client-side EWMA weight per received frame.")
+@click.option("--report-tau-ms", type=float, default=0.0, show_default=True,
+              help="Client-side filter time constant instead (does not depend on traffic).")
+@click.option("--detect-dbm", default="-92", show_default=True,
+              help="Station's preamble detection threshold; 'default': ns-3's (deaf near -82).")
 def handover(transport: str, out: Path | None, no_policy: bool, duration: float, start_m: float,
              speed_mps: float, wifi_mode: str, lte_rate: float, lte_delay: float,
-             hard_limit_ms: float, seed: int, prefix: str | None) -> None:
+             hard_limit_ms: float, seed: int, prefix: str | None, policy_spec: str,
+             report_alpha: float, report_tau_ms: float, detect_dbm: str) -> None:
     """A station walks away from its AP while MPTCP sends; RssiPolicy moves the traffic.
 
     Writes timeline.png, timeline.csv, summary.json, config.json, versions.json.
@@ -150,10 +162,21 @@ def handover(transport: str, out: Path | None, no_policy: bool, duration: float,
     from ns3_side.handover import HandoverConfig
     from ns3_side.handover import run as run_handover
 
+    try:
+        detect = None if detect_dbm == "default" else float(detect_dbm)
+    except ValueError:
+        raise click.BadParameter(f"a number or 'default', got {detect_dbm!r}",
+                                 param_hint="--detect-dbm") from None
     cfg = HandoverConfig(transport=transport, policy=not no_policy, duration=duration,
                          start_m=start_m, speed_mps=speed_mps, wifi_mode=wifi_mode,
                          lte_rate_mbit=lte_rate, lte_delay_ms=lte_delay,
-                         hard_limit_ms=hard_limit_ms, seed=seed, prefix=prefix)
+                         hard_limit_ms=hard_limit_ms, seed=seed, prefix=prefix,
+                         policy_spec=policy_spec, report_alpha=report_alpha,
+                         report_tau_ms=report_tau_ms, detect_dbm=detect)
+    try:
+        cfg.build_policy()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--policy") from None
     if out is None:
         out = Path("results") / (f"handover-{'policy' if cfg.policy else 'baseline'}-"
                                  f"{time.strftime('%Y%m%d-%H%M%S')}")
@@ -166,6 +189,20 @@ def handover(transport: str, out: Path | None, no_policy: bool, duration: float,
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(result.summary, indent=2))
     click.echo(f"results in {out}/ (timeline.png, timeline.csv, summary.json)")
+
+
+@experiment.command("handover-compare")
+@click.argument("policy_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("baseline_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG (default: POLICY_DIR/../policy_vs_baseline.png).")
+def handover_compare(policy_dir: Path, baseline_dir: Path, out: Path | None) -> None:
+    """One figure of a policy run against its baseline (two handover result folders)."""
+    from ns3_side.handover import compare_plot
+
+    out = out or policy_dir.parent / "policy_vs_baseline.png"
+    compare_plot(policy_dir, baseline_dir, out)
+    click.echo(str(out))
 
 
 @click.group()

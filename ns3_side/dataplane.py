@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -49,7 +50,8 @@ from ipcgw.errors import IpcgwError
 from ipcgw.testbed import PathSpec, Testbed, TestbedError
 from ns3_side.paths import TAP_MTU, PathConfig
 
-__all__ = ["DataPlane", "DataplaneError", "SimulationFailed", "TapTestbed", "open_tap"]
+__all__ = ["DataPlane", "DataplaneError", "SimulationFailed", "TapTestbed", "open_tap",
+           "remove_stale_tmp"]
 
 log = logging.getLogger("ns3_side.dataplane")
 
@@ -59,6 +61,27 @@ IFF_NO_PI = 0x1000
 ROOT = Path(__file__).resolve().parent.parent
 # ns-3's fatal-error text (NS_FATAL_ERROR / NS_ASSERT) and C++ aborts
 _FATAL = re.compile(r"NS_FATAL_ERROR|NS_ASSERT|msg=|terminate called|Aborted")
+
+
+TMP_PREFIX = "ipcgw-dp-"
+
+
+def remove_stale_tmp(prefix: str) -> list[str]:
+    """The controller's temp folders of ``prefix`` left by a kill -9 (``ipcgw-dp-<prefix>-*``):
+    only real directories (not symlinks) that this user owns are removed."""
+    import shutil
+
+    base = Path(tempfile.gettempdir())
+    gone = []
+    for path in base.glob(f"{TMP_PREFIX}{prefix}-*"):
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+            shutil.rmtree(path, ignore_errors=True)
+            gone.append(str(path))
+    return gone
 
 
 class DataplaneError(IpcgwError):
@@ -169,6 +192,8 @@ class DataPlane:
         self.seed = seed
         self.log_dir = log_dir
         self.progress: list[dict[str, Any]] = []
+        self.reports: list[dict[str, Any]] = []  # every report sent, as the simulation stamped it
+        self.marks: list[dict[str, Any]] = []  # e.g. {"what": "model_crossing", "sim", "mono"}
         self.last: dict[str, Any] | None = None
         self.done: dict[str, Any] | None = None
         self.failure: SimulationFailed | None = None
@@ -221,13 +246,15 @@ class DataPlane:
               stall: tuple[float, float] | None = None) -> None:
         """Start the simulation (the TAP fds move to it) and wait until it runs.
 
-        ``gateway``: ``{"url", "path_id", "alpha"?, "min_interval_ms"?}`` makes it
-        report the WiFi path's RSSI to an ipcgw server. ``stall`` (tests): block
+        ``gateway``: ``{"url", "path_id", "alpha"?, "tau_ms"?, "min_interval_ms"?,
+        "threshold_dbm"?}`` makes it report the WiFi path's RSSI and link state to an
+        ipcgw server (stamped ``host_mono``; copies in :attr:`reports`) and mark when
+        the propagation model crosses ``threshold_dbm`` (:attr:`marks`). ``stall`` (tests): block
         the simulation thread ``[at, seconds]``.
         """
         if not self.testbed.tap_fds:
             raise DataplaneError("build() first")
-        self._tmp = tempfile.TemporaryDirectory(prefix="ipcgw-dp-")
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{self.prefix}-")
         fds = [list(pair) for pair in self.testbed.tap_fds]
         cfg = {"paths": [p.to_json() for p in self.paths], "fds": fds, "duration": self.duration,
                "hard_limit_ms": self.hard_limit_ms, "progress_s": self.progress_s,
@@ -319,6 +346,10 @@ class DataPlane:
                         self.on_progress(msg)
                     except Exception:
                         log.exception("progress callback failed")
+            elif kind == "report":
+                self.reports.append(msg)
+            elif kind == "mark":
+                self.marks.append(msg)
             elif kind == "done":
                 self.done = msg
         self.proc.wait()

@@ -9,6 +9,16 @@ Common knobs, all applied in C++ before Python is entered:
 - ``period_ms``: sample-and-hold, one report of the filtered value per period
   instead of one per trace call (``fresh_only`` skips periods without samples).
 
+``alpha`` is a weight *per sample*, and a WiFi PHY hears ~10 beacons/s when
+idle but thousands of frames/s under load: the same alpha filters 100 times less
+in time under load. ``wifi_signal(tau_ms=...)`` filters in time instead: each
+sample gets weight ``1 - exp(-dt / tau)`` for the sim time ``dt`` since the
+previous one, a first-order low pass whose time constant does not depend on
+the traffic. ``stamp=True`` adds ``host_mono`` (this process's
+CLOCK_MONOTONIC when the report was made) to every report, so the server
+can time a reaction from the simulation's instant without estimating how
+sim time maps to host time.
+
 The metric names are the gateway's vocabulary: ``rssi_dbm``, ``snr_db``,
 ``link_up``, ``queue_drops``, ``loss``, ``packets``, ``cwnd_bytes``, ``rtt_ms``.
 """
@@ -16,6 +26,7 @@ The metric names are the gateway's vocabulary: ``rssi_dbm``, ``snr_db``,
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,15 +53,19 @@ class Hook:
     """A live trace hook; ``samples`` seen and reports ``emitted`` so far."""
 
     def __init__(self, gateway: Gateway, emitter: Any, path_id: int, node_id: int,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, stamp: bool = False) -> None:
         self.gateway = gateway
         self.emitter = emitter
         self.path_id = path_id
         self.node_id = node_id
         emit = gateway.emit
+        mono = time.monotonic
 
         def on_sample(t: float, a: float, b: float) -> None:
-            emit(Report(t, path_id, metrics(a, b), node_id))
+            m = metrics(a, b)
+            if stamp:
+                m["host_mono"] = mono()
+            emit(Report(t, path_id, m, node_id))
 
         emitter.fn = gateway.guard(on_sample)
         gateway.own(emitter)
@@ -106,36 +121,76 @@ def _wifi_phy(ns: Any, obj: Any) -> tuple[Any, int]:
     raise TypeError(f"expected a WifiNetDevice or WifiPhy, got {obj!r}")
 
 
+TAU_SOURCE = r"""
+#include <cmath>
+namespace ipcgw_hooks {
+using namespace ns3;
+// WifiSignal whose EWMA weight follows the time since the last kept sample.
+struct WifiSignalTau : ipcgw_ns3::WifiSignal {
+    double tau = 0.0;  // s
+    double last = -1.0;
+    void RxTau(Ptr<const Packet> p, uint16_t f, WifiTxVector v, MpduInfo m, SignalNoiseDbm sn,
+               uint16_t s) {
+        if (stopped) return;
+        double now = Simulator::Now().GetSeconds();
+        uint64_t before = samples;
+        alpha = (last < 0.0 || tau <= 0.0) ? 1.0 : 1.0 - std::exp(-(now - last) / tau);
+        Rx(p, f, v, m, sn, s);
+        if (samples != before) last = now;
+    }
+    bool AttachTau(Ptr<WifiPhy> phy) {
+        return phy->TraceConnectWithoutContext("MonitorSnifferRx",
+                                               MakeCallback(&WifiSignalTau::RxTau, this));
+    }
+};
+}  // namespace ipcgw_hooks
+"""
+
+
+def _tau_signal() -> Any:
+    import cppyy
+
+    if not hasattr(cppyy.gbl, "ipcgw_hooks"):
+        cppyy.cppdef(TAU_SOURCE)
+    return cppyy.gbl.ipcgw_hooks.WifiSignalTau()
+
+
 def wifi_signal(gw: Gateway, device: Any, path_id: int, *, node_id: int | None = None,
                 alpha: float = 1.0, min_interval_ms: float = 0.0, period_ms: float = 0.0,
-                fresh_only: bool = True, from_address: Any = None) -> Hook:
+                fresh_only: bool = True, from_address: Any = None, tau_ms: float = 0.0,
+                stamp: bool = False) -> Hook:
     """RSSI and SNR of every frame the WiFi PHY hears (``MonitorSnifferRx``):
     metrics ``rssi_dbm`` and ``snr_db``. ``from_address`` keeps only frames sent by
     that MAC (the AP's ``GetAddress()`` or "00:00:00:00:00:02"), as a station also
-    hears other stations."""
+    hears other stations. ``tau_ms`` > 0 filters with that time constant (sim
+    time) instead of ``alpha`` per frame; see the module docstring."""
+    if tau_ms < 0:
+        raise ValueError(f"tau_ms must be >= 0, got {tau_ms}")
     phy, nid = _wifi_phy(gw.ns, device)
-    emitter = gw.cpp.WifiSignal()
+    emitter = _tau_signal() if tau_ms > 0 else gw.cpp.WifiSignal()
     if isinstance(from_address, str):
         if not _MAC.fullmatch(from_address):  # ns-3 aborts the process on a bad one
             raise ValueError(f"from_address must look like 00:00:00:00:00:01: {from_address!r}")
         emitter.FilterFromText(from_address)
     elif from_address is not None:
         emitter.FilterFrom(from_address)
-    if not emitter.Attach(phy):
+    if not (emitter.AttachTau(phy) if tau_ms > 0 else emitter.Attach(phy)):
         raise ValueError("MonitorSnifferRx not found on the WiFi PHY")
     hook = Hook(gw, emitter, path_id, nid if node_id is None else node_id,
-                lambda a, b: {"rssi_dbm": a, "snr_db": b})
-    _configure(emitter, alpha, min_interval_ms, period_ms, fresh_only)
+                lambda a, b: {"rssi_dbm": a, "snr_db": b}, stamp)
+    _configure(emitter, 1.0 if tau_ms > 0 else alpha, min_interval_ms, period_ms, fresh_only)
+    if tau_ms > 0:
+        emitter.tau = tau_ms / 1000.0
     return hook
 
 
 def link_state(gw: Gateway, device: Any, path_id: int, *, node_id: int | None = None,
-               report_now: bool = True) -> Hook:
+               report_now: bool = True, stamp: bool = False) -> Hook:
     """``link_up`` (bool) whenever the device's link changes (WiFi (de)association,
     carrier); ``report_now`` also reports the state at attach time."""
     emitter = gw.cpp.LinkState()
     hook = Hook(gw, emitter, path_id, _node_id(device) if node_id is None else node_id,
-                lambda a, b: {"link_up": a >= 0.5})
+                lambda a, b: {"link_up": a >= 0.5}, stamp)
     emitter.Attach(device)
     if report_now:
         gw.schedule(0.0, emitter.Now)

@@ -195,10 +195,12 @@ class Sim:
         phy.SetChannel(ns.YansWifiChannelHelper.Default().Create())
         phy.Set("TxPowerStart", ns.DoubleValue(pc.tx_power_dbm))
         phy.Set("TxPowerEnd", ns.DoubleValue(pc.tx_power_dbm))
-        # As in examples/wifi_rssi.py: hear frames down to -92 dBm as a real card
-        # does, so the link degrades past -80 dBm instead of going deaf at -82.
-        phy.SetPreambleDetectionModel("ns3::ThresholdPreambleDetectionModel",
-                                      "MinimumRssi", ns.DoubleValue(-92.0))
+        # ns-3's default preamble detection hears nothing below about -82 dBm: the
+        # station would go deaf before a -80 dBm policy acts. detect_dbm (-92 by
+        # default) is what a real card hears, so the link degrades past -80 instead.
+        if pc.detect_dbm is not None:
+            phy.SetPreambleDetectionModel("ns3::ThresholdPreambleDetectionModel",
+                                          "MinimumRssi", ns.DoubleValue(pc.detect_dbm))
         mac = ns.WifiMacHelper()
         ssid = ns.Ssid(f"ipcgw{i}")
         mac.SetType("ns3::StaWifiMac", "Ssid", ns.SsidValue(ssid))
@@ -220,13 +222,17 @@ class Sim:
         ap_mob = srv.GetObject[ns.MobilityModel]()
         crelay = self._relay(cfd, sta, ap.GetAddress())
         srelay = self._relay(sfd, ap, sta.GetAddress())
-        rssi = self.cpp.WifiSignal()  # local, for progress lines; reports use ns3_side hooks
-        rssi.alpha = 0.3
+        rssi = self.cpp.WifiSignal()  # unfiltered, local, for progress lines
+        rssi.alpha = 1.0
         rssi.FilterFrom(ap.GetAddress())
         rssi.Attach(ns.DynamicCast[ns.WifiNetDevice](sta).GetPhy())
-        self.keep.append(rssi)
+        # the same model and defaults as YansWifiChannelHelper.Default()'s channel:
+        # the RSSI the station would measure at its position, frame or no frame
+        model = ns.CreateObject[ns.LogDistancePropagationLossModel]()
+        self.keep += [rssi, model]
         self.wifi[i] = {"sta": sta, "ap": ap, "sta_mob": sta_mob, "ap_mob": ap_mob,
-                        "rssi": rssi}
+                        "rssi": rssi, "model": model, "tx_dbm": pc.tx_power_dbm,
+                        "report": None}
         return sta, ap, crelay, srelay
 
     def progress(self, sim: float, wall: float) -> dict[str, Any]:
@@ -236,13 +242,67 @@ class Sim:
         out["to_link"] = [[int(c.to_link), int(s.to_link)] for c, s in self.relays]
         out["refused"] = [[int(c.link_refused), int(s.link_refused)] for c, s in self.relays]
         out["queue_drops"] = [[int(d.n) for d in pair] for pair in self.drops]
-        rssi, dist = {}, {}
+        rssi, raw, frames, model, dist = {}, {}, {}, {}, {}
         for i, w in self.wifi.items():
             if w["rssi"].have:
-                rssi[i] = round(float(w["rssi"].a), 2)
+                raw[i] = round(float(w["rssi"].a), 2)
+            frames[i] = int(w["rssi"].samples)  # unchanged between lines: deaf
+            hook = w["report"]
+            value = hook.value if hook is not None else None
+            if value is not None:
+                rssi[i] = round(value[0], 2)  # what the reports carry (filtered)
+            elif i in raw:
+                rssi[i] = raw[i]
+            model[i] = round(self.model_rssi(i), 2)
             dist[i] = round(float(self.dp.Distance(w["sta_mob"], w["ap_mob"])), 2)
-        out["rssi"], out["distance"] = rssi, dist
+        out["rssi"], out["rssi_raw"], out["frames"] = rssi, raw, frames
+        out["model_rssi"], out["distance"] = model, dist
         return out
+
+    def model_rssi(self, i: int) -> float:
+        w = self.wifi[i]
+        return float(w["model"].CalcRxPower(w["tx_dbm"], w["ap_mob"], w["sta_mob"]))
+
+
+def _log_reports(gw: Any, threshold: float) -> None:
+    """Every report also goes to stdout (``{"type": "report", ...}``, ≤ 10/s): the
+    controller gets the reaction chain's instants as the simulation stamped them."""
+    send = gw.emit
+
+    def emit(report: Any) -> None:
+        send(report)
+        _emit("report", sim=report.sim_time, path=report.path_id, node=report.node_id,
+              **report.metrics)
+
+    gw.emit = emit
+
+
+def _watch_crossing(sim: Sim, path: int, threshold: float, step_s: float = 0.01) -> None:
+    """One ``{"type": "mark", "what": "model_crossing"}`` line when the propagation
+    model's RSSI at the station first drops below ``threshold``: sim time
+    interpolated between 10 ms ticks, host time = the tick's CLOCK_MONOTONIC minus
+    the same sim difference (real time: both clocks advance together)."""
+    ticker = sim.cpp.Ticker()
+    ticker.period = step_s
+    prev: list[tuple[float, float]] = []
+    done = [False]
+
+    def tick(t: float) -> None:
+        if done[0]:
+            return  # (stopping the ticker from inside its own call would free fn)
+        now = time.monotonic()
+        rssi = sim.model_rssi(path)
+        if prev and prev[0][1] >= threshold > rssi:
+            t0, r0 = prev[0]
+            at = t0 + (t - t0) * (r0 - threshold) / max(r0 - rssi, 1e-9)
+            _emit("mark", what="model_crossing", path=path, sim=round(at, 6),
+                  mono=round(now - (t - at), 6), tick_sim=t, tick_mono=now)
+            done[0] = True
+        prev[:] = [(t, rssi)]
+
+    ticker.fn = tick
+    ticker.Start(step_s)
+    sim.keep.append(ticker)
 
 
 def run(cfg: dict[str, Any]) -> None:
@@ -272,10 +332,14 @@ def run(cfg: dict[str, Any]) -> None:
         gw = ns3_side.Gateway(gcfg["url"], name="dataplane")
         wlan = int(gcfg["path_id"])
         w = sim.wifi[wlan]
-        ns3_side.wifi_signal(gw, w["sta"], wlan, alpha=float(gcfg.get("alpha", 0.3)),
-                             min_interval_ms=float(gcfg.get("min_interval_ms", 100.0)),
-                             from_address=w["ap"].GetAddress())
-        ns3_side.link_state(gw, w["sta"], wlan)
+        _log_reports(gw, float(gcfg.get("threshold_dbm", -80.0)))
+        w["report"] = ns3_side.wifi_signal(
+            gw, w["sta"], wlan, alpha=float(gcfg.get("alpha", 0.3)),
+            tau_ms=float(gcfg.get("tau_ms", 0.0)),
+            min_interval_ms=float(gcfg.get("min_interval_ms", 100.0)),
+            from_address=w["ap"].GetAddress(), stamp=True)
+        ns3_side.link_state(gw, w["sta"], wlan, stamp=True)
+        _watch_crossing(sim, wlan, float(gcfg.get("threshold_dbm", -80.0)))
         _emit("ready", paths=len(sim.relays), gateway=gcfg["url"])
         start[0] = time.monotonic()
         gw.run(until=duration)
