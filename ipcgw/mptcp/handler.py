@@ -186,10 +186,11 @@ class MptcpHandler(_Base):  # type: ignore[misc,valid-type]
         netns: str | None = None,
         listen_events: bool = True,
         max_running: int = 1,
+        lean: bool = True,
     ) -> None:
         self.netns = netns
         self.max_running = max_running
-        self.pm = PathManager(netns)
+        self.pm = PathManager(netns, lean=lean)  # lean=False: every command through pyroute2
         self.policy = policy
         if policy is not None:
             policy.bind(self.pm)

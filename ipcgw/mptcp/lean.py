@@ -168,14 +168,23 @@ class LeanPM:
     :class:`~ipcgw.mptcp.genl.KernelError` with the kernel's words and ``op``.
     """
 
-    def __init__(self, netns: str | None = None, timeout: float = _TIMEOUT_MS / 1000) -> None:
+    def __init__(self, netns: str | None = None, timeout: float = _TIMEOUT_MS / 1000, *,
+                 sock: socket.socket | None = None, family_id: int | None = None) -> None:
+        """``sock`` and ``family_id`` are for tests: a datagram socket whose peer
+        answers as the kernel would, and the id it stands for."""
         self.netns = netns
         self.timeout_ms = int(timeout * 1000)
-        self.sock = socket_in_netns(netns, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        if sock is None:
+            sock = socket_in_netns(netns, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+            try:
+                sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+                sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+                sock.bind((0, 0))
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock
         try:
-            self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
-            self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-            self.sock.bind((0, 0))
             self._lock = threading.Lock()
             self._seq = itertools.count(1)
             self._rbuf = bytearray(1 << 16)
@@ -183,7 +192,7 @@ class LeanPM:
             self._poll = select.poll()
             self._poll.register(self.sock, select.POLLIN)
             self._templates: dict[tuple[int, tuple[Spec, ...]], Template] = {}
-            self.family_id = self._resolve(genl.MPTCP_PM_NAME)
+            self.family_id = self._resolve(genl.MPTCP_PM_NAME) if family_id is None else family_id
         except BaseException:
             self.sock.close()
             raise
