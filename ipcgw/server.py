@@ -194,6 +194,9 @@ class Session:
             log.info("%s %s", self, reason)
 
     def _serve(self, handler: BaseHandler) -> None:
+        """The session protocol: Ping is answered and Bye ends the session here, so a
+        handler that knows nothing of them cannot break ``client.ping`` or a
+        lockstep barrier; the handler sees Reports and Commands only."""
         # Every round trip runs this loop once: locals, no property calls.
         recv, send = self.channel.recv, self.channel.send
         on_message: OnMessage = handler.on_message
@@ -207,17 +210,27 @@ class Session:
                 log.warning("%s: bad message: %s", self, exc)
                 self._try_send(Error(f"bad message: {exc}"))
                 continue
-            try:
-                reply = on_message(self, msg)
-            except Exception as exc:
-                log.exception("%s: handler failed on %r", self, msg)
-                reply = Error(f"internal error handling {type(msg).__name__}: {exc}",
-                              getattr(msg, "request_id", 0))
+            kind = type(msg)
+            if kind is Ping:
+                if replies:
+                    send(Pong(msg.seq, msg.payload))  # type: ignore[attr-defined]
+                continue
+            if kind is Report or kind is Command:
+                try:
+                    reply = on_message(self, msg)
+                except Exception as exc:
+                    log.exception("%s: handler failed on %r", self, msg)
+                    reply = Error(f"internal error handling {kind.__name__}: {exc}",
+                                  getattr(msg, "request_id", 0))
+            elif kind is Bye:
+                reason = msg.reason  # type: ignore[attr-defined]
+                self._close_reason = f"said bye ({reason})" if reason else "said bye"
+                return
+            else:
+                reply = Error(f"unexpected {kind.__name__} from a client (a session carries "
+                              "Ping, Report, Command and Bye)")
             if reply is not None and replies:
                 send(reply)
-            if isinstance(msg, Bye):
-                self._close_reason = f"said bye ({msg.reason})" if msg.reason else "said bye"
-                return
 
     def _refusing(self, on_message: OnMessage) -> OnMessage:
         """``on_message`` for a peer that may not act on the kernel: Commands and
@@ -266,10 +279,12 @@ class Session:
 
 
 class BaseHandler:
-    """Default behaviour: Ping->Pong, log Reports, refuse Commands it cannot run.
+    """What Reports and Commands mean: the default logs Reports and refuses Commands.
 
-    Subclass and override ``on_message``; return the reply (or None). Called from
-    the session's own thread, so a handler may block only that client.
+    Subclass and override ``on_message(session, msg)``: ``msg`` is a Report or a
+    Command (the session answers Pings and handles Bye itself); return the
+    reply or None. Called from the session's own thread, so a handler may block
+    only that client.
     """
 
     #: Commands and Reports act on the kernel: only trusted peers may send them
@@ -280,8 +295,6 @@ class BaseHandler:
         """A client finished its handshake."""
 
     def on_message(self, session: Session, msg: Message) -> Message | None:
-        if isinstance(msg, Ping):
-            return Pong(msg.seq, msg.payload)
         if isinstance(msg, Report):
             log.info("%s report t=%.3f path=%d node=%d %s", session, msg.sim_time,
                      msg.path_id, msg.node_id, msg.metrics)
@@ -292,8 +305,6 @@ class BaseHandler:
                 return None
             return Error(f"cannot execute {msg.op!r}: this server has no path-manager "
                          "backend (start it with --handler mptcp)", msg.request_id)
-        if isinstance(msg, Bye):
-            return None
         return Error(f"unexpected {type(msg).__name__} from a client")
 
     def on_disconnect(self, session: Session) -> None:

@@ -177,3 +177,17 @@ def _state(pid: int) -> str:
             return f.read().rsplit(b") ", 1)[1][:1].decode()
     except (OSError, IndexError):
         return "?"
+
+
+class ForgetfulHandler(BaseHandler):
+    """A handler written as if Pings and Byes did not exist: it records Reports
+    and calls anything else an error. The session protocol must not need more."""
+
+    def __init__(self) -> None:
+        self.reports = 0
+
+    def on_message(self, session: Session, msg: Message) -> Message | None:
+        if isinstance(msg, Report):
+            self.reports += 1
+            return None
+        return Result(getattr(msg, "request_id", 0), False, None, f"what is a {type(msg).__name__}?")

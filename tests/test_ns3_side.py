@@ -456,3 +456,16 @@ def test_bench_smoke(ns: Any) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         result = bench.measure("unix", 2000, tmp)
     assert result["report_us"] > 0 and result["reports_per_s"] > 1000
+
+
+def test_lockstep_needs_nothing_of_the_handler(sim: Any, tmp_path: Path) -> None:
+    """The lockstep barrier is the session's Ping, not the handler's: one that
+    knows only Reports still paces the simulation."""
+    import ns3_side
+
+    with Server(url_for("unix", tmp_path), tmp_path, handler="ns3_helpers:ForgetfulHandler") as server:
+        gw = ns3_side.Gateway(server.url, lockstep=True, step_timeout=3.0)
+        gw.every(100, lambda t: Report(t, 1, {"rssi_dbm": -60.0}))
+        gw.run(until=1.05)
+        assert gw.steps == 10
+        gw.close()
