@@ -1,5 +1,8 @@
-"""What an idle shm connection costs: the bench's ``ipcgw serve`` shm server with
-one connected client that sends nothing, CPU of both processes over a window.
+"""What a connection costs in CPU when it is idle or lightly used: the bench's
+``ipcgw serve`` server with one connected client that sends nothing (the shm
+idle target) or pings at a fixed rate (``RATES``: a simulation rarely sends
+at full speed; at 100 or 1,000 messages/s the cost is dominated by how a side
+waits, spinning or sleeping, not by the message itself).
 
 Why measure it: shm buys its latency by spinning instead of sleeping in a
 syscall; the shm issue's third target is that a connection nobody uses stays
@@ -9,8 +12,14 @@ and then blocks in ``Client.recv`` — the worst case, a reader waiting for
 data — until its stdin closes (a thread blocked in ``read`` costs nothing).
 Stdin rather than a signal: the client then leaves by the same path as an
 application closing its client (Bye, unlink), and no handler runs in the window
-being measured. CPU is ``utime + stime`` from ``/proc/PID/stat`` (every thread, exited
-ones included), in clock ticks: 10 ms, i.e. 0.1 % of a CPU over 10 s.
+being measured. CPU is the sum of ``/proc/PID/task/*/schedstat`` (ns of run
+time per thread, ``bench.system.proc_cpu``), not ``/proc/PID/stat``'s 10 ms
+ticks, which cannot resolve 1 % over a second; every thread of both processes
+lives through the window (the connection stays open), so none takes its time away.
+
+At a rate, the client child paces ``Client.ping`` of 64 B round trips on the
+clock (``time.sleep`` to the next slot, no catching up in bursts) and reports
+how many it made when asked on stdin, so the achieved rate is measured too.
 """
 
 from __future__ import annotations
@@ -25,9 +34,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IDLE_TARGET_PCT", "main", "measure_idle", "stat_cpu"]
+from bench.system import proc_cpu
+
+__all__ = ["IDLE_TARGET_PCT", "RATES", "main", "measure_idle", "measure_rate", "stat_cpu"]
 
 IDLE_TARGET_PCT = 2.0
+RATES = (100, 1_000, 10_000)  # messages (round trips) per second
 SETTLE = 0.3  # seconds after "connected" before the window: the handshake's spin is not idle
 _ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -39,11 +51,12 @@ def stat_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _spawn_client(url: str, cpu: int | None, timeout: float) -> subprocess.Popen[bytes]:
+def _spawn_client(url: str, cpu: int | None, timeout: float, rate: float = 0
+                  ) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
     return subprocess.Popen(
-        [sys.executable, "-P", "-m", "bench.idle", url, str(timeout)], env=env,
+        [sys.executable, "-P", "-m", "bench.idle", url, str(timeout), str(rate)], env=env,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         preexec_fn=None if cpu is None else lambda: os.sched_setaffinity(0, {cpu}))
 
@@ -81,30 +94,100 @@ def measure_idle(url: str, server_pid: int, seconds: float, client_cpu: int | No
     try:
         _wait_connected(proc, 20.0)
         time.sleep(SETTLE)
-        t0, s0, c0 = time.monotonic(), stat_cpu(server_pid), stat_cpu(proc.pid)
+        t0, s0, c0 = time.monotonic(), proc_cpu(server_pid), proc_cpu(proc.pid)
         time.sleep(seconds)
-        t1, s1, c1 = time.monotonic(), stat_cpu(server_pid), stat_cpu(proc.pid)
+        t1, s1, c1 = time.monotonic(), proc_cpu(server_pid), proc_cpu(proc.pid)
     finally:
         _stop(proc)
     window = t1 - t0
     return {
         "url": url, "seconds": round(window, 3), "client_cpu": client_cpu,
-        "server_cpu_s": round(s1 - s0, 3), "client_cpu_s": round(c1 - c0, 3),
+        "server_cpu_s": round(s1 - s0, 4), "client_cpu_s": round(c1 - c0, 4),
         "cpu_percent": round((s1 - s0 + c1 - c0) / window * 100, 3),
-        "resolution_percent": round(100 / os.sysconf("SC_CLK_TCK") / window, 3),
+        "resolution_percent": 0.0, "source": "schedstat",
         "target_percent": IDLE_TARGET_PCT,
     }
 
 
+def _count(proc: subprocess.Popen[bytes]) -> int:
+    """Ask the pacing client how many round trips it has made."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"n\n")
+    proc.stdin.flush()
+    ready, _, _ = select.select([proc.stdout], [], [], 10.0)
+    line = proc.stdout.readline() if ready else b""
+    if not line.strip().isdigit():
+        raise RuntimeError(f"rate client did not answer its count (said {line[:60]!r})")
+    return int(line)
+
+
+def measure_rate(url: str, server_pid: int, rate: float, seconds: float,
+                 client_cpu: int | None = None) -> dict[str, Any]:
+    """CPU of the server and of one client pinging at ``rate`` round trips/s over
+    ``seconds``: % of one CPU for each and their sum, and CPU us per round trip."""
+    proc = _spawn_client(url, client_cpu, seconds + 60, rate)
+    try:
+        _wait_connected(proc, 20.0)
+        time.sleep(SETTLE)
+        n0 = _count(proc)
+        t0, s0, c0 = time.monotonic(), proc_cpu(server_pid), proc_cpu(proc.pid)
+        time.sleep(seconds)
+        t1, s1, c1 = time.monotonic(), proc_cpu(server_pid), proc_cpu(proc.pid)
+        n1 = _count(proc)
+    finally:
+        _stop(proc)
+    window, n = t1 - t0, n1 - n0
+    server, client = s1 - s0, c1 - c0
+    return {
+        "rate": rate, "seconds": round(window, 3), "achieved": round(n / window, 1),
+        "server_percent": round(server / window * 100, 2),
+        "client_percent": round(client / window * 100, 2),
+        "cpu_percent": round((server + client) / window * 100, 2),
+        "us_per_msg": round((server + client) / n * 1e6, 1) if n else None,
+        "client_cpu": client_cpu, "source": "schedstat",
+    }
+
+
+def _pace(client: Any, rate: float, stop: threading.Event, counter: list[int]) -> None:
+    """64 B round trips on a clock of ``rate`` per second until ``stop``."""
+    payload = os.urandom(64)
+    interval, clock, ping = 1.0 / rate, time.perf_counter, client.ping
+    slot = clock()
+    while not stop.is_set():
+        ping(payload)
+        counter[0] += 1
+        slot += interval
+        delay = slot - clock()
+        if delay > 0:
+            time.sleep(delay)
+        elif delay < -0.05:
+            slot = clock()  # fell behind: go on at the rate, no burst to catch up
+
+
 def main(argv: list[str]) -> int:
-    """The idle client: connect, ping once, report, then wait in recv until stdin closes."""
+    """The client: connect, ping once, report; then either wait in recv (rate 0) or
+    ping at the rate, until stdin closes. At a rate, each stdin line "n" is
+    answered with the round trips made so far."""
     import ipcgw
 
     url, timeout = argv[0], float(argv[1])
+    rate = float(argv[2]) if len(argv) > 2 else 0.0
     with ipcgw.connect(url, timeout=10.0, name="ipcgw-bench-idle") as client:
         if client.ping(b"idle") != b"idle":
             print("Pong payload differs", file=sys.stderr)
             return 1
+        if rate > 0:
+            stop, counter = threading.Event(), [0]
+
+            def answer() -> None:
+                for _ in sys.stdin.buffer:
+                    print(counter[0], flush=True)
+                stop.set()
+
+            threading.Thread(target=answer, daemon=True).start()
+            print("connected", flush=True)
+            _pace(client, rate, stop, counter)
+            return 0
 
         def close_at_eof() -> None:
             sys.stdin.buffer.read()

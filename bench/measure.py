@@ -15,7 +15,8 @@ from typing import Any
 
 from bench.hist import Histogram
 
-__all__ = ["CSV_COLUMNS", "Record", "batch_for", "latency_loop", "throughput_loop", "warm_up"]
+__all__ = ["CSV_COLUMNS", "Record", "batch_for", "latency_loop", "merge_rounds", "throughput_loop",
+           "warm_up"]
 
 MIN_SAMPLES = 20
 
@@ -108,9 +109,59 @@ class Record:
             "cpu_client_us_per_msg": _per(self.cpu_client_tp, self.tp_msgs),
             "cpu_server_us_per_msg": _per(self.cpu_server_tp, self.tp_msgs),
             "load1": self.load1,
+            "rounds": len(self.extra.get("rounds", [])) or None,
+            "lat_floor_us": self.extra.get("floor_us"),
+            "floor_work_us": self.extra.get("floor_work_us"),
             "note": self.note,
         }
         return row
+
+    def round_values(self) -> dict[str, float | None]:
+        """This record's figures as one round of an interleaved series."""
+        lat = self.hist.percentile(50) / 1000 if self.hist is not None and self.hist.total else None
+        msgs_s = self.tp_msgs / self.tp_seconds if self.tp_msgs and self.tp_seconds > 0 else None
+        return {"p50_us": None if lat is None else round(lat, 3),
+                "mb_per_s": None if msgs_s is None else round(msgs_s * self.size / 1e6, 3),
+                "floor_us": self.extra.get("floor_us")}
+
+
+def merge_rounds(rounds: list[Record]) -> Record:
+    """One record from the rounds of a case: histograms merged, counts and CPU summed;
+    ``extra["rounds"]`` keeps each round's p50 / MB/s (None where it failed), so
+    ratios can be taken round by round. A failed round leaves a note; all failed,
+    the record is the first error."""
+    ok = [r for r in rounds if not r.note.startswith("error")]
+    first = rounds[0]
+    if not ok:
+        return first
+    out = Record(first.kind, first.transport, first.framing, first.placement, first.size,
+                 hist=Histogram(), cpu_client_rtt=0.0, cpu_server_rtt=0.0, tp_seconds=0.0,
+                 cpu_client_tp=0.0, cpu_server_tp=0.0)
+    assert out.hist is not None
+    levels: dict[float, Histogram] = {}
+    for r in ok:
+        if r.hist is not None:
+            out.hist.merge(r.hist)
+        out.rtt_count += r.rtt_count
+        out.tp_msgs += r.tp_msgs
+        for name in ("cpu_client_rtt", "cpu_server_rtt", "tp_seconds", "cpu_client_tp",
+                     "cpu_server_tp"):
+            setattr(out, name, getattr(out, name) + getattr(r, name))
+        for work, hist in r.extra.get("work_hists", {}).items():
+            levels.setdefault(work, Histogram()).merge(hist)
+    out.load1 = first.load1
+    out.extra["rounds"] = [None if r.note.startswith("error") else r.round_values() for r in rounds]
+    if levels:
+        from bench.cfloor import pick_floor
+
+        p50s = {w: h.percentile(50) / 1000 for w, h in levels.items() if h.total}
+        floor, work = pick_floor(p50s)
+        out.extra.update(floor_us=round(floor, 3), floor_work_us=work,
+                         p50_by_work_us={str(w): round(v, 3) for w, v in sorted(p50s.items())})
+    failed = [r.note for r in rounds if r.note.startswith("error")]
+    if failed:
+        out.note = f"{len(failed)} of {len(rounds)} rounds failed: {failed[0]}"[:400]
+    return out
 
 
 def _round(v: float | None, digits: int) -> float | None:

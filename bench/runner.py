@@ -1,8 +1,12 @@
 """Plans and runs a benchmark: every case, both placements, all references.
 
-Order matters on a shared machine: for each transport, size and placement the
-gateway, raw-Python and C cases run back to back, so a ratio compares figures
-taken seconds apart, not minutes. All gateway servers start first (idle
+Order matters on a shared machine whose CPU speed drifts in phases of
+seconds to minutes: every case of one payload size and placement (all
+transports, ipcgw, raw Python, C, peers) forms a block, and a block runs in
+``rounds`` interleaved rounds, each case getting 1/rounds of its time budget
+per round, the order rotating. A ratio is then the median of its per-round
+ratios (figures taken seconds apart), with their spread; the tables' p50 and
+MB/s are of all rounds together. All gateway servers start first (idle
 servers cost nothing) and stop last; every OS object is removed in
 ``finally`` blocks, also on Ctrl-C.
 """
@@ -10,6 +14,7 @@ servers cost nothing) and stop last; every OS object is removed in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 import time
@@ -17,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.cfloor import C_TRANSPORTS, CFloor
+from bench.cfloor import C_TRANSPORTS, WORK_US, CFloor
 from bench.gateway import (
     CROSSES_NETNS,
     SYSCALL_TRANSPORTS,
@@ -27,9 +32,10 @@ from bench.gateway import (
     fresh_url,
 )
 from bench.handler import SINK_OP
-from bench.idle import measure_idle
+from bench.hist import Histogram
+from bench.idle import RATES, measure_idle, measure_rate
 from bench.interleave import interleaved_p50
-from bench.measure import Record, batch_for, latency_loop, throughput_loop, warm_up
+from bench.measure import Record, batch_for, latency_loop, merge_rounds, throughput_loop, warm_up
 from bench.refs import PEER_KINDS, RAW_TRANSPORTS, SkipCase, make_ref
 from bench.system import client_cpu, loadavg, pin_self, placement_cpus, proc_cpu, thread_count
 
@@ -54,11 +60,13 @@ class Config:
     netns: bool = False
     quick: bool = False
     idle_time: float = 10.0  # seconds of the shm idle-CPU window (0: not measured)
+    rounds: int = 5  # interleaved rounds per block (size x placement)
+    rate_time: float = 2.0  # seconds per transport and message rate of the CPU-at-rate figure
 
     @classmethod
     def quick_config(cls) -> Config:
         return cls(framings=list(QUICK_FRAMINGS), lat_time=0.05, tp_time=0.05, quick=True,
-                   idle_time=2.0)
+                   idle_time=2.0, rounds=3, rate_time=0.5)
 
 
 @dataclass
@@ -108,7 +116,28 @@ def plan(cfg: Config, gateway_transports: list[str]) -> list[Case]:
 def estimate(cfg: Config, cases: list[Case], servers: int) -> float:
     per_case = cfg.lat_time * 1.2 + cfg.tp_time
     idle = cfg.idle_time + 1.0 if cfg.idle_time and any(c.transport == "shm" for c in cases) else 0
-    return sum(per_case + _OVERHEAD[c.kind] for c in cases) + servers * 0.4 + 3.0 + idle
+    sweep = sum(cfg.lat_time * 1.2 * (len(WORK_US) - 1) for c in cases
+                if c.kind == "c" and c.placement == "cross")
+    transports = {c.transport for c in cases if c.kind == "ipcgw"}
+    rates = len(transports) * len(RATES) * (cfg.rate_time + 0.6) if cfg.rate_time > 0 else 0
+    interleaved = len(cfg.placements) * len(transports) * (7 * 0.25 + 0.3) if "shm" in transports else 0
+    return (sum(per_case + _OVERHEAD[c.kind] * cfg.rounds for c in cases) + sweep
+            + servers * 0.4 + 3.0 + idle + rates + interleaved)
+
+
+def blocks(cases: list[Case]) -> list[list[Case]]:
+    """Cases grouped by (size, placement), in plan order: the unit of interleaving."""
+    out: dict[tuple[int, str], list[Case]] = {}
+    for case in cases:
+        out.setdefault((case.size, case.placement), []).append(case)
+    return list(out.values())
+
+
+def rotated(block: list[Case], r: int) -> list[Case]:
+    """Round r's order: the block rotated by r * len / rounds-ish, so each case
+    takes a different place in each round."""
+    k = (r * max(1, len(block) // 3)) % max(1, len(block))
+    return block[k:] + block[:k]
 
 
 def _wait_threads(pid: int, baseline: int, timeout: float = 1.0) -> None:
@@ -179,8 +208,21 @@ def _ref_case(case: Case, cfg: Config, server_cpu_n: int, client_cpu_n: int) -> 
 
 def _c_case(cfloor: CFloor, case: Case, cfg: Config, server_cpu_n: int,
             client_cpu_n: int) -> Record:
+    """The C row; across CPUs also the floor search (cfloor.py says why): the same
+    round trip with the echo adding each of WORK_US of busy work."""
     rec = Record(case.kind, case.transport, case.framing, case.placement, case.size)
+    if case.placement == "cross":
+        from bench.cfloor import pick_floor
+
+        hists: dict[float, Histogram] = {}
+        for work in WORK_US[1:]:
+            hists[work] = cfloor.run(case.transport, "pp", case.size, cfg.lat_time, client_cpu_n,
+                                     server_cpu_n, work).hist
     pp = cfloor.run(case.transport, "pp", case.size, cfg.lat_time, client_cpu_n, server_cpu_n)
+    if case.placement == "cross":
+        hists[0] = pp.hist
+        floor, work = pick_floor({w: h.percentile(50) / 1000 for w, h in hists.items() if h.total})
+        rec.extra.update(work_hists=hists, floor_us=round(floor, 3), floor_work_us=work)
     rec.hist, rec.rtt_count = pp.hist, pp.n
     rec.cpu_client_rtt = pp.client_cpu
     # The echo's CPU covers the warm-up too: scale it to the timed round trips.
@@ -211,21 +253,45 @@ def _idle_case(cfg: Config, servers: dict[tuple[str, str], GatewayServer]) -> di
     return result
 
 
-def _interleaved_case(cfg: Config, servers: dict[tuple[str, str], GatewayServer]
-                      ) -> dict[str, Any] | None:
+def _interleaved_case(cfg: Config, servers: dict[tuple[str, str], GatewayServer],
+                      placement: str) -> dict[str, Any] | None:
     """The shm p50 target in interleaved rounds (bench/interleave.py says why), when
-    the run has shm and a syscall transport at 64 B, cross, length:4."""
-    if not (64 in cfg.sizes and "cross" in cfg.placements and "length:4" in cfg.framings):
+    the run has shm and a syscall transport at 64 B, ``placement``, length:4."""
+    if not (64 in cfg.sizes and placement in cfg.placements and "length:4" in cfg.framings):
         return None
     ab = {t: srv for (t, f), srv in servers.items()
           if f == "length:4" and (t == "shm" or t in SYSCALL_TRANSPORTS) and srv.alive()}
     if "shm" not in ab or len(ab) < 2:
         return None
     try:
-        return interleaved_p50(ab, placement_cpus("cross")[1], rounds=3 if cfg.quick else 7,
+        return interleaved_p50(ab, placement_cpus(placement)[1], rounds=3 if cfg.quick else 7,
                                slice_s=max(0.05, cfg.lat_time / 5))
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"[:400]}
+
+
+def _rates_case(cfg: Config, servers: dict[tuple[str, str], GatewayServer]
+                ) -> list[dict[str, Any]]:
+    """CPU of server and client at a few message rates, per transport (bench/idle.py):
+    the run's length:4 servers, the client on the cross placement's client CPU."""
+    try:
+        client_n: int | None = placement_cpus("cross")[1]
+    except ValueError:
+        client_n = None
+    framing = "length:4" if "length:4" in cfg.framings else cfg.framings[0]
+    out: list[dict[str, Any]] = []
+    pin_self(None)
+    for (transport, fr), server in sorted(servers.items()):
+        if fr != framing or not server.alive():
+            continue
+        for rate in RATES:
+            try:
+                item = measure_rate(server.url, server.pid, rate, cfg.rate_time, client_n)
+            except Exception as exc:
+                item = {"error": f"{type(exc).__name__}: {exc}"[:300], "rate": rate}
+            item.update(transport=transport, framing=fr, server_cpu=server.cpu)
+            out.append(item)
+    return out
 
 
 @contextlib.contextmanager
@@ -286,44 +352,37 @@ def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = 
     records: list[Record] = []
     shm_idle: dict[str, Any] | None = None
     shm_interleaved: dict[str, Any] | None = None
+    shm_interleaved_same: dict[str, Any] | None = None
+    cpu_at_rates: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ipcgw-bench-") as tmp, \
             _servers(cfg, transports, tmp, notes) as servers:
         total = len(cases)
+        rounds = max(1, cfg.rounds)
+        per_round = dataclasses.replace(cfg, lat_time=cfg.lat_time / rounds,
+                                        tp_time=cfg.tp_time / rounds)
         try:
-            for i, case in enumerate(cases):
-                if progress:
-                    progress(case, i, total)
-                server_n, client_n = placement_cpus(case.placement)
-                load1 = (loadavg() or [None])[0]
-                try:
-                    if case.kind == "ipcgw":
-                        server = servers.get((case.transport, case.framing))
-                        if server is None:
-                            continue  # its start-up failure is in the notes
-                        if not server.alive():
-                            raise RuntimeError(f"server died: {server.log()}")
-                        rec = _gateway_case(server, case, cfg, client_n)
-                    elif case.kind == "c":
-                        if case.transport not in cfloor.binaries:
-                            continue
-                        rec = _c_case(cfloor, case, cfg, server_n, client_n)
-                    else:
-                        rec = _ref_case(case, cfg, server_n, client_n)
-                except SkipCase as exc:
-                    note = f"{case.kind} {case.transport}: {exc}"
-                    if note not in notes:
-                        notes.append(note)
-                    continue
-                except Exception as exc:
-                    rec = Record(case.kind, case.transport, case.framing, case.placement,
-                                 case.size, note=f"error: {type(exc).__name__}: {exc}"[:400])
-                rec.load1 = load1
-                records.append(rec)
+            step = 0
+            for block in blocks(cases):
+                got: dict[tuple[str, str, str, str, int], list[Record]] = {}
+                for r in range(rounds):
+                    for case in rotated(block, r):
+                        if progress:
+                            progress(case, step // rounds, total)
+                        step += 1
+                        rec = _one_case(case, per_round, servers, cfloor, notes)
+                        if rec is not None:
+                            got.setdefault(rec.key, []).append(rec)
+                records += [merge_rounds(recs) for recs in got.values()]
             if cfg.idle_time > 0 and "shm" in transports:
                 if progress:
                     progress(Case("idle", "shm", "", "", 0), total, total)
                 shm_idle = _idle_case(cfg, servers)
-            shm_interleaved = _interleaved_case(cfg, servers)
+            shm_interleaved = _interleaved_case(cfg, servers, "cross")
+            shm_interleaved_same = _interleaved_case(cfg, servers, "same")
+            if cfg.rate_time > 0:
+                if progress:
+                    progress(Case("rate", "every transport", "", "", 0), total, total)
+                cpu_at_rates = _rates_case(cfg, servers)
         finally:
             pin_self(None)
             if progress:
@@ -337,12 +396,46 @@ def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = 
                 ("server", "client"), placement_cpus(p), strict=True)) for p in cfg.placements},
             "lat_time_s": cfg.lat_time, "tp_time_s": cfg.tp_time, "quick": cfg.quick,
             "netns": cfg.netns, "raw": cfg.raw, "c": cfg.c, "peers": cfg.peers,
-            "idle_time_s": cfg.idle_time,
+            "idle_time_s": cfg.idle_time, "rounds": cfg.rounds, "rate_time_s": cfg.rate_time,
+            "work_us": list(WORK_US),
         },
         "notes": notes,
         "duration_s": round(time.monotonic() - started, 1),
         "records": records,
         "shm_idle": shm_idle,
         "shm_interleaved": shm_interleaved,
+        "shm_interleaved_same": shm_interleaved_same,
+        "cpu_at_rates": cpu_at_rates,
     }
+
+
+def _one_case(case: Case, cfg: Config, servers: dict[tuple[str, str], GatewayServer],
+              cfloor: CFloor, notes: list[str]) -> Record | None:
+    """One round of one case; None when it cannot run here (the notes say why)."""
+    server_n, client_n = placement_cpus(case.placement)
+    load1 = (loadavg() or [None])[0]
+    try:
+        if case.kind == "ipcgw":
+            server = servers.get((case.transport, case.framing))
+            if server is None:
+                return None  # its start-up failure is in the notes
+            if not server.alive():
+                raise RuntimeError(f"server died: {server.log()}")
+            rec = _gateway_case(server, case, cfg, client_n)
+        elif case.kind == "c":
+            if case.transport not in cfloor.binaries:
+                return None
+            rec = _c_case(cfloor, case, cfg, server_n, client_n)
+        else:
+            rec = _ref_case(case, cfg, server_n, client_n)
+    except SkipCase as exc:
+        note = f"{case.kind} {case.transport}: {exc}"
+        if note not in notes:
+            notes.append(note)
+        return None
+    except Exception as exc:
+        rec = Record(case.kind, case.transport, case.framing, case.placement,
+                     case.size, note=f"error: {type(exc).__name__}: {exc}"[:400])
+    rec.load1 = load1
+    return rec
 
