@@ -160,6 +160,20 @@ class Client:
             self._abandon(key)
             raise
 
+    def submit(self, cmd: Command) -> int:
+        """Send a Command without waiting for it; its Result comes from ``recv()``
+        like an Event, with the returned request id (ids never collide with
+        ``request()``'s: both come from this client's one counter)."""
+        cmd.request_id = next(self._ids)
+        self.send(cmd)
+        return cmd.request_id
+
+    def queued(self) -> Message | None:
+        """A message already read for ``recv()`` (by a thread that waited for its own
+        reply meanwhile), or None. Never touches the transport, so it never blocks."""
+        with self._lock:
+            return self._inbox.popleft() if self._inbox else None
+
     def command(self, op: str, timeout: float | None = 5.0, **args: Any) -> Any:
         """Run a server command; its value, or IpcgwError with the server's words."""
         reply = self.request(Command(0, op, args), timeout)

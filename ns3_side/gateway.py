@@ -26,7 +26,6 @@ BACKUP_FLAG_ON / CLEAR_FLAGS, and nothing is ever read back.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 from collections import deque
@@ -42,9 +41,6 @@ __all__ = ["Gateway", "LockstepError", "SimulationAborted"]
 
 log = logging.getLogger("ns3_side")
 
-# Async command ids live far above the client's own counter (used by
-# request()/ping()) so the two never collide.
-_ASYNC_IDS_BASE = 1 << 40
 # Objects ns-3 may still hold raw pointers to after their gateway closed
 # (trace sources cannot always be disconnected): kept until the process ends.
 _RETIRED: list[Any] = []
@@ -96,7 +92,6 @@ class Gateway:
         self._after_emit: list[Callable[[Report], Any]] = []
         self._owned: list[Any] = []  # C++ objects ns-3 calls into
         self._inbox: deque[Message | BaseException] = deque()
-        self._ids = itertools.count(_ASYNC_IDS_BASE)
         self._closing = False
         self._closed = False
         self._dead = False
@@ -194,7 +189,10 @@ class Gateway:
                 reply = self.client.request(Command(0, op, args), self.step_timeout)
                 self._dispatch(reply)
                 return reply
-            self._send(Command(0 if self.legacy else next(self._ids), op, args))
+            if self.legacy:
+                self._send(Command(0, op, args))
+            else:
+                self.client.submit(Command(0, op, args))
         except IpcgwError as exc:
             self._lost(exc, f"sending command {op}")
         return None
@@ -368,19 +366,9 @@ class Gateway:
         """Lockstep: dispatch what the client read besides the step's own answer.
 
         Only messages already read (queued in the client while it waited for
-        the reply) are taken; the rest come with the next step. Reading the
-        transport with timeout 0 is avoided: sockets treat it as non-blocking
-        and report EAGAIN as a disconnect.
+        the reply) are taken; the rest come with the next step.
         """
-        queued = getattr(self.client, "_inbox", ())
-        while queued:
-            try:
-                msg = self.client.recv(timeout=0)
-            except Timeout:
-                return
-            except IpcgwError as exc:
-                self._lost(exc, "reading from it")
-                return
+        while (msg := self.client.queued()) is not None:
             if isinstance(msg, Bye):
                 self._lost(Disconnected(f"server said bye: {msg.reason}"), "reading from it")
                 return

@@ -58,3 +58,21 @@ def test_command_raises_with_the_servers_words(server):
     with ipcgw.connect(server.url, timeout=5) as client, \
             pytest.raises(ipcgw.IpcgwError, match="no path-manager backend"):
         client.command("endpoint.show")
+
+
+def test_submit_returns_an_id_whose_result_comes_from_recv(tmp_path):
+    from gateway_helpers import ServerProcess, fresh_url
+
+    import ipcgw
+
+    server = ServerProcess([fresh_url("unix", tmp_path)], tmp_path)
+    try:
+        with ipcgw.connect(server.url, timeout=5) as client:
+            ids = [client.submit(ipcgw.Command(0, "limits.get", {})) for _ in range(3)]
+            assert len(set(ids)) == 3
+            assert client.ping(b"between") == b"between"  # its own id space: no collision
+            got = [client.recv(timeout=5) for _ in ids]
+            assert [m.request_id for m in got] == ids  # base handler: an Error per command
+            assert client.queued() is None
+    finally:
+        server.stop_ok()
