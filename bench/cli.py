@@ -58,6 +58,9 @@ def _sizes(_ctx: Any, _param: Any, value: tuple[str, ...]) -> list[int] | None:
               help="Framing and codec micro-bench.")
 @click.option("--netns", is_flag=True,
               help="Run each gateway server in a fresh network namespace (root; tcp is skipped).")
+@click.option("--pm", "pm", is_flag=True,
+              help="Only the path-manager commands (root): lean vs pyroute2 through unix and shm; "
+                   "writes bench/results/pm.md (--quick: fewer samples).")
 @click.option("--compare", "compare_files", nargs=2, type=click.Path(exists=True, dir_okay=False,
               path_type=Path), metavar="OLD.json NEW.json",
               help="Print new/old ratios of two results.json files instead of running.")
@@ -66,8 +69,8 @@ def _sizes(_ctx: Any, _param: Any, value: tuple[str, ...]) -> list[int] | None:
 def bench_command(quick: bool, out: Path, transports: tuple[str, ...], framings: tuple[str, ...],
                   sizes: list[int] | None, placements: tuple[str, ...], lat_time: float | None,
                   tp_time: float | None, idle_time: float | None, raw: bool, c_floor: bool,
-                  peers: bool, micro: bool, netns: bool, compare_files: tuple[Path, Path] | None,
-                  threshold: float) -> None:
+                  peers: bool, micro: bool, netns: bool, pm: bool,
+                  compare_files: tuple[Path, Path] | None, threshold: float) -> None:
     """Latency and throughput of every transport through the real gateway, next to
     raw Python, a C floor and ZeroMQ / multiprocessing.Pipe, pinned to one CPU and
     across two; writes report.md, results.csv, results.json and plots to --out."""
@@ -77,6 +80,10 @@ def bench_command(quick: bool, out: Path, transports: tuple[str, ...], framings:
         old, new = (report.load(p) for p in compare_files)
         for line in report.compare(old, new, threshold):
             click.echo(line)
+        return
+
+    if pm:
+        _run_pm(quick, transports, placements)
         return
 
     from bench.runner import Config, estimate, plan, run
@@ -143,6 +150,25 @@ def bench_command(quick: bool, out: Path, transports: tuple[str, ...], framings:
         click.echo(f"  {r.kind} {r.transport} {r.framing} {r.placement} {r.size}: {r.note}",
                    err=True)
     click.echo(f"wrote {', '.join(str(p) for p in written)} in {doc['duration_s']} s")
+
+
+def _run_pm(quick: bool, transports: tuple[str, ...], placements: tuple[str, ...]) -> None:
+    from bench.pm import PmConfig, run_pm
+
+    cfg = PmConfig.quick() if quick else PmConfig()
+    if transports:
+        unknown = sorted(set(transports) - {"unix", "shm"})
+        if unknown:
+            raise click.BadParameter(f"--pm measures unix and shm, not {', '.join(unknown)}",
+                                     param_hint="--transport")
+        cfg.transports = list(transports)
+    if placements:
+        cfg.placements = list(placements)
+    try:
+        path = run_pm(cfg, lambda line: click.echo(line, err=True))
+    except PermissionError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {path}")
 
 
 def _duration(seconds: float) -> str:
