@@ -101,6 +101,62 @@ def test_cli_reads_like_its_help_and_rejects_bad_paths() -> None:
     assert bad.exit_code == 2 and "bad path option" in bad.output
 
 
+def test_wifi_detection_threshold_is_an_option() -> None:
+    assert wifi().detect_dbm == -92.0  # not ns-3's default (deaf near -82 dBm)
+    assert PathConfig.parse("wifi:detect=default").detect_dbm is None
+    assert PathConfig.parse("wifi:detect=-85").detect_dbm == -85.0
+    with pytest.raises(ValueError, match="detect wants a number"):
+        PathConfig.parse("wifi:detect=loud")
+
+
+def test_handover_refuses_a_bad_policy_spec_naming_the_parameter() -> None:
+    from click.testing import CliRunner
+
+    from ns3_side.cli import experiment
+
+    bad = CliRunner().invoke(experiment, ["handover", "--policy",
+                                          "ipcgw.mptcp.policy:RssiPolicy?treshold=-78"])
+    assert bad.exit_code == 2 and "no parameter 'treshold'; did you mean threshold" in bad.output
+
+
+def test_down_removes_only_our_stale_temp_folders(tmp_path: Path) -> None:
+    """After a kill -9 the controller's /tmp/ipcgw-dp-<prefix>-* stays behind; down
+    removes it, but neither follows a symlink nor removes another user's folder."""
+    import shutil
+    import tempfile
+
+    from click.testing import CliRunner
+
+    from ns3_side.cli import dataplane
+    from ns3_side.dataplane import TMP_PREFIX
+
+    prefix = f"ipst{os.getpid() % 10000}"
+    base = Path(tempfile.gettempdir())
+    ours = base / f"{TMP_PREFIX}{prefix}-abc"
+    link = base / f"{TMP_PREFIX}{prefix}-link"
+    foreign = base / f"{TMP_PREFIX}{prefix}-theirs"
+    target = tmp_path / "keep"
+    try:
+        ours.mkdir()
+        (ours / "sim.json").write_text("{}")
+        target.mkdir()
+        (target / "file").write_text("x")
+        link.symlink_to(target)
+        foreign.mkdir()
+        if os.geteuid() == 0:
+            os.chown(foreign, 65534, 65534)
+        result = CliRunner().invoke(dataplane, ["down", "--prefix", prefix])
+        assert result.exit_code == 0, result.output
+        assert not ours.exists() and str(ours) in result.output
+        assert link.is_symlink() and (target / "file").exists()
+        assert foreign.exists() == (os.geteuid() == 0)
+    finally:
+        shutil.rmtree(ours, ignore_errors=True)
+        shutil.rmtree(foreign, ignore_errors=True)
+        if link.is_symlink():
+            link.unlink()
+
+
 # ------------------------------------------------------------------ real ns-3, real kernel
 
 @pytest.mark.netns
