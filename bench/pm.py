@@ -55,7 +55,7 @@ class PmConfig:
     placements: list[str] = field(default_factory=lambda: ["same", "cross"])
     samples: int = 2000  # per op, path, transport and placement
     rounds: int = 4
-    shm_spins: list[int] = field(default_factory=lambda: [250])  # extra client spin_us rows
+    shm_spins: list[int] = field(default_factory=lambda: [100, 250])  # extra client spin_us rows
     out: Path = RESULTS
 
     @classmethod
@@ -190,54 +190,54 @@ class Row:
 
 
 def _gateway_rows(cfg: PmConfig, ns: PmNetns, log: Callable[[str], None]) -> list[Row]:
-    import ipcgw
-    from bench.gateway import fresh_url
-    from bench.system import pin_self, placement_cpus
+    from bench.system import placement_cpus
 
     rows: list[Row] = []
     tmp = tempfile.mkdtemp(prefix="ipcgw-bench-pm-")
     try:
         for transport in cfg.transports:
             for placement in cfg.placements:
-                server_cpu, client_cpu = placement_cpus(placement)
                 spins: list[int | None] = [None]
                 if transport == "shm" and placement == "cross":
-                    spins += cfg.shm_spins
-                for spin in spins:
-                    label = transport if spin is None else f"shm, client spin_us={spin}"
-                    log(f"  {label} {placement} ...")
-                    rows += _one_case(cfg, ns, tmp, transport, label, placement, server_cpu,
-                                      client_cpu, spin, fresh_url, ipcgw.connect, pin_self)
+                    spins += cfg.shm_spins  # same servers, one client per spin, rounds alternate
+                log(f"  {transport} {placement} ...")
+                rows += _one_case(cfg, ns, tmp, transport, placement, placement_cpus(placement),
+                                  spins)
     finally:
         with contextlib.suppress(OSError):
             os.rmdir(tmp)
     return rows
 
 
-def _one_case(cfg: PmConfig, ns: PmNetns, tmp: str, transport: str, label: str, placement: str,
-              server_cpu: int, client_cpu: int, spin: int | None, fresh_url: Any, connect: Any,
-              pin_self: Any) -> list[Row]:
+def _one_case(cfg: PmConfig, ns: PmNetns, tmp: str, transport: str, placement: str,
+              cpus: tuple[int, int], spins: list[int | None]) -> list[Row]:
+    import ipcgw
+    from bench.gateway import fresh_url
+    from bench.system import pin_self
+
     handlers = {"lean": "mptcp", "pyroute2": "bench.pm:Pyroute2Handler"}
     servers: dict[str, PmServer] = {}
-    clients: dict[str, Any] = {}
-    rows = {path: Row(label, placement, path) for path in handlers}
+    clients: dict[tuple[str, int | None], Any] = {}
+    rows = {(path, spin): Row(transport if spin is None else f"shm, client spin_us={spin}",
+                              placement, path) for spin in spins for path in handlers}
     try:
         for path, handler in handlers.items():
             servers[path] = PmServer(fresh_url(transport, "length:4", tmp), handler, ns.name,
-                                     server_cpu)
-        pin_self(client_cpu)
-        for path, server in servers.items():
-            url = server.url if spin is None else _with_param(server.url, "spin_us", spin)
-            clients[path] = connect(url)
+                                     cpus[0])
+        pin_self(cpus[1])
+        for (path, spin) in rows:
+            url = servers[path].url
+            clients[path, spin] = ipcgw.connect(url if spin is None else
+                                                _with_param(url, "spin_us", spin))
         per_round = max(1, cfg.samples // cfg.rounds)
         payload = b"x" * 64
         for _ in range(cfg.rounds):
-            for path, client in clients.items():
+            for key, client in clients.items():
                 ops = _ops(client.command, functools.partial(client.ping, payload))
                 for fn in ops.values():
                     _time(fn, 50, [])  # warm up
                 for op, fn in ops.items():
-                    _time(fn, per_round, rows[path].samples[op])
+                    _time(fn, per_round, rows[key].samples[op])
     finally:
         for c in clients.values():
             with contextlib.suppress(Exception):
@@ -245,7 +245,7 @@ def _one_case(cfg: PmConfig, ns: PmNetns, tmp: str, transport: str, label: str, 
         for s in servers.values():
             s.stop()
         pin_self(None)
-    return list(rows.values())
+    return sorted(rows.values(), key=lambda r: (r.transport != transport, r.transport))
 
 
 def _with_param(url: str, key: str, value: object) -> str:
@@ -367,6 +367,19 @@ def render(rows: list[Row], inproc: dict[str, dict[str, list[int]]], conditions:
         lines.append(f"| {r.transport} | {r.placement} | {r.path} | {_fmt(r.samples['ping'])} | "
                      f"{_fmt(r.samples['limits.get'])} | {_fmt(r.samples['endpoint.set_flags'])} | "
                      f"{mark(d_lim)} | {mark(d_sf)} |")
+    from ipcgw.transports.shm import DEFAULT_SPIN_US
+
+    spun = [r for r in rows if r.transport.startswith("shm") and r.placement == "cross"]
+    if spun:
+        lines += ["", "shm across CPUs: share of round trips longer than the client's spin "
+                  "(from then on it sleeps on an eventfd and pays the wake-up):", "",
+                  "| client spin_us | PM path | ping | limits.get | endpoint.set_flags |",
+                  "|---|---|---|---|---|"]
+        for r in spun:
+            spin = int(r.transport.rpartition("=")[2]) if "=" in r.transport else DEFAULT_SPIN_US
+            share = [sum(x > spin * 1000 for x in r.samples[op]) / max(1, len(r.samples[op]))
+                     for op in OPS]
+            lines.append(f"| {spin} | {r.path} | " + " | ".join(f"{x:.0%}" for x in share) + " |")
     lines += ["", "In-process (one CPU), p50 / p99 µs:", "",
               "| figure | " + " | ".join(inproc) + " |", "|---|" + "---|" * len(inproc)]
     names = list(dict.fromkeys(n for cell in inproc.values() for n in cell))
