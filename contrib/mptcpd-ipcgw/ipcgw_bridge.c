@@ -4,8 +4,12 @@
  * an ipcgw gateway and runs the gateway's commands through mptcpd's own API.
  *
  * Wire: the gateway's JSON Lines profile over a unix socket
- * (codec=json&framing=delimited:lf): Hello -> Welcome, then Event lines out
- * and Command lines in, each answered by one Result line.
+ * (codec=json&framing=delimited:lf): Hello -> Welcome, then Command lines in,
+ * each answered by one "mptcpd.result" line, and one "mptcpd.event" line out
+ * per mptcpd callback. Both go up as Commands with request_id 0, args
+ * {request_id, ok, value, error} (a Result's fields) and {kind, attrs, time}
+ * (an Event's): the gateway's session layer takes only Reports and Commands
+ * from a client.
  *
  * Safety: every input is bounded (a line <= MAX_LINE, strings <= MAX_STR,
  * at most MAX_ARGS arguments, nesting <= MAX_DEPTH), every number range
@@ -61,6 +65,9 @@
 #define MAX_ARGS   16
 #define MAX_DEPTH  4
 #define RETRY_SECONDS 1
+/* What goes up is a Command with request_id 0 (no answer wanted): ipcgw's session
+ * layer passes only Reports and Commands from a client to the handler. */
+#define UP_OPEN "{\"type\":\"command\",\"request_id\":0,\"op\":\"mptcpd."
 
 /* ------------------------------------------------------------------ state */
 
@@ -562,15 +569,16 @@ static void reply(long long request_id, bool ok, char const *value_json, char co
         struct buf b = { text, 0, sizeof(text), false };
         if (request_id == 0)
                 return;
-        put(&b, "{\"type\":\"result\",\"request_id\":%lld,\"ok\":%s,\"value\":%s,\"error\":",
-            request_id, ok ? "true" : "false", value_json ? value_json : "null");
+        put(&b, UP_OPEN "result\",\"args\":{\"request_id\":%lld,\"ok\":%s,\"value\":%s,"
+            "\"error\":", request_id, ok ? "true" : "false", value_json ? value_json : "null");
         put_str(&b, error ? error : "");
-        put(&b, "}");
+        put(&b, "}}");
         if (b.full) {  /* a value too large: say so rather than go silent */
                 b.len = 0;
                 b.full = false;
-                put(&b, "{\"type\":\"result\",\"request_id\":%lld,\"ok\":false,\"value\":null,"
-                    "\"error\":\"mptcpd bridge: reply larger than %d bytes\"}", request_id, MAX_REPLY);
+                put(&b, UP_OPEN "result\",\"args\":{\"request_id\":%lld,\"ok\":false,"
+                    "\"value\":null,\"error\":\"mptcpd bridge: reply larger than %d bytes\"}}",
+                    request_id, MAX_REPLY);
         }
         send_line(&b);
 }
@@ -1022,7 +1030,7 @@ static void event(char const *kind, mptcpd_token_t token, struct sockaddr const 
                 return;
         }
         clock_gettime(CLOCK_REALTIME, &ts);
-        put(&b, "{\"type\":\"event\",\"kind\":\"%s\",\"attrs\":{\"token\":%u", kind,
+        put(&b, UP_OPEN "event\",\"args\":{\"kind\":\"%s\",\"attrs\":{\"token\":%u", kind,
             (unsigned int) token);
         struct sockaddr const *any = laddr ? laddr : raddr;
         if (any && (any->sa_family == AF_INET || any->sa_family == AF_INET6))
@@ -1031,10 +1039,16 @@ static void event(char const *kind, mptcpd_token_t token, struct sockaddr const 
         put_addr(&b, 'd', raddr);
         if (extra_key)
                 put(&b, ",\"%s\":%d", extra_key, extra);
-        put(&b, "},\"time\":%lld.%06ld}", (long long) ts.tv_sec, ts.tv_nsec / 1000);
+        put(&b, "},\"time\":%lld.%06ld}}", (long long) ts.tv_sec, ts.tv_nsec / 1000);
         send_line(&b);
 }
 
+/*
+ * BACKUP_IS_ALWAYS_TRUE: mptcpd (0.12 at least) hands its plugins the
+ * *pointer* to the kernel's MPTCP_ATTR_BACKUP attribute as the bool, so
+ * "backup" is true for every subflow event that has the attribute (all of
+ * them). Better no backup attribute than a wrong one: it is left out.
+ */
 static void on_new_connection(mptcpd_token_t token, struct sockaddr const *laddr,
                               struct sockaddr const *raddr, bool server_side,
                               struct mptcpd_pm *pm)
@@ -1073,21 +1087,24 @@ static void on_new_subflow(mptcpd_token_t token, struct sockaddr const *laddr,
                            struct sockaddr const *raddr, bool backup, struct mptcpd_pm *pm)
 {
         (void) pm;
-        event("SUB_ESTABLISHED", token, laddr, raddr, "backup", backup);
+        (void) backup;  /* see BACKUP_IS_ALWAYS_TRUE */
+        event("SUB_ESTABLISHED", token, laddr, raddr, NULL, 0);
 }
 
 static void on_subflow_closed(mptcpd_token_t token, struct sockaddr const *laddr,
                               struct sockaddr const *raddr, bool backup, struct mptcpd_pm *pm)
 {
         (void) pm;
-        event("SUB_CLOSED", token, laddr, raddr, "backup", backup);
+        (void) backup;  /* see BACKUP_IS_ALWAYS_TRUE */
+        event("SUB_CLOSED", token, laddr, raddr, NULL, 0);
 }
 
 static void on_subflow_priority(mptcpd_token_t token, struct sockaddr const *laddr,
                                 struct sockaddr const *raddr, bool backup, struct mptcpd_pm *pm)
 {
         (void) pm;
-        event("SUB_PRIORITY", token, laddr, raddr, "backup", backup);
+        (void) backup;  /* see BACKUP_IS_ALWAYS_TRUE */
+        event("SUB_PRIORITY", token, laddr, raddr, NULL, 0);
 }
 
 static struct mptcpd_plugin_ops const ops = {

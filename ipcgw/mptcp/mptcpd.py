@@ -5,7 +5,8 @@ mptcpd owns the kernel's path-manager events on such a host; its
 over a JSON Lines listener (``unix:///run/ipcgw-mptcpd.sock?codec=json&
 framing=delimited:lf``), says ``Hello(name="mptcpd-bridge")``, sends every
 mptcpd callback as an ``Event`` and runs the Commands it gets through mptcpd's
-own API (``mptcpd_pm_*``, ``mptcpd_kpm_*``). Clients see what they see with
+own API (``mptcpd_pm_*``, ``mptcpd_kpm_*``), answering each with a ``Result``
+(both wrapped in a ``Command`` with request id 0, see :func:`_unwrap`). Clients see what they see with
 ``--handler mptcp``: the same ops (table in :mod:`ipcgw.mptcp.handler`),
 ``subscribe`` for Events, a ``--policy`` whose ``self.pm`` is a
 :class:`BridgePathManager` with the methods of
@@ -14,8 +15,9 @@ own API (``mptcpd_pm_*``, ``mptcpd_kpm_*``). Clients see what they see with
 What differs, and why:
 
 - Events carry what mptcpd's callbacks carry: ``token``, ``family``,
-  ``saddr``/``sport``, ``daddr``/``dport``, ``backup``, ``server_side``,
-  ``rem_id`` (not ``loc_id``, ``if_idx`` or ``error``, which mptcpd drops).
+  ``saddr``/``sport``, ``daddr``/``dport``, ``server_side``, ``rem_id`` (not
+  ``loc_id``, ``if_idx`` or ``error``, which mptcpd drops, nor ``backup``:
+  mptcpd 0.12 passes the attribute's pointer as the bool, always true).
 - mptcpd sends userspace-PM commands without waiting for the kernel's answer
   (a refusal lands in mptcpd's log only), so this handler checks what it can
   first: the ``token`` of a ``pm.*`` op must be a connection mptcpd reported,
@@ -132,6 +134,24 @@ class _Subscription:
     session: SessionLike
     events: bool = True
     stats_interval: float = 0.0
+
+
+def _unwrap(cmd: Command) -> Message | None:
+    """The bridge's upward Command -> the Result or Event it carries (None: malformed).
+
+    The session layer passes only Reports and Commands from a client to a
+    handler, so the bridge sends ``Command(0, "mptcpd.result", {request_id, ok,
+    value, error})`` and ``Command(0, "mptcpd.event", {kind, attrs, time})``.
+    """
+    a = cmd.args
+    if cmd.op == "mptcpd.result" and type(a.get("request_id")) is int and \
+            type(a.get("ok")) is bool and isinstance(a.get("error", ""), str):
+        return Result(a["request_id"], a["ok"], a.get("value"), a.get("error", ""))
+    if cmd.op == "mptcpd.event" and isinstance(a.get("kind"), str) and \
+            isinstance(a.get("attrs"), dict) and isinstance(a.get("time", 0.0), (int, float)):
+        return Event(a["kind"], a["attrs"], float(a.get("time", 0.0)))
+    log.warning("malformed message from the mptcpd bridge dropped: %s %r", cmd.op, a)
+    return None
 
 
 class BridgePathManager:
@@ -431,6 +451,8 @@ class MptcpdHandler(BaseHandler):
         return result.value
 
     def _from_bridge(self, msg: Message) -> Message | None:
+        if isinstance(msg, Command):  # the wire form: see _unwrap
+            msg = _unwrap(msg)  # type: ignore[assignment]
         if isinstance(msg, Result):
             with self._lock:
                 waiter = self._pending.get(msg.request_id)
@@ -481,6 +503,8 @@ class MptcpdHandler(BaseHandler):
 
     def known_token(self, token: int, op: str) -> int:
         with self._lock:
+            if self._bridge is None:  # the first thing to fix, whatever the token
+                raise KernelError(errno.ENOTCONN, NO_BRIDGE, op)
             if token in self._conns:
                 return token
         raise KernelError(errno.EINVAL, f"invalid token: mptcpd reported no connection "
