@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from bench.hist import Histogram
 from bench.idle import IDLE_TARGET_PCT
 from bench.measure import CSV_COLUMNS, Record
 
-__all__ = ["compare", "load", "rows_with_ratios", "shm_targets", "write_report"]
+__all__ = ["SERIES", "compare", "load", "rows_with_ratios", "shm_targets", "summary_series",
+           "write_report"]
 
 #: Which raw/C transport a peer is measured against.
 PEER_BASE = {"zmq-ipc": "unix", "zmq-tcp": "tcp", "mp-pipe": "unix"}
@@ -54,19 +56,61 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
+def _ref_p50(row: dict[str, Any]) -> float | None:
+    """A reference's round trip: across CPUs the C floor (cfloor.py says why), else p50."""
+    return row.get("lat_floor_us") or row["lat_p50_us"]
+
+
+def _per_round(a: dict[str, Any], b: dict[str, Any] | None, key: str,
+               ref_key: str) -> list[float]:
+    """Ratios a/b round by round (both sides' ``round_values``), where both ran."""
+    ra, rb = a.get("round_values") or [], (b or {}).get("round_values") or []
+    out = []
+    for x, y in zip(ra, rb, strict=False):
+        if not x or not y:
+            continue
+        num, den = x.get(key), y.get(ref_key) or y.get(key)
+        if num and den:
+            out.append(num / den)
+    return out
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
 def rows_with_ratios(records: Iterable[Record | dict[str, Any]]) -> list[dict[str, Any]]:
-    """Flat rows (Record.row()) plus p50/throughput ratios to raw Python and to C."""
-    rows = [r.row() if isinstance(r, Record) else dict(r) for r in records]
+    """Flat rows (Record.row()) plus p50/throughput ratios to raw Python and to C.
+
+    With interleaved rounds a ratio is the median of the per-round ratios and
+    ``<ratio>_spread`` their [min, max]; without, the ratio of the merged figures.
+    Across CPUs the C side of a p50 ratio is the C floor when it was searched."""
+    rows = []
+    for r in records:
+        if isinstance(r, Record):
+            row = r.row()
+            row["round_values"] = r.extra.get("rounds")
+        else:
+            row = dict(r)
+        rows.append(row)
     index = {(r["kind"], r["transport"], r["placement"], r["size"]): r for r in rows
              if r["kind"] in ("raw", "c")}
     for r in rows:
         base = PEER_BASE.get(r["transport"], r["transport"])
         raw = index.get(("raw", base, r["placement"], r["size"])) if r["kind"] != "raw" else None
         c = index.get(("c", base, r["placement"], r["size"])) if r["kind"] != "c" else None
-        r["p50_vs_raw"] = _ratio(r["lat_p50_us"], raw and raw["lat_p50_us"])
-        r["tp_vs_raw"] = _ratio(r["mb_per_s"], raw and raw["mb_per_s"])
-        r["p50_vs_c"] = _ratio(r["lat_p50_us"], c and c["lat_p50_us"])
-        r["tp_vs_c"] = _ratio(r["mb_per_s"], c and c["mb_per_s"])
+        pairs = (("p50_vs_raw", raw, "p50_us", "p50_us", "lat_p50_us", raw and raw["lat_p50_us"]),
+                 ("tp_vs_raw", raw, "mb_per_s", "mb_per_s", "mb_per_s", raw and raw["mb_per_s"]),
+                 ("p50_vs_c", c, "p50_us", "floor_us", "lat_p50_us", c and _ref_p50(c)),
+                 ("tp_vs_c", c, "mb_per_s", "mb_per_s", "mb_per_s", c and c["mb_per_s"]))
+        for name, ref, key, ref_key, row_key, ref_value in pairs:
+            rounds = _per_round(r, ref, key, ref_key) if ref else []
+            if rounds:
+                r[name] = round(_median(rounds), 3)
+                r[f"{name}_spread"] = [round(min(rounds), 3), round(max(rounds), 3)]
+                r[f"{name}_rounds"] = len(rounds)
+            else:
+                r[name] = _ratio(r[row_key], ref_value)
     return rows
 
 
@@ -93,7 +137,8 @@ def write_report(doc: dict[str, Any], out: Path) -> list[Path]:
         notes.append(plot_note)
     json_doc["notes"] = notes
     json_doc["shm_targets"] = shm = shm_targets(rows, doc["config"], doc.get("shm_idle"),
-                                                doc.get("shm_interleaved"))
+                                                doc.get("shm_interleaved"),
+                                                doc.get("shm_interleaved_same"))
     path = out / "results.json"
     path.write_text(json.dumps(json_doc, indent=1) + "\n")
     written.append(path)
@@ -117,6 +162,9 @@ def load(path: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- markdown
+#
+# One number format throughout: µs with one decimal below 100 and integers
+# above, MB/s and messages/s as integers, ratios with two decimals and x.
 
 
 def _f(v: Any, digits: int = 1) -> str:
@@ -129,8 +177,35 @@ def _f(v: Any, digits: int = 1) -> str:
     return str(v)
 
 
+def _us(v: float | None) -> str:
+    """Microseconds: 1 decimal below 100, integers above."""
+    if v is None or v != v:
+        return "-"
+    return f"{v:.1f}" if abs(v) < 100 else f"{v:,.0f}"
+
+
+def _int(v: float | None) -> str:
+    """MB/s, messages/s: integers with thousands separators."""
+    return "-" if v is None or v != v else f"{v:,.0f}"
+
+
 def _x(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
+
+
+def _xr(v: float | None) -> str:
+    """A ratio in the report: 2 decimals and x."""
+    return "-" if v is None else f"{v:.2f}\u00d7"
+
+
+def _xs(row: dict[str, Any], name: str) -> str:
+    """A ratio and, from interleaved rounds, its spread: ``1.43x (1.31-1.52)``."""
+    v, spread = row.get(name), row.get(f"{name}_spread")
+    if v is None:
+        return "-"
+    if spread and row.get(f"{name}_rounds", 0) > 1:
+        return f"{_xr(v)} ({spread[0]:.2f}\u2013{spread[1]:.2f})"
+    return _xr(v)
 
 
 def _table(header: list[str], lines: list[list[str]]) -> str:
@@ -148,18 +223,51 @@ def _load_line(machine: dict[str, Any]) -> tuple[str, bool]:
     return text, high
 
 
+def _others_line(machine: dict[str, Any]) -> str:
+    """How much CPU other people's processes took during the run (runner measures it)."""
+    others = machine.get("others_cpu")
+    if not others:
+        return ""
+    pct = others["percent_of_machine"]
+    verdict = ("**the machine was shared: other processes used CPU while the bench ran, so "
+               "absolute figures are disturbed; the ratios come from interleaved rounds, "
+               "which such load hits on both sides alike**" if pct >= 5 else
+               "the machine was otherwise quiet")
+    return (f"- other processes (not the bench's) used {others['cpu_s']:.0f} CPU-seconds, "
+            f"{pct:.0f} % of the machine's {others['cores']} CPUs over the run "
+            f"(`/proc/stat` busy time minus the bench's own, children included) — {verdict}\n")
+
+
+_FIGURE = "summary.png"
+
+
 def _markdown(doc: dict[str, Any], rows: list[dict[str, Any]], notes: list[str],
               plots: list[Path], shm: dict[str, Any]) -> str:
     m, cfg = doc["machine"], doc["config"]
     load_text, high = _load_line(m)
-    md = ["# ipcgw benchmark report\n"]
+    rounds = cfg.get("rounds") or 1
+    md = ["# ipcgw benchmark report\n\n"]
     md.append(f"{m.get('date')} · {m.get('cpu_model')} · {m.get('cores')} CPUs · "
               f"Linux {m.get('kernel')} · Python {m.get('python')} · "
               f"ipcgw {m.get('ipcgw_commit') or '?'} · run took {doc.get('duration_s')} s"
-              f"{' · **quick run**' if cfg.get('quick') else ''}\n")
-    md.append(f"- {load_text}" + (" — **the machine was busy: absolute figures are "
-                                  "disturbed; ratios, taken seconds apart, less so**" if high
-                                  else "") + "\n")
+              f"{' · **quick run**' if cfg.get('quick') else ''}\n\n")
+    if any(p.name == _FIGURE for p in plots):
+        md.append(f"![Round trip p50 with p99 whiskers per transport, same CPU and across "
+                  f"CPUs]({_FIGURE})\n\n")
+        md.append(
+            "**The figure**: the round trip of one message and its answer, per transport "
+            "(columns) and CPU placement (rows), at each payload size; the marker is the "
+            "median (p50), the whisker reaches the 99th percentile (p99); log scale. "
+            f"**ipcgw** (blue circles: `Client.ping` through `ipcgw serve`, framing "
+            f"`{_framing(cfg)}`) against the same transport without ipcgw: **raw Python** "
+            "(orange squares: the same syscalls, no framing or codec) and **C** (green "
+            "triangles). Across CPUs the hollow green diamond is the **C floor** (the best "
+            "p50 of the C echo with 0\u201320 µs of added work, the work taken back out: on "
+            "this VM an echo that never idles answers sooner, so the plain C echo is not a "
+            "floor). Lower is better.\n\n")
+    md.append("## Conditions\n\n")
+    md.append(f"- {load_text}" + (" — **the machine was busy**" if high else "") + "\n")
+    md.append(_others_line(m))
     loads = sorted(r["load1"] for r in rows if r.get("load1") is not None)
     if loads:
         md.append(f"- 1-min load when each case started: min {loads[0]}, median "
@@ -170,26 +278,34 @@ def _markdown(doc: dict[str, Any], rows: list[dict[str, Any]], notes: list[str],
     md.append("- placement: " + "; ".join(
         f"`{p}` = server on CPU {c['server']}, client on CPU {c['client']}" for p, c in pc.items())
         + f"; {cfg.get('lat_time_s')} s of round trips and {cfg.get('tp_time_s')} s of one-way "
-        "sending per case, after a warm-up\n")
+        f"sending per case, after a warm-up, split into {rounds} interleaved rounds\n")
+    md.append(f"- rounds: all cases of one payload size and placement (every transport, ipcgw, "
+              f"raw Python, C, peers) run in {rounds} rounds, each case 1/{rounds} of its time "
+              "per round, the order rotating; this VM's CPU speed drifts in phases of seconds "
+              "to minutes, so every ratio is the **median of its per-round ratios** (figures "
+              "taken seconds apart), with their min\u2013max in brackets; p50/p99/MB/s in the "
+              "tables are of all rounds together\n")
     md.append("- latency: round trip in µs (ipcgw: `Client.ping` → Pong through `ipcgw serve`; "
               "references: the payload echoed back by a child process), from a log-bucketed "
               "histogram (< 0.4 % bucket error). Throughput: one-way payload bytes, 1 MB = 10^6 B "
-              "(ipcgw: `Client.send(Report)` then one ping to mark completion). CPU: µs per "
-              "round trip / per message on each side (client `getrusage`, server "
+              "(ipcgw: `Client.send` of a sink `Command` then one ping to mark completion). CPU: "
+              "µs per round trip / per message on each side (client `getrusage`, server "
               "`/proc/PID/task/*/schedstat`).\n")
-    md.append("- xraw / xC: the row's p50 (lower is better) and MB/s (higher is better) divided "
-              "by the raw-Python and C rows of the same transport, size and placement; peers are "
-              "divided by the rows of the mechanism they ride on (zmq-ipc and mp-pipe: unix, "
-              "zmq-tcp: tcp).\n")
+    work = ", ".join(map(str, cfg.get("work_us") or []))
+    md.append(f"- C floor across CPUs: the C echo also ran with {work} µs "
+              "of busy work before each reply; the floor is the smallest p50 \u2212 work "
+              "(`bench/cfloor.py`), and the p50 ratios to C across CPUs use it\n")
     if notes:
         md.append("\n**Notes**\n\n" + "".join(f"- {n}\n" for n in notes))
 
-    md.append("\n## Summary: who wins at each size\n\n")
-    md.append(_summary(rows, cfg))
     md.append("\n## Targets\n\n")
     md.append(_targets(rows, cfg))
     md.append("\n## shm targets\n\n")
     md.append(_shm_section(shm, rows, cfg))
+    md.append("\n## CPU at realistic message rates\n\n")
+    md.append(_rates_section(doc.get("cpu_at_rates") or []))
+    md.append("\n## Summary: who wins at each size\n\n")
+    md.append(_summary(rows, cfg))
     md.append("\n## Results per payload size\n")
     for size in cfg["sizes"]:
         md.append(f"\n### {_size(size)}\n\n")
@@ -198,9 +314,14 @@ def _markdown(doc: dict[str, Any], rows: list[dict[str, Any]], notes: list[str],
     if micro:
         md.append("\n## Framing and codec micro-bench (no transport)\n\n")
         md.append(_micro_table(micro))
-    if plots:
-        md.append("\n## Plots\n\n" + "".join(f"![{p.stem}]({p.name})\n\n" for p in plots))
+    others = [p for p in plots if p.name != _FIGURE]
+    if others:
+        md.append("\n## More plots\n\n" + "".join(f"![{p.stem}]({p.name})\n\n" for p in others))
     return "".join(md)
+
+
+def _framing(cfg: dict[str, Any]) -> str:
+    return DEFAULT_FRAMING if DEFAULT_FRAMING in cfg["framings"] else cfg["framings"][0]
 
 
 _KIND_ORDER = {"ipcgw": 0, "raw": 1, "c": 2, "peer": 3}
@@ -210,20 +331,23 @@ def _size_table(rows: list[dict[str, Any]]) -> str:
     rows = sorted(rows, key=lambda r: (r["placement"] != "same", _KIND_ORDER[r["kind"]],
                                        r["transport"], r["framing"]))
     header = ["placement", "kind", "transport", "framing", "p50 µs", "p99 µs", "msgs/s", "MB/s",
-              "CPU µs/rtt cli/srv", "CPU µs/msg cli/srv", "p50 xraw", "MB/s xraw", "p50 xC",
-              "MB/s xC"]
+              "CPU µs/rtt cli/srv", "CPU µs/msg cli/srv", "p50 ÷ raw", "MB/s ÷ raw", "p50 ÷ C",
+              "MB/s ÷ C"]
     lines = []
     for r in rows:
         if r["note"].startswith("error"):
             lines.append([r["placement"], r["kind"], r["transport"], r["framing"] or "-",
                           r["note"].replace("|", "/")[:120], *["-"] * 9])
             continue
+        framing = r["framing"] or "-"
+        if r.get("lat_floor_us") is not None:
+            framing = f"floor {_us(r['lat_floor_us'])} µs (work {r['floor_work_us']:g} µs)"
         lines.append([
-            r["placement"], r["kind"], r["transport"], r["framing"] or "-",
-            _f(r["lat_p50_us"]), _f(r["lat_p99_us"]), _f(r["msgs_per_s"], 0), _f(r["mb_per_s"]),
-            f"{_f(r['cpu_client_us_per_rtt'])} / {_f(r['cpu_server_us_per_rtt'])}",
-            f"{_f(r['cpu_client_us_per_msg'])} / {_f(r['cpu_server_us_per_msg'])}",
-            _x(r["p50_vs_raw"]), _x(r["tp_vs_raw"]), _x(r["p50_vs_c"]), _x(r["tp_vs_c"]),
+            r["placement"], r["kind"], r["transport"], framing,
+            _us(r["lat_p50_us"]), _us(r["lat_p99_us"]), _int(r["msgs_per_s"]), _int(r["mb_per_s"]),
+            f"{_us(r['cpu_client_us_per_rtt'])} / {_us(r['cpu_server_us_per_rtt'])}",
+            f"{_us(r['cpu_client_us_per_msg'])} / {_us(r['cpu_server_us_per_msg'])}",
+            _xs(r, "p50_vs_raw"), _xs(r, "tp_vs_raw"), _xs(r, "p50_vs_c"), _xs(r, "tp_vs_c"),
         ])
     return _table(header, lines)
 
@@ -249,81 +373,121 @@ def _summary(rows: list[dict[str, Any]], cfg: dict[str, Any]) -> str:
             by_tp = sorted((r for r in gw if r["mb_per_s"]), key=lambda r: -r["mb_per_s"])
             lat = tp = vs_peer = "-"
             if by_lat:
-                lat = f"{name(by_lat[0])} {by_lat[0]['lat_p50_us']:.1f} µs"
+                lat = f"{name(by_lat[0])} {_us(by_lat[0]['lat_p50_us'])} µs"
                 if len(by_lat) > 1:
-                    lat += (f", {by_lat[1]['lat_p50_us'] / by_lat[0]['lat_p50_us']:.2f}x ahead of "
-                            f"{name(by_lat[1])}")
+                    lat += (f", {_xr(by_lat[1]['lat_p50_us'] / by_lat[0]['lat_p50_us'])} ahead "
+                            f"of {name(by_lat[1])}")
             if by_tp:
-                tp = f"{name(by_tp[0])} {by_tp[0]['mb_per_s']:.1f} MB/s"
+                tp = f"{name(by_tp[0])} {_int(by_tp[0]['mb_per_s'])} MB/s"
                 if len(by_tp) > 1:
-                    tp += (f", {by_tp[0]['mb_per_s'] / by_tp[1]['mb_per_s']:.2f}x "
-                           f"{name(by_tp[1])}")
+                    tp += f", {_xr(by_tp[0]['mb_per_s'] / by_tp[1]['mb_per_s'])} {name(by_tp[1])}"
             best_peer = min((r for r in peers if r["lat_p50_us"]), key=lambda r: r["lat_p50_us"],
                             default=None)
             if best_peer and by_lat:
                 q = best_peer["lat_p50_us"] / by_lat[0]["lat_p50_us"]
                 zmq = [r for r in peers if r["transport"].startswith("zmq") and r["lat_p50_us"]]
-                vs_peer = (f"best peer {best_peer['transport']} {best_peer['lat_p50_us']:.1f} µs "
-                           f"({q:.2f}x ipcgw's best)")
+                vs_peer = (f"best peer {best_peer['transport']} {_us(best_peer['lat_p50_us'])} µs "
+                           f"({_xr(q)} ipcgw's best)")
                 if zmq:
                     z = min(zmq, key=lambda r: r["lat_p50_us"])
                     zq = z["lat_p50_us"] / by_lat[0]["lat_p50_us"]
-                    vs_peer += f"; ZeroMQ best {z['transport']} {zq:.2f}x"
+                    vs_peer += f"; ZeroMQ best {z['transport']} {_xr(zq)}"
             lines.append([_size(size), placement, lat, tp, vs_peer])
     return _table(["size", "placement", "lowest p50 (ipcgw)", "highest MB/s (ipcgw)",
                    "vs peers (p50)"], lines)
 
 
+#: (column, row size, ratio, goal test, goal text); the goal for p50 ÷ C depends on placement.
+_TARGET_COLUMNS = (
+    ("p50 64 B ÷ raw Python (≤ 1.5\u00d7)", 64, "p50_vs_raw", lambda v, p: v <= 1.5),
+    ("MB/s 64 KiB ÷ raw Python (≥ 0.8\u00d7)", 64 * 1024, "tp_vs_raw", lambda v, p: v >= 0.8),
+    ("MB/s 1 MiB ÷ raw Python (≥ 0.8\u00d7)", 1 << 20, "tp_vs_raw", lambda v, p: v >= 0.8),
+    ("p50 64 B ÷ C (≤ 1.2\u00d7 across, ≤ 2.5\u00d7 same)", 64, "p50_vs_c",
+     lambda v, p: v <= (1.2 if p == "cross" else 2.5)),
+    ("MB/s 1 MiB ÷ C (≥ 0.5\u00d7)", 1 << 20, "tp_vs_c", lambda v, p: v >= 0.5),
+)
+
+
 def _targets(rows: list[dict[str, Any]], cfg: dict[str, Any]) -> str:
-    framing = DEFAULT_FRAMING if DEFAULT_FRAMING in cfg["framings"] else cfg["framings"][0]
+    framing = _framing(cfg)
     gw = {(r["transport"], r["placement"], r["size"]): r for r in _ok(rows)
           if r["kind"] == "ipcgw" and r["framing"] == framing}
-    header = ["transport", "placement", "p50 64 B xraw (≤1.5)", "MB/s 64 KiB xraw (≥0.8)",
-              "MB/s 1 MiB xraw (≥0.8)", "p50 64 B xC (≤1.2 cross, ≤2.5 same)",
-              "MB/s 1 MiB xC (≥0.5)"]
+    header = ["transport", "placement", *(c[0] for c in _TARGET_COLUMNS)]
     lines = []
     met = missed = 0
-
-    def cell(v: float | None, ok: bool) -> str:
-        nonlocal met, missed
-        if v is None:
-            return "-"
-        if ok:
-            met += 1
-        else:
-            missed += 1
-        return f"{v:.2f}x {'✓' if ok else '✗'}"
-
     for transport in cfg["transports"]:
         for placement in cfg["placements"]:
-            small = gw.get((transport, placement, 64))
-            mid = gw.get((transport, placement, 64 * 1024))
-            big = gw.get((transport, placement, 1024 * 1024))
-            if not (small or mid or big):
+            if not any((transport, placement, c[1]) in gw for c in _TARGET_COLUMNS):
                 continue
-            c_limit = 1.2 if placement == "cross" else 2.5
-            p50_raw = small and small["p50_vs_raw"]
-            tp_mid = mid and mid["tp_vs_raw"]
-            tp_big = big and big["tp_vs_raw"]
-            p50_c = small and small["p50_vs_c"]
-            tp_c = big and big["tp_vs_c"]
-            lines.append([
-                transport, placement,
-                cell(p50_raw, p50_raw is not None and p50_raw <= 1.5),
-                cell(tp_mid, tp_mid is not None and tp_mid >= 0.8),
-                cell(tp_big, tp_big is not None and tp_big >= 0.8),
-                cell(p50_c, p50_c is not None and p50_c <= c_limit),
-                cell(tp_c, tp_c is not None and tp_c >= 0.5),
-            ])
-    text = f"ipcgw with framing `{framing}`; {met} targets met, {missed} missed.\n\n"
+            cells = [transport, placement]
+            for _, size, name, ok in _TARGET_COLUMNS:
+                row = gw.get((transport, placement, size))
+                v = row and row.get(name)
+                if v is None:
+                    cells.append("-")
+                    continue
+                good = ok(v, placement)
+                met, missed = met + good, missed + (not good)
+                cells.append(f"{_xs(row, name)} {'✓' if good else '✗'}")
+            lines.append(cells)
+    rounds = cfg.get("rounds") or 1
+    text = (
+        "These are **ipcgw's own performance targets** (set by the maintainers with the bench: "
+        "the gateway must cost little over the same syscalls made without it). Each cell is "
+        "a ratio **ipcgw ÷ reference**, same transport, payload size and placement, ipcgw with "
+        f"framing `{framing}`:\n\n"
+        "- *p50 ÷ …*: ipcgw's median round trip divided by the reference's; lower is better, "
+        "1.50\u00d7 means ipcgw takes 50 % longer; the goal is a maximum;\n"
+        "- *MB/s ÷ …*: ipcgw's one-way throughput divided by the reference's; higher is "
+        "better, 0.80\u00d7 means ipcgw moves 80 % as many bytes a second; the goal is a minimum;\n"
+        "- *raw Python*: the same transport's syscalls from plain Python (no framing, codec or "
+        "sessions); *C*: the same in C (`bench/c/`); across CPUs the p50 reference is the C "
+        "floor (see Conditions);\n"
+        f"- the ratio is the median of {rounds} interleaved rounds' ratios, min\u2013max in brackets; "
+        "✓ met, ✗ missed.\n\n"
+        f"**{met} of {met + missed} targets met, {missed} missed.**\n\n")
     return text + _table(header, lines)
+
+
+def _rates_section(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "Not measured (`rate_time` 0, or no server ran).\n"
+    ok = [i for i in items if "error" not in i]
+    transports = sorted({i["transport"] for i in items})
+    rates = sorted({i["rate"] for i in items})
+    by = {(i["transport"], i["rate"]): i for i in items}
+    head = ["transport", *(f"{r:,} msg/s: % of a CPU (srv + cli) · µs/msg" for r in rates)]
+    lines = []
+    for t in transports:
+        cells = [t]
+        for r in rates:
+            i = by.get((t, r))
+            if i is None:
+                cells.append("-")
+            elif "error" in i:
+                cells.append(i["error"].replace("|", "/")[:60])
+            else:
+                lag = "" if i["achieved"] >= 0.95 * r else f" (only {_int(i['achieved'])}/s)"
+                cells.append(f"{i['cpu_percent']:.1f} % ({i['server_percent']:.1f} + "
+                             f"{i['client_percent']:.1f}) · {_us(i['us_per_msg'])}{lag}")
+        lines.append(cells)
+    first = ok[0] if ok else items[0]
+    text = (f"One client pings the run's `ipcgw serve` (framing `{first.get('framing')}`) with "
+            "64 B round trips paced on the clock, across CPUs (server on CPU "
+            f"{first.get('server_cpu')}, client on CPU {first.get('client_cpu')}), for "
+            f"{first.get('seconds', 0):.1f} s per rate; CPU of both processes from "
+            "`/proc/PID/task/*/schedstat` (ns, not ticks). µs/msg is the CPU of both sides per "
+            "round trip: at low rates it is dominated by how each side waits (spinning, "
+            "sleeping, waking up), not by the message.\n\n")
+    return text + _table(head, lines)
 
 
 # ---------------------------------------------------------------- shm targets
 
 
 def shm_targets(rows: list[dict[str, Any]], cfg: dict[str, Any], idle: dict[str, Any] | None,
-                interleaved: dict[str, Any] | None = None) -> dict[str, Any]:
+                interleaved: dict[str, Any] | None = None,
+                interleaved_same: dict[str, Any] | None = None) -> dict[str, Any]:
     """The shm issue's three targets, each from this run's own figures: the 64 B p50
     and the 1 MiB throughput of ipcgw over shm against the best syscall transport
     (ipcgw rows, `length:4`, `cross`), and the idle CPU of a connected shm client.
@@ -331,13 +495,22 @@ def shm_targets(rows: list[dict[str, Any]], cfg: dict[str, Any], idle: dict[str,
     table's ratio is kept beside it as ``p50_64B_sequential``). A target whose
     inputs did not run has ``met: None`` and a ``missing`` reason."""
     sequential = _vs_syscall(rows, cfg, 64, "lat_p50_us", SHM_P50_FACTOR)
-    return {
+    out = {
         "framing": SHM_FRAMING, "placement": SHM_PLACEMENT,
         "p50_64B": _interleaved_target(interleaved) or sequential,
         "p50_64B_sequential": sequential,
         "mb_per_s_1MiB": _vs_syscall(rows, cfg, 1 << 20, "mb_per_s", SHM_TP_FACTOR),
         "idle_cpu": _idle_target(idle),
     }
+    if "same" in cfg["placements"]:  # the same targets with both sides on one CPU
+        seq_same = _vs_syscall(rows, cfg, 64, "lat_p50_us", SHM_P50_FACTOR, "same")
+        out["same"] = {
+            "placement": "same",
+            "p50_64B": _interleaved_target(interleaved_same) or seq_same,
+            "p50_64B_sequential": seq_same,
+            "mb_per_s_1MiB": _vs_syscall(rows, cfg, 1 << 20, "mb_per_s", SHM_TP_FACTOR, "same"),
+        }
+    return out
 
 
 def _interleaved_target(ab: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -354,9 +527,9 @@ def _interleaved_target(ab: dict[str, Any] | None) -> dict[str, Any] | None:
             "interleaved": {k: ab[k] for k in ("rounds", "slice_s", "ratios")}}
 
 
-def _not_configured(cfg: dict[str, Any], size: int) -> str:
+def _not_configured(cfg: dict[str, Any], size: int, placement: str = SHM_PLACEMENT) -> str:
     for what, wanted, ran in (("framing", SHM_FRAMING, cfg["framings"]),
-                              ("placement", SHM_PLACEMENT, cfg["placements"]),
+                              ("placement", placement, cfg["placements"]),
                               ("size", size, cfg["sizes"]), ("transport", "shm", cfg["transports"])):
         if wanted not in ran:
             shown = _size(wanted) if what == "size" else wanted
@@ -365,20 +538,22 @@ def _not_configured(cfg: dict[str, Any], size: int) -> str:
 
 
 def _vs_syscall(rows: list[dict[str, Any]], cfg: dict[str, Any], size: int, key: str,
-                factor: float) -> dict[str, Any]:
+                factor: float, placement: str = SHM_PLACEMENT) -> dict[str, Any]:
     """shm against the best syscall transport on ``key``; for p50 (lower is better)
-    the ratio is best/shm, for MB/s shm/best, so the goal is always ratio >= factor."""
+    the ratio is best/shm, for MB/s shm/best, so the goal is always ratio >= factor.
+    With interleaved rounds: the median over rounds of (best of that round) vs shm."""
     lower = key == "lat_p50_us"
-    out: dict[str, Any] = {"size": size, "metric": key, "goal_ratio": factor, "met": None}
+    out: dict[str, Any] = {"size": size, "metric": key, "goal_ratio": factor, "met": None,
+                           "placement": placement}
     sel = {r["transport"]: r for r in rows if r["kind"] == "ipcgw" and r["size"] == size
-           and r["framing"] == SHM_FRAMING and r["placement"] == SHM_PLACEMENT}
+           and r["framing"] == SHM_FRAMING and r["placement"] == placement}
     shm = sel.get("shm")
     syscall = {t: r for t, r in sel.items() if t in SYSCALL_TRANSPORTS
                and not r["note"].startswith("error") and r[key]}
     out["compared"] = sorted(syscall)
     out["not_run"] = [t for t in SYSCALL_TRANSPORTS if t not in syscall]
-    where = f"{_size(size)}, {SHM_PLACEMENT}, {SHM_FRAMING}"
-    if reason := _not_configured(cfg, size):
+    where = f"{_size(size)}, {placement}, {SHM_FRAMING}"
+    if reason := _not_configured(cfg, size, placement):
         out["missing"] = reason
     elif shm is None or shm["note"].startswith("error") or not shm[key]:
         out["missing"] = f"shm did not run at {where}" + (f" ({shm['note']})" if shm else "")
@@ -390,6 +565,17 @@ def _vs_syscall(rows: list[dict[str, Any]], cfg: dict[str, Any], size: int, key:
     pick = min if lower else max
     best = pick(syscall, key=lambda t: syscall[t][key])
     ratio = syscall[best][key] / shm[key] if lower else shm[key] / syscall[best][key]
+    rkey = "p50_us" if lower else "mb_per_s"
+    per_round = []
+    for i, mine in enumerate(shm.get("round_values") or []):
+        theirs = [v[rkey] for r in syscall.values() if len(r.get("round_values") or []) > i
+                  and (v := r["round_values"][i]) and v.get(rkey)]
+        if mine and mine.get(rkey) and theirs:
+            b = pick(theirs)
+            per_round.append(b / mine[rkey] if lower else mine[rkey] / b)
+    if per_round:
+        ratio = _median(per_round)
+        out["rounds"] = [round(x, 3) for x in per_round]
     out.update(shm=shm[key], best=best, best_value=syscall[best][key], ratio=round(ratio, 3),
                met=ratio >= factor)
     return out
@@ -415,65 +601,96 @@ def _mark(t: dict[str, Any], value: str) -> str:
     return f"{value} {'✓' if t['met'] else '✗'}"
 
 
+def _shm_rows(t: dict[str, Any], placement: str) -> list[list[str]]:
+    """The p50 and MB/s target rows of one placement."""
+    p50, tp = t["p50_64B"], t["mb_per_s_1MiB"]
+
+    def best(x: dict[str, Any], fmt: Any, unit: str) -> str:
+        return "-" if x["met"] is None else f"{x['best']} {fmt(x['best_value'])} {unit}"
+
+    def spread(x: dict[str, Any]) -> str:
+        rounds = x.get("interleaved", {}).get("ratios") or x.get("rounds") or []
+        if x["met"] is None:
+            return "-"
+        if len(rounds) > 1:
+            return f"{_xr(x['ratio'])} ({min(rounds):.2f}\u2013{max(rounds):.2f})"
+        return _xr(x["ratio"])
+
+    return [
+        [placement, "p50 round trip, 64 B",
+         f"≥ {SHM_P50_FACTOR:g}\u00d7 lower than the best syscall transport",
+         "-" if p50["met"] is None else f"{_us(p50['shm'])} µs", best(p50, _us, "µs"),
+         _mark(p50, spread(p50))],
+        [placement, "one-way MB/s, 1 MiB", f"≥ {SHM_TP_FACTOR:g}\u00d7 the best syscall transport",
+         "-" if tp["met"] is None else f"{_int(tp['shm'])} MB/s", best(tp, _int, "MB/s"),
+         _mark(tp, spread(tp))],
+    ]
+
+
 def _shm_section(shm: dict[str, Any], rows: list[dict[str, Any]], cfg: dict[str, Any]) -> str:
-    p50, tp, idle = shm["p50_64B"], shm["mb_per_s_1MiB"], shm["idle_cpu"]
-    targets = (p50, tp, idle)
+    idle = shm["idle_cpu"]
+    targets = [shm["p50_64B"], shm["mb_per_s_1MiB"], idle]
+    same = shm.get("same")
+    if same:
+        targets += [same["p50_64B"], same["mb_per_s_1MiB"]]
     met = sum(t["met"] is True for t in targets)
     missed = sum(t["met"] is False for t in targets)
-    text = (f"The targets of the shm issue, each from this run: ipcgw rows, framing "
-            f"`{SHM_FRAMING}`, `{SHM_PLACEMENT}` placement; {met} met, {missed} missed, "
-            f"{3 - met - missed} not measured.\n\n")
-
-    def best(t: dict[str, Any], unit: str) -> str:
-        return "-" if t["met"] is None else f"{t['best']} {_f(t['best_value'])} {unit}"
-
-    lines = [
-        ["p50 round trip, 64 B", f"≥ {SHM_P50_FACTOR:g}x lower than the best syscall transport",
-         "-" if p50["met"] is None else f"{_f(p50['shm'])} µs", best(p50, "µs"),
-         _mark(p50, "-" if p50["met"] is None else _x(p50["ratio"]))],
-        ["one-way MB/s, 1 MiB", f"≥ {SHM_TP_FACTOR:g}x the best syscall transport",
-         "-" if tp["met"] is None else f"{_f(tp['shm'])} MB/s", best(tp, "MB/s"),
-         _mark(tp, "-" if tp["met"] is None else _x(tp["ratio"]))],
-        ["idle CPU, one connected silent client", f"< {IDLE_TARGET_PCT:g} % of one CPU "
-         "(server + client)", "-" if idle["met"] is None else
-         f"{idle['percent']:.2f} % over {idle['seconds']:.1f} s", "-",
-         _mark(idle, "-" if idle["met"] is None else f"{idle['percent']:.2f} %")],
-    ]
-    text += _table(["target", "goal", "shm", "best syscall transport", "result"], lines)
+    text = (f"The shm issue's targets, each from this run: ipcgw rows, framing `{SHM_FRAMING}`, "
+            "across CPUs (the issue's placement) and, for the same targets, both sides on one "
+            f"CPU; {met} met, {missed} missed, {len(targets) - met - missed} not measured. "
+            "p50: best syscall transport's p50 ÷ shm's (higher is better); MB/s: shm's ÷ the "
+            "best syscall transport's.\n\n")
+    lines = _shm_rows(shm, SHM_PLACEMENT)
+    lines.append([
+        "-", "idle CPU, one connected silent client",
+        f"< {IDLE_TARGET_PCT:g} % of one CPU (server + client)",
+        "-" if idle["met"] is None else f"{idle['percent']:.2f} % over {idle['seconds']:.1f} s",
+        "-", _mark(idle, "-" if idle["met"] is None else f"{idle['percent']:.2f} %")])
+    if same:
+        lines += _shm_rows(same, "same")
+    text += _table(["placement", "target", "goal", "shm", "best syscall transport", "result"],
+                   lines)
     return text + _shm_notes(shm, rows)
 
 
 def _shm_notes(shm: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """Which syscall transports were compared, the idle figure's parts, and the shm
-    mechanism's own floor (raw Python, C) for scale."""
+    """How each p50 was taken, which syscall transports were compared, the idle
+    figure's parts, and the shm mechanism's own floor (raw Python, C) for scale."""
     notes = []
-    p50, seq = shm["p50_64B"], shm.get("p50_64B_sequential")
-    if "interleaved" in p50:
-        ab = p50["interleaved"]
-        notes.append(
-            f"p50: {ab['rounds']} interleaved rounds of {ab['slice_s']:g} s per transport, "
-            f"ratio = median of the per-round ratios ({', '.join(_x(r) for r in ab['ratios'])}); "
-            "the CPU's speed drifts in phases here, which a ratio of two cases taken a minute "
-            "apart would measure too (bench/interleave.py)")
-        if seq and seq["met"] is not None:
-            notes.append(f"p50 from the per-case table (sequential): shm {_f(seq['shm'])} µs, "
-                         f"{seq['best']} {_f(seq['best_value'])} µs, {_x(seq['ratio'])}")
-    for t in (shm["p50_64B"], shm["mb_per_s_1MiB"]):
-        if t["met"] is not None and t["not_run"]:
-            notes.append(f"{_size(t['size'])}: best of {', '.join(t['compared'])}; "
-                         f"{', '.join(t['not_run'])} did not run")
+    for t in (shm, shm.get("same")):
+        if not t:
+            continue
+        p50, seq = t["p50_64B"], t.get("p50_64B_sequential")
+        where = t.get("placement", SHM_PLACEMENT)
+        if "interleaved" in p50:
+            ab = p50["interleaved"]
+            notes.append(
+                f"p50 ({where}): {ab['rounds']} tight interleaved rounds of {ab['slice_s']:g} s "
+                "per transport on open connections (`bench/interleave.py`), ratio = median of "
+                f"the per-round ratios ({', '.join(_xr(r) for r in ab['ratios'])})")
+            if seq and seq["met"] is not None:
+                notes.append(f"p50 ({where}) from the tables' rounds instead: shm "
+                             f"{_us(seq['shm'])} µs, {seq['best']} {_us(seq['best_value'])} µs, "
+                             f"{_xr(seq['ratio'])}")
+        for x in (p50, t["mb_per_s_1MiB"]):
+            if x["met"] is not None and x["not_run"]:
+                notes.append(f"{_size(x['size'])} ({where}): best of {', '.join(x['compared'])}; "
+                             f"{', '.join(x['not_run'])} did not run")
     idle = shm["idle_cpu"]
     if idle["met"] is not None:
-        notes.append(f"idle: `ipcgw serve` {idle['server_cpu_s']:.2f} s + client "
-                     f"{idle['client_cpu_s']:.2f} s of CPU (`/proc/PID/stat` utime+stime) over "
-                     f"{idle['seconds']:.1f} s; one clock tick is {idle['resolution_percent']:.2f} %")
-    ref = {(r["kind"], r["size"]): r for r in _ok(rows) if r["kind"] in ("raw", "c")
-           and r["transport"] == "shm" and r["placement"] == SHM_PLACEMENT}
-    scale = [f"{kind} {_size(size)} {_f(r[key])} {unit}" for kind in ("raw", "c")
-             for size, key, unit in ((64, "lat_p50_us", "µs p50"), (1 << 20, "mb_per_s", "MB/s"))
-             if (r := ref.get((kind, size))) and r[key]]
-    if scale:
-        notes.append("the same rings without ipcgw (cross): " + ", ".join(scale))
+        notes.append(f"idle: `ipcgw serve` {idle['server_cpu_s'] * 1000:.1f} ms + client "
+                     f"{idle['client_cpu_s'] * 1000:.1f} ms of CPU (`/proc/PID/task/*/schedstat`) "
+                     f"over {idle['seconds']:.1f} s")
+    for placement in ("cross", "same"):
+        ref = {(r["kind"], r["size"]): r for r in _ok(rows) if r["kind"] in ("raw", "c")
+               and r["transport"] == "shm" and r["placement"] == placement}
+        scale = [f"{kind} {_size(size)} {fmt(r[key])} {unit}" for kind in ("raw", "c")
+                 for size, key, unit, fmt in ((64, "lat_p50_us", "µs p50", _us),
+                                              (1 << 20, "mb_per_s", "MB/s", _int))
+                 if (r := ref.get((kind, size))) and r[key]]
+        if scale:
+            notes.append(f"the same rings without ipcgw ({placement}; raw = ipcgw's C `Rings` "
+                         "from plain Python, c = `bench/c/shm.c`): " + ", ".join(scale))
     return "\n" + "".join(f"- {n}\n" for n in notes) if notes else ""
 
 
@@ -511,6 +728,98 @@ _COLORS = {"fifo": "tab:blue", "sysv": "tab:orange", "posixmq": "tab:green", "tc
            "unix": "tab:purple", "shm": "tab:brown", "zmq-ipc": "tab:gray", "zmq-tcp": "black",
            "mp-pipe": "tab:olive"}
 _STYLES = {"ipcgw": "-", "raw": "--", "c": ":", "peer": "-."}
+#: The summary figure's series: what is measured, told apart by colour, marker and label.
+SERIES = (
+    ("ipcgw", "ipcgw", "tab:blue", "o", True),
+    ("raw", "raw Python (same syscalls)", "tab:orange", "s", True),
+    ("c", "C (same syscalls)", "tab:green", "^", True),
+    ("floor", "C floor (best p50 \u2212 echo work)", "tab:green", "D", False),
+)
+_PLACEMENT_TITLE = {"same": "same CPU", "cross": "across CPUs"}
+
+
+def summary_series(rows: list[dict[str, Any]], framing: str
+                   ) -> dict[tuple[str, str, str], list[tuple[int, float, float | None]]]:
+    """{(series, transport, placement): [(size, p50 us, p99 us or None)]} for the
+    summary figure: ipcgw with ``framing``, raw, C, and the C floor where searched."""
+    out: dict[tuple[str, str, str], list[tuple[int, float, float | None]]] = {}
+    for r in _ok(rows):
+        if not r["lat_p50_us"] or r["kind"] not in ("ipcgw", "raw", "c"):
+            continue
+        if r["kind"] == "ipcgw" and r["framing"] != framing:
+            continue
+        key = (r["kind"], r["transport"], r["placement"])
+        out.setdefault(key, []).append((r["size"], r["lat_p50_us"], r["lat_p99_us"]))
+        if r["kind"] == "c" and r.get("lat_floor_us") is not None:
+            out.setdefault(("floor", r["transport"], r["placement"]), []).append(
+                (r["size"], r["lat_floor_us"], None))
+    for pts in out.values():
+        pts.sort()
+    return out
+
+
+def _tick_us(v: float, _pos: int = 0) -> str:
+    """Log-axis µs ticks as plain numbers: 0.1, 1, 10, 1,000 (not 10^3)."""
+    return f"{v:,.0f}" if v >= 1 else f"{v:g}"
+
+
+def _summary_figure(plt: Any, rows: list[dict[str, Any]], cfg: dict[str, Any], out: Path
+                    ) -> Path | None:
+    """The report's first figure: p50 with a p99 whisker, per transport (columns) and
+    placement (rows), payload sizes on x, ipcgw / raw Python / C / C floor each with
+    its own colour, marker and legend label."""
+    from matplotlib.ticker import FuncFormatter
+
+    framing = _framing(cfg)
+    series = summary_series(rows, framing)
+    transports = [t for t in cfg["transports"] if any(k[1] == t for k in series)]
+    placements = [p for p in ("same", "cross") if p in cfg["placements"]]
+    sizes = sorted(cfg["sizes"])
+    if not transports or not placements or not sizes:
+        return None
+    fig, axes = plt.subplots(len(placements), len(transports), squeeze=False, sharey=True,
+                             figsize=(2.6 * len(transports) + 1.2, 3.0 * len(placements) + 1.4))
+    offsets = {"ipcgw": -0.24, "raw": -0.08, "c": 0.08, "floor": 0.24}
+    handles: dict[str, Any] = {}
+    for i, placement in enumerate(placements):
+        for j, transport in enumerate(transports):
+            ax = axes[i][j]
+            for name, label, color, marker, filled in SERIES:
+                pts = series.get((name, transport, placement), [])
+                if not pts:
+                    continue
+                xs = [sizes.index(s) + offsets[name] for s, _, _ in pts if s in sizes]
+                p50 = [v for s, v, _ in pts if s in sizes]
+                up = [max(0.0, (p99 or v) - v) for s, v, p99 in pts if s in sizes]
+                h = ax.errorbar(xs, p50, yerr=[[0.0] * len(p50), up], fmt=marker, color=color,
+                                markersize=6, capsize=2.5, elinewidth=1.1, linestyle="none",
+                                markerfacecolor=color if filled else "white",
+                                markeredgecolor=color, label=label)
+                handles.setdefault(label, h)
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(_tick_us))
+            ax.set_xticks(range(len(sizes)))
+            ax.set_xticklabels([_size(s) for s in sizes], fontsize=8)
+            ax.set_xlim(-0.5, len(sizes) - 0.5)
+            ax.grid(True, which="major", axis="y", alpha=0.35)
+            ax.grid(True, which="minor", axis="y", alpha=0.12)
+            if i == 0:
+                ax.set_title(transport, fontsize=11, fontweight="bold")
+            if j == 0:
+                ax.set_ylabel(f"{_PLACEMENT_TITLE[placement]}\nround trip, µs (log)", fontsize=9)
+            if i == len(placements) - 1:
+                ax.set_xlabel("payload", fontsize=8)
+    fig.suptitle(f"Round trip per transport: p50 (marker) with whisker to p99 — ipcgw "
+                 f"(framing {framing}) vs the same syscalls without it; lower is better",
+                 fontsize=11)
+    order = [label for _, label, _, _, _ in SERIES if label in handles]
+    fig.legend([handles[k] for k in order], order, loc="lower center", ncol=len(order),
+               fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    path = out / _FIGURE
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _plots(rows: list[dict[str, Any]], hists: dict[tuple[str, str, str, str, int], Histogram],
@@ -520,12 +829,16 @@ def _plots(rows: list[dict[str, Any]], hists: dict[tuple[str, str, str, str, int
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
     except ImportError:
         return [], "plots skipped: matplotlib not installed (pip install 'ipcgw[plot]')"
     cfg = doc["config"]
-    framing = DEFAULT_FRAMING if DEFAULT_FRAMING in cfg["framings"] else cfg["framings"][0]
+    framing = _framing(cfg)
     placements = cfg["placements"]
     paths = []
+    first = _summary_figure(plt, rows, cfg, out)
+    if first is not None:
+        paths.append(first)
 
     def wanted(kind: str, fr: str) -> bool:
         return (kind == "ipcgw" and fr == framing) or kind in ("raw", "peer")
@@ -543,7 +856,7 @@ def _plots(rows: list[dict[str, Any]], hists: dict[tuple[str, str, str, str, int
                         label=f"{kind} {transport}")
             ax.set_xscale("log")
             ax.set_xlabel("round trip, µs (log)")
-            ax.set_title(f"64 B round trip CDF — {placement} CPU")
+            ax.set_title(f"64 B round trip CDF — {_PLACEMENT_TITLE.get(placement, placement)}")
             ax.grid(True, which="both", alpha=0.3)
         axes[0][0].set_ylabel("fraction of round trips ≤ x")
         axes[0][-1].legend(fontsize=7, loc="lower right")
@@ -572,9 +885,12 @@ def _plots(rows: list[dict[str, Any]], hists: dict[tuple[str, str, str, str, int
                         linestyle=_STYLES[kind], color=_COLORS.get(transport, "tab:cyan"),
                         linewidth=1.3, label=f"{kind} {transport}")
             ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_locator(FixedLocator(sorted(cfg["sizes"])))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _size(int(v))))
             ax.set_yscale("log")
-            ax.set_xlabel("payload bytes (log)")
-            ax.set_title(f"one-way throughput — {placement} CPU")
+            ax.set_xlabel("payload (log)")
+            ax.set_title(f"one-way throughput — {_PLACEMENT_TITLE.get(placement, placement)}")
             ax.grid(True, which="both", alpha=0.3)
         axes[0][0].set_ylabel("MB/s (log)")
         axes[0][-1].legend(fontsize=6, loc="lower right", ncol=2)

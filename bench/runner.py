@@ -320,6 +320,7 @@ def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = 
     from bench.system import machine_info
 
     started = time.monotonic()
+    busy0, ours0 = _machine_busy(), _own_cpu()
     info = machine_info()
     notes: list[str] = []
     transports, missing = available_transports()
@@ -388,6 +389,13 @@ def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = 
             if progress:
                 progress(None, total, total)
     info["loadavg_end"] = loadavg()
+    busy1, ours1 = _machine_busy(), _own_cpu()
+    if busy0 is not None and busy1 is not None:
+        cores = os.cpu_count() or 1
+        wall = time.monotonic() - started
+        others = max(0.0, (busy1 - busy0) - (ours1 - ours0))
+        info["others_cpu"] = {"cpu_s": round(others, 1), "cores": cores, "wall_s": round(wall, 1),
+                              "percent_of_machine": round(others / (wall * cores) * 100, 1)}
     return {
         "machine": info,
         "config": {
@@ -407,6 +415,28 @@ def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = 
         "shm_interleaved_same": shm_interleaved_same,
         "cpu_at_rates": cpu_at_rates,
     }
+
+
+def _machine_busy() -> float | None:
+    """CPU-seconds every CPU spent not idle so far (``/proc/stat``), steal excluded."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    """CPU-seconds of this process and its reaped children (servers, echoes, C runs)."""
+    import resource
+
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        total += ru.ru_utime + ru.ru_stime
+    return total
 
 
 def _one_case(case: Case, cfg: Config, servers: dict[tuple[str, str], GatewayServer],
