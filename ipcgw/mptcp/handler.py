@@ -54,7 +54,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ipcgw.messages import Bye, Command, Error, Message, Ping, Pong, Report, Result, Stats
+from ipcgw.messages import Command, Error, Message, Report, Result, Stats
 from ipcgw.mptcp import genl
 from ipcgw.mptcp.events import EventListener, MptcpEvent
 from ipcgw.mptcp.genl import GenlSocket, KernelError
@@ -237,10 +237,6 @@ class MptcpHandler(_Base):  # type: ignore[misc,valid-type]
                     self.policy.on_report(msg)
                 except Exception:
                     log.exception("policy failed on a report")
-            return None
-        if isinstance(msg, Ping):
-            return Pong(msg.seq, msg.payload)
-        if isinstance(msg, Bye):
             return None
         return Error(f"unexpected {type(msg).__name__} from a client")
 
