@@ -110,3 +110,30 @@ def test_reaction_chain_on_veth_matches_the_known_instants() -> None:
     for a, b in (("model_crossing", "first_report_below"), ("first_report_below", "decision"),
                  ("decision", "kernel_ack"), ("kernel_ack", "wlan_below_10pct")):
         assert chain[f"{a}_mono"] <= chain[f"{b}_mono"], (a, b, chain)
+
+
+@pytest.mark.ns3
+@pytest.mark.slow
+def test_deaf_station_makes_the_policy_act_on_link_loss(tmp_path: object) -> None:
+    """ns-3's default preamble detection (deaf below about -82 dBm) and 20 m/s: the
+    link drops before the policy's filter reaches -80 dBm. The old policy ignored
+    ``link_up`` and never moved the traffic; now the link-down report does."""
+    require_netns()
+    import importlib.util
+    from pathlib import Path
+
+    if importlib.util.find_spec("ns") is None:
+        pytest.skip("ns3 wheel not installed")
+    from ns3_side.handover import HandoverConfig, run
+
+    prefix = f"ipdf{os.getpid() % 10000}"
+    cfg = HandoverConfig(transport="unix", duration=6.0, start_m=30.0, speed_mps=20.0,
+                         detect_dbm=None, prefix=prefix)
+    result = run(cfg, Path(str(tmp_path)) / "out", echo=None)
+    chain = result.summary["chain"]
+    assert chain["decision_why"] == "link down", chain
+    assert chain["link_down_s"] is not None and chain["kernel_ack_s"] >= chain["link_down_s"]
+    assert result.summary["endpoint_backup_s"] is not None, result.summary
+    from ipcgw.testbed import Testbed
+
+    assert not Testbed(prefix=prefix).exists()
