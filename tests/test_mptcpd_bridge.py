@@ -444,3 +444,99 @@ def test_serve_handler_mptcpd_without_bridge(tmp_path: Path) -> None:
             assert not r.ok and r.error == NO_BRIDGE and time.monotonic() - start < 1, r
     finally:
         server.stop_ok()
+
+
+class FakeGateway:
+    """A trusted (root) gateway that says what a hostile or broken one would."""
+
+    def __init__(self, path: Path) -> None:
+        self.srv = socket.socket(socket.AF_UNIX)
+        self.srv.bind(str(path))
+        self.srv.listen()
+        self.srv.settimeout(10)
+        self.conn: socket.socket | None = None
+        self.buf = b""
+
+    def accept(self) -> dict[str, Any]:
+        if self.conn is not None:
+            self.conn.close()
+        self.conn, _ = self.srv.accept()
+        self.conn.settimeout(5)
+        self.buf = b""
+        hello = self.line()
+        assert hello is not None
+        self.conn.sendall(b'{"type":"welcome","version":1,"session":1,"server":"t"}\n')
+        return hello
+
+    def line(self) -> dict[str, Any] | None:
+        """The next line as JSON; None on EOF (the bridge hung up)."""
+        assert self.conn is not None
+        while b"\n" not in self.buf:
+            try:
+                chunk = self.conn.recv(65536)
+            except ConnectionResetError:  # it hung up with our bytes unread
+                return None
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def send(self, data: bytes) -> None:
+        assert self.conn is not None
+        with contextlib.suppress(OSError):
+            self.conn.sendall(data)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.srv.close()
+
+
+def _command(op: str, **args: Any) -> bytes:
+    return json.dumps({"type": "command", "request_id": 5, "op": op, "args": args}).encode() + b"\n"
+
+
+def test_bridge_bounds_every_input(netns: str, plugin_dir: Path, tmp_path: Path) -> None:
+    """Hostile lines end that connection (the bridge reconnects) or get a refusal; mptcpd lives."""
+    gw = FakeGateway(tmp_path / "gw.sock")
+    daemon = Mptcpd(netns, plugin_dir, f"unix://{tmp_path}/gw.sock", tmp_path / "m.log")
+    try:
+        assert gw.accept()["name"] == "mptcpd-bridge"
+        nested = b'{"type":"command","request_id":5,"op":"x","z":' + b'{"a":' * 50 + b"1" + \
+            b"}" * 50 + b"}\n"
+        many = _command("kpm.dump_addrs", **{f"k{i}": i for i in range(17)})
+        closing = [b"x" * 70000, nested, many, b"not json\n", b'{"type":"command"\n',
+                   b'{"type":"command","request_id":5,"op":"pm.set_backup","args":{"token":'
+                   b'123456789012345678901234}}\n', b'{"type":"' + b"c" * 200 + b'"}\n']
+        for data in closing:
+            gw.send(data)
+            assert gw.line() is None, data[:60]
+            assert gw.accept()["type"] == "hello"  # it came back, mptcpd alive
+        refused = {
+            _command("pm.set_backup", token=2**32, laddr="10.0.0.1", lport=1, raddr="10.0.0.2",
+                     rport=2, backup=1): "token must be an integer 0..4294967295",
+            _command("pm.set_backup", token=1, laddr="300.1.1.1", lport=1, raddr="10.0.0.2",
+                     rport=2, backup=1): "laddr must be an IPv4 or IPv6 address",
+            _command("kpm.remove_addr", id=0): "id must be an integer 1..255",
+            _command("kpm.get_addr", id="1"): "id must be an integer 1..255",
+            _command("kpm.set_flags", addr="10.0.0.1", flags=-1): "flags must be an integer",
+            _command("kpm.add_addr", addr="10.0.0.1", ifindex=2**31): "ifindex must be",
+            _command("pm.add_subflow", token=1, laddr="10.0.0.1", raddr="10.0.0.2"):
+                "missing argument rport",
+            _command("pm.remove_subflow", token=1, laddr="10.0.0.1", lport=1, raddr="::1",
+                     rport=2, backup=1): "unknown argument backup",
+            _command("kpm.flush_addrs\u0000"): "unknown op",
+        }
+        for data, words in refused.items():
+            gw.send(data)
+            reply = gw.line()
+            assert reply is not None and reply["op"] == "mptcpd.result", (data, reply)
+            assert not reply["args"]["ok"] and words in reply["args"]["error"], reply
+        gw.send(_command("bridge.ping"))
+        reply = gw.line()
+        assert reply is not None and reply["args"]["ok"] is True
+        assert daemon.proc.poll() is None, daemon.log()
+    finally:
+        daemon.stop()
+        gw.close()
