@@ -282,7 +282,12 @@ def _replay(cfg: HandoverConfig, reports: list[dict[str, Any]]) -> list[float | 
     same reports (its filter is deterministic), acting on nothing."""
     from ipcgw.messages import Report
 
+    class _Nothing:
+        def set_endpoint_flags(self, *_: Any, **__: Any) -> None:
+            """The replay decides, the kernel is not told."""
+
     policy = cfg.build_policy()
+    policy.bind(_Nothing())
     out: list[float | None] = []
     for r in reports:
         metrics = {k: v for k, v in r.items() if k not in ("sim", "path", "node")}
@@ -398,8 +403,9 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         path.write_text("")
         return
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
 
