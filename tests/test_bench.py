@@ -8,6 +8,8 @@ import json
 import math
 import os
 import random
+import re
+import statistics
 import time
 from pathlib import Path
 
@@ -417,3 +419,208 @@ def test_tiny_real_run_with_shm_has_its_references_and_targets(tmp_path: Path) -
     assert "✓" in section or "✗" in section
     assert "| shm |" in md.split("## Targets", 1)[1]  # the xraw columns fill in for shm
     assert not _our_shm_names()
+
+
+# ---------------------------------------------------------------- a fair floor, rounds, the report
+
+
+def test_floor_is_the_smallest_p50_minus_the_added_work() -> None:
+    """An echo that works 5 us and answers in 34.4 us beats the plain one at 45.7 us:
+    the floor is 29.4 us, found at 5 us of work; ties go to less work."""
+    from bench.cfloor import WORK_US, pick_floor
+
+    assert WORK_US[0] == 0 and list(WORK_US) == sorted(WORK_US)
+    floor, work = pick_floor({0: 45.7, 2: 40.0, 5: 34.4, 10: 41.0, 20: 52.0})
+    assert (round(floor, 3), work) == (29.4, 5)
+    assert pick_floor({0: 10.0, 2: 12.0, 5: 15.0}) == (10.0, 0)  # where work only adds
+    assert pick_floor({0: 12.0, 2: 14.0}) == (12.0, 0)
+    with pytest.raises(ValueError):
+        pick_floor({})
+
+
+def _hist(p50_ns: int, n: int = 50) -> Histogram:
+    h = Histogram()
+    h.record_many([p50_ns] * n)
+    return h
+
+
+def test_merged_rounds_keep_each_round_and_the_floor_of_all_rounds() -> None:
+    from bench.measure import merge_rounds
+
+    rounds = []
+    for i, (plain, worked) in enumerate(((45_000, 36_000), (47_000, 34_000), (46_000, 35_000))):
+        rec = _record("c", "unix", plain, 1000 * (i + 1), placement="cross")
+        rec.extra["work_hists"] = {0: _hist(plain), 5: _hist(worked)}
+        rec.extra["floor_us"] = worked / 1000 - 5
+        rounds.append(rec)
+    rounds.append(Record("c", "unix", "", "cross", 64, note="error: RuntimeError: boom"))
+    merged = merge_rounds(rounds)
+    assert merged.rtt_count == 300 and merged.tp_msgs == 6000 and merged.hist.total == 300
+    assert len(merged.extra["rounds"]) == 4 and merged.extra["rounds"][3] is None
+    assert [r["floor_us"] for r in merged.extra["rounds"][:3]] == [31.0, 29.0, 30.0]
+    assert merged.extra["floor_work_us"] == 5
+    assert merged.extra["floor_us"] == pytest.approx(30.0, abs=0.2)  # p50 of the merged 5 us runs
+    assert merged.note.startswith("1 of 4 rounds failed")
+    row = merged.row()
+    assert row["rounds"] == 4 and row["lat_floor_us"] == merged.extra["floor_us"]
+
+
+def _rounds(rec: Record, p50s_us: list[float], mbs: list[float],
+            floors: list[float] | None = None) -> Record:
+    rec.extra["rounds"] = [{"p50_us": p, "mb_per_s": m, "floor_us": f}
+                           for p, m, f in zip(p50s_us, mbs, floors or [None] * len(p50s_us),
+                                              strict=True)]
+    if floors:
+        rec.extra["floor_us"] = statistics.median(floors)
+    return rec
+
+
+def test_ratios_are_the_median_of_per_round_ratios_with_their_spread() -> None:
+    gw = _rounds(_record("ipcgw", "unix", 60_000, 1, placement="cross", framing="length:4"),
+                 [60.0, 90.0, 66.0], [10.0, 10.0, 10.0])
+    raw = _rounds(_record("raw", "unix", 30_000, 1, placement="cross"), [30.0, 30.0, 60.0],
+                  [20.0, 40.0, 10.0])
+    c = _rounds(_record("c", "unix", 45_000, 1, placement="cross"), [45.0, 45.0, 45.0],
+                [20.0, 20.0, 20.0], floors=[30.0, 30.0, 33.0])
+    row = rows_with_ratios([gw, raw, c])[0]
+    assert row["p50_vs_raw"] == pytest.approx(2.0)  # rounds 2.0, 3.0, 1.1: the median
+    assert row["p50_vs_raw_spread"] == [1.1, 3.0] and row["p50_vs_raw_rounds"] == 3
+    assert row["tp_vs_raw"] == pytest.approx(0.5)  # 0.5, 0.25, 1.0
+    assert row["p50_vs_c"] == pytest.approx(2.0)  # against the floor (60/30, 90/30, 66/33)
+    assert row["p50_vs_c_spread"] == [2.0, 3.0]
+
+
+def test_same_cpu_shm_row_is_judged_against_its_targets() -> None:
+    from bench.report import shm_targets
+
+    recs = [_record("ipcgw", t, p50, msgs, placement=pl, size=size, framing="length:4")
+            for pl in ("same", "cross")
+            for t, p50, msgs, size in (("shm", 8_000, 5000, 1 << 20), ("unix", 20_000, 3000, 1 << 20),
+                                       ("shm", 8_000, 1, 64), ("unix", 20_000, 1, 64))]
+    cfg = {**_cfg(["shm", "unix"]), "placements": ["same", "cross"]}
+    t = shm_targets(rows_with_ratios(recs), cfg, None)
+    same = t["same"]
+    assert same["placement"] == "same"
+    assert same["p50_64B"]["ratio"] == pytest.approx(2.5, rel=0.01) and same["p50_64B"]["met"] is False
+    assert same["mb_per_s_1MiB"]["best"] == "unix" and same["mb_per_s_1MiB"]["met"] is True
+    assert "same" not in shm_targets(rows_with_ratios(recs), _cfg(["shm", "unix"]), None)
+
+
+def _report_doc() -> dict:
+    sizes = [64, 1024, 64 * 1024, 1 << 20]
+    records = []
+    for pl in ("same", "cross"):
+        for size in sizes:
+            for t in ("unix", "shm"):
+                records.append(_record("ipcgw", t, 123_400, 1000, placement=pl, size=size,
+                                       framing="length:4"))
+                records.append(_record("raw", t, 12_340, 1000, placement=pl, size=size))
+                c = _record("c", t, 8_000, 2000, placement=pl, size=size)
+                if pl == "cross":
+                    c.extra.update(floor_us=6.0, floor_work_us=2)
+                records.append(c)
+    cfg = {"transports": ["unix", "shm"], "framings": ["length:4"], "sizes": sizes,
+           "placements": ["same", "cross"], "placement_cpus": {"same": {"server": 0, "client": 0},
+                                                              "cross": {"server": 0, "client": 1}},
+           "lat_time_s": 1.0, "tp_time_s": 1.0, "rounds": 5, "work_us": [0, 2, 5, 10, 20]}
+    rates = [{"transport": t, "framing": "length:4", "rate": r, "seconds": 2.0, "achieved": r,
+              "server_percent": 1.0, "client_percent": 2.0, "cpu_percent": 3.0,
+              "us_per_msg": 300.0, "server_cpu": 0, "client_cpu": 1}
+             for t in ("unix", "shm") for r in (100, 1000, 10000)]
+    return {"machine": {"date": "d", "cores": 2, "loadavg_start": [2.0, 1, 1],
+                        "loadavg_end": [2.0, 1, 1],
+                        "others_cpu": {"cpu_s": 300.0, "cores": 2, "percent_of_machine": 30.0}},
+            "config": cfg, "notes": [], "records": records, "cpu_at_rates": rates}
+
+
+def test_report_opens_with_the_figure_and_explains_the_targets(tmp_path: Path) -> None:
+    from bench.report import write_report
+
+    written = write_report(_report_doc(), tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    head, targets = md.split("\n## Targets\n", 1)
+    targets = targets.split("\n## ", 1)[0]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "plots skipped" in md
+    else:
+        assert (tmp_path / "summary.png") in written
+        assert md.index("](summary.png)") < md.index("## Conditions") < md.index("## Targets")
+        assert md.index("](summary.png)") == min(md.index(f"]({p.name})") for p in written
+                                                 if p.suffix == ".png")
+        assert "p50" in head and "p99" in head and "C floor" in head
+    # whose targets, what a ratio means, the spread, and one number format
+    assert "ipcgw's own performance targets" in targets and "ipcgw \u00f7 reference" in targets
+    assert "lower is better" in targets and "higher is better" in targets
+    assert "min\u2013max" in targets and "of 20 targets met" in targets
+    assert "| unix | cross |" in targets and "10.00\u00d7" in targets
+    assert "other processes" in head and "shared" in head  # the load of other people's work
+    assert "| same | ipcgw | unix | length:4 | 123 | 123 |" in md  # integers above 100 µs
+    assert "| same | raw | unix | - | 12.3 | 12.3 |" in md  # one decimal below
+    assert "floor 6.0 µs (work 2 µs)" in md
+    assert not re.search(r"\d\.\d\dx", targets)  # ratios carry the times sign
+    assert "20.57\u00d7" in targets  # across CPUs p50 \u00f7 C is against the floor (123.4 / 6.0)
+    assert "## CPU at realistic message rates" in md and "10,000 msg/s" in md
+    assert "2^" not in md and "2\u2076" not in md
+
+
+def test_summary_figure_labels_sizes_and_tells_the_series_apart(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from bench.report import SERIES, summary_series, write_report
+
+    styles = [(color, marker, filled) for _, _, color, marker, filled in SERIES]
+    assert len(set(styles)) == len(SERIES) and len({label for _, label, *_ in SERIES}) == len(SERIES)
+    assert len({(c, m) for c, m, _ in styles}) == len(SERIES)  # not by fill alone
+    kept: list = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    doc = _report_doc()
+    write_report(doc, tmp_path)
+    fig = next(f for f in kept if f._suptitle and "p99" in f._suptitle.get_text())
+    axes = fig.get_axes()
+    assert len(axes) == 4  # 2 placements x 2 transports
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["64 B", "1 KiB", "64 KiB", "1 MiB"]
+    assert {ax.get_title() for ax in axes} >= {"unix", "shm"}
+    ylabels = " ".join(ax.get_ylabel() for ax in axes)
+    assert "same CPU" in ylabels and "across CPUs" in ylabels
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[0] == "ipcgw" and any("raw Python" in t for t in legend)
+    assert any(t.startswith("C floor") for t in legend) and any(t.startswith("C (") for t in legend)
+    series = summary_series(rows_with_ratios(doc["records"]), "length:4")
+    assert ("floor", "unix", "cross") in series and ("floor", "unix", "same") not in series
+    assert series[("ipcgw", "shm", "same")][0] == (64, 123.4, 123.4)
+    monkeypatch.undo()
+    for f in kept:
+        plt.close(f)
+
+
+def test_cpu_at_a_rate_of_a_real_server(tmp_path: Path) -> None:
+    """100 round trips/s for 0.4 s: the count comes back, CPU is split by side."""
+    from bench.gateway import GatewayServer, fresh_url
+    from bench.idle import measure_rate
+
+    server = GatewayServer(fresh_url("unix", "length:4", str(tmp_path)), 0, None, str(tmp_path))
+    try:
+        r = measure_rate(server.url, server.pid, 100, 0.4, 1 if _placement() == "cross" else 0)
+    finally:
+        server.stop()
+    assert r["rate"] == 100 and r["achieved"] > 0 and r["source"] == "schedstat"
+    assert r["cpu_percent"] == pytest.approx(r["server_percent"] + r["client_percent"], abs=0.02)
+    assert r["us_per_msg"] > 0
+
+
+def test_raw_shm_ref_runs_on_ipcgw_rings_and_names_nothing() -> None:
+    from bench import shmring
+    from bench.refs import make_ref
+
+    if os.environ.get("IPCGW_REQUIRE_SHM_C"):
+        assert shmring.IMPL == "C"
+    before = set(os.listdir("/dev/shm"))
+    with make_ref("raw", "shm", "pp", 64, 0, 30.0) as ref:
+        ref.rtt(b"y" * 64)
+        assert bytes(ref._buf[:64]) == b"y" * 64
+        assert set(os.listdir("/dev/shm")) - before == set()
+        ref.finish()
