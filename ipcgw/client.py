@@ -74,6 +74,10 @@ def _token(endpoint: Endpoint) -> str:
         raise ConnectError(f"cannot read the token file {path}: {exc.strerror}") from None
 
 
+#: What a Command's reply takes the server beyond an echo (a kernel path-manager
+#: command: 10-250 us): a transport that spins for replies may spin that long.
+COMMAND_TURNAROUND = 250e-6
+
 #: Requests that timed out whose replies may still come: kept to drop those
 #: replies, never to hand them to recv() as if they were new messages.
 _ABANDONED_KEPT = 1024
@@ -113,6 +117,7 @@ class Client:
         self._said: Error | None = None  # the server's last session-level Error
         self._closed = False
         self._send, self._recv = channel.send, channel.recv
+        self._expect_reply = channel.conn.expect_reply
 
     # ------------------------------------------------------------ public
 
@@ -146,6 +151,8 @@ class Client:
                 self._reading = True
             else:
                 self._awaited.add(key)
+        if not ping:
+            self._expect_reply(COMMAND_TURNAROUND)
         try:
             self._send(msg)
         except Disconnected as exc:

@@ -105,6 +105,11 @@ class Connection(ABC):
     def close(self) -> None:
         """Release OS objects; idempotent; wakes a recv blocked in another thread."""
 
+    def expect_reply(self, within: float) -> None:  # noqa: B027 - a hint most transports ignore
+        """A hint: the next ``recv`` awaits a reply the peer needs about ``within``
+        seconds to produce (a kernel command, not an echo). A transport that spins
+        before it sleeps may spin that long, once; the others ignore it."""
+
 
 class CloseOnce:
     """close() from any thread (or a signal handler) while other threads are
