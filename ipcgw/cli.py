@@ -21,7 +21,11 @@ from ipcgw.transports import get_transport
 from ipcgw.transports.base import run_dir
 from ipcgw.url import Endpoint, parse_url
 
-HANDLERS = {"base": "ipcgw.server:BaseHandler", "mptcp": "ipcgw.mptcp.handler:MptcpHandler"}
+HANDLERS = {
+    "base": "ipcgw.server:BaseHandler",
+    "mptcp": "ipcgw.mptcp.handler:MptcpHandler",
+    "mptcpd": "ipcgw.mptcp.mptcpd:MptcpdHandler",
+}
 
 
 def default_url(transport: str) -> str:
@@ -153,7 +157,7 @@ def build_handler(handler: str, policy: str | None, run: tuple[str, ...], run_li
 @click.option("--codec", type=click.Choice(list(CODECS)), help="Codec for --transport.")
 @click.option("--handler", default="auto", show_default=True,
               help="auto (mptcp where the kernel's path manager is usable, else base), base, "
-                   "mptcp, or module:Class (a BaseHandler subclass).")
+                   "mptcp, mptcpd (through mptcpd's ipcgw-bridge plugin), or module:Class.")
 @click.option("--policy", help="module:Class path-manager policy, e.g. ipcgw.mptcp.policy:RssiPolicy.")
 @click.option("--run", "run", multiple=True, metavar="NAME=COMMAND",
               help="Program a legacy IPERF_START/TCPDUMP may start (iperf=..., tcpdump=...).")
