@@ -53,8 +53,8 @@ system-wide; raising them needs CAP_SYS_RESOURCE.
 URL
 ===
 ``sysv://0x1c0ffee`` or ``sysv://29425646`` (not 0, which is IPC_PRIVATE);
-``?mode=0600`` sets the permissions of every queue created (the rendezvous:
-who may connect).
+``?mode=0600`` sets the permissions of the rendezvous (who may connect) and of
+a client's ``down`` queue; ``up`` is 0600, owned by the client.
 """
 
 from __future__ import annotations
@@ -483,13 +483,13 @@ class SysvListener(Listener):
                 down.send(auth, block=False, type=_T_AUTH)
             return None
         uid, gid = down.cuid, down.cgid
-        exclusive = not ((down.mode | self.endpoint.mode) & 0o022)
+        exclusive = not down.mode & 0o022
         with self._mutex:
             if self._closed:
                 raise ListenerClosed("listener closed")
             up = None
             try:
-                up = _create_random(self.endpoint.mode, self.key)
+                up = _create_random(0o600, self.key)  # then owned by the client: its alone
                 self._keys[up.key] = up.id
                 if uid != os.geteuid():
                     up.uid = uid  # so the client may write it; we stay its creator
@@ -549,13 +549,16 @@ class SysvTransport(Transport):
         deadline = time.monotonic() + timeout
         where = f"sysv://{_hex(key)}"
         try:
-            rendezvous = _queue(key)
-            owner_uid = rendezvous.uid
+            rendezvous = _queue(key, 0, 0o200)  # asks for write access only (0622 grants that)
         except sysv_ipc.ExistentialError:
             raise ConnectError(f"no server at {where}: no message queue with that key (is "
                                "`ipcgw serve` running, in this IPC namespace?)") from None
         except sysv_ipc.PermissionsError as e:
             raise ConnectError(f"cannot open {where}: {e}") from None
+        try:
+            owner_uid = rendezvous.uid
+        except (sysv_ipc.Error, OSError):  # IPC_STAT needs read access: 0622 lets us only write
+            owner_uid = -1
         owner = lock_owner("sysv", _hex(key), owner_uid)
         if owner is None:
             raise ConnectError(f"no server at {where}: its queue is stale (no live server holds "
