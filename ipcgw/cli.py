@@ -133,7 +133,12 @@ def build_handler(handler: str, policy: str | None, run: tuple[str, ...], run_li
     cls = load_object(HANDLERS.get(handler, handler))
     kwargs: dict[str, Any] = {}
     if policy:
-        kwargs["policy"] = load_object(policy)()
+        from ipcgw.mptcp.policy import build_policy
+
+        try:
+            kwargs["policy"] = build_policy(policy)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--policy") from None
     for item in run:
         name, _, command = item.partition("=")
         kwargs.setdefault("programs", {})[name] = command.split()
@@ -158,7 +163,9 @@ def build_handler(handler: str, policy: str | None, run: tuple[str, ...], run_li
 @click.option("--handler", default="auto", show_default=True,
               help="auto (mptcp where the kernel's path manager is usable, else base), base, "
                    "mptcp, mptcpd (through mptcpd's ipcgw-bridge plugin), or module:Class.")
-@click.option("--policy", help="module:Class path-manager policy, e.g. ipcgw.mptcp.policy:RssiPolicy.")
+@click.option("--policy", metavar="SPEC",
+              help="Path-manager policy: module:Class[?name=value&...], e.g. "
+                   "'ipcgw.mptcp.policy:RssiPolicy?threshold=-78&tau_ms=300'.")
 @click.option("--run", "run", multiple=True, metavar="NAME=COMMAND",
               help="Program a legacy IPERF_START/TCPDUMP may start (iperf=..., tcpdump=...).")
 @click.option("--run-limit", type=click.IntRange(min=1), default=1, show_default=True,

@@ -53,6 +53,9 @@ def _interrupt_on_term() -> Iterator[None]:
 @click.group()
 def dataplane() -> None:
     """Client/server namespaces joined through a real-time NS-3 simulation."""
+    from ipcgw.mptcp.cli import require_root
+
+    require_root("ipcgw dataplane (namespaces, TAP devices, the path manager)")
 
 
 @dataplane.command("run")

@@ -61,3 +61,18 @@ def test_no_server_is_a_runtime_error(tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
 def test_testbed_without_root_says_what_is_needed():
     one_line_error(ipcgw("testbed", "up", as_nobody=True), 1, "needs root")
+
+
+def test_a_bad_policy_argument_is_named():
+    run = ipcgw("serve", "--handler", "mptcp", "-l", "unix:///tmp/ipcgw-never.sock",
+                "--policy", "ipcgw.mptcp.policy:RssiPolicy?threshhold=-78")
+    one_line_error(run, 2, "--policy", "threshhold", "did you mean")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_experiment_and_dataplane_without_root_say_what_is_needed():
+    quick = os.path.join(os.path.dirname(__file__), "..", "bench", "experiments", "examples",
+                         "quick.toml")
+    one_line_error(ipcgw("experiment", "run", os.path.abspath(quick), "--out", "/tmp/never",
+                         as_nobody=True), 1, "needs root")
+    one_line_error(ipcgw("dataplane", "down", as_nobody=True), 1, "needs root")

@@ -329,3 +329,23 @@ def test_policy_parameters_in_a_spec_reach_the_policy() -> None:
 
     p = build_policy(exp.policies[0].spec or "", exp.policies[0].args)
     assert (p.threshold_dbm, p.tau_ms) == (-75.0, 300.0)  # type: ignore[attr-defined]
+
+
+@pytest.mark.netns
+def test_experiment_run_exits_non_zero_when_a_cell_failed(tmp_path: Path, no_leftovers: None) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "broken.toml"
+    config.write_text(
+        'name = "broken"\nrepetitions = 1\nseed = 1\ntimeout_s = 20\n'
+        'policies = ["bench.experiments.nowhere:NoPolicy"]\ntransports = ["unix"]\n'
+        '[[setup]]\nname = "s"\npaths = [{rate_mbit = 20}, {rate_mbit = 20}]\n'
+        '[[workload]]\nkind = "file"\nsizes = ["64K"]\n')
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "ipcgw", "experiment", "run", str(config),
+                          "--out", str(out), "--prefix", PREFIX], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "1 of 1 cells failed" in run.stderr and "Traceback" not in run.stderr
+    assert (out / "report.md").exists()  # the report is still written

@@ -61,17 +61,23 @@ def run(config: Path, out: Path | None, resume: bool, logs: bool, prefix: str) -
     from bench.experiments.config import ConfigError, load
     from bench.experiments.report import build_report
     from bench.experiments.runner import run_experiment
+    from ipcgw.mptcp.cli import require_root
 
     try:
         exp = load(config)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    require_root("ipcgw experiment run (namespaces, veth paths, the path manager)")
     out = out or Path("results") / exp.name
     total = len(exp.cells())
     click.echo(f"{exp.name}: {total} cells -> {out}")
     t0 = time.monotonic()
 
+    failed: list[str] = []
+
     def progress(i: int, n: int, rec: dict[str, Any]) -> None:
+        if rec["status"] != "ok":
+            failed.append(rec["key"])
         what = (f"{rec.get('time_s', float('nan')):.3f} s" if rec["status"] == "ok"
                 else f"FAILED: {str(rec.get('reason')).splitlines()[0][:120]}")
         click.echo(f"[{i}/{n} {time.monotonic() - t0:5.0f}s] {rec['key']}: {what}")
@@ -83,6 +89,9 @@ def run(config: Path, out: Path | None, resume: bool, logs: bool, prefix: str) -
     except FileExistsError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"report: {build_report(out)}")
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {total} cells failed (their reasons are in "
+                                   f"the report and in {out}/results.jsonl); first: {failed[0]}")
 
 
 @experiment.command()

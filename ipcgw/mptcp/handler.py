@@ -234,7 +234,7 @@ class MptcpHandler(_Base):  # type: ignore[misc,valid-type]
         if isinstance(msg, Report):
             if self.policy is not None:
                 try:
-                    self.policy.on_report(msg)
+                    self.policy.report_from(session.id, msg)
                 except Exception:
                     log.exception("policy failed on a report")
             return None
@@ -243,6 +243,8 @@ class MptcpHandler(_Base):  # type: ignore[misc,valid-type]
     def on_disconnect(self, session: SessionLike) -> None:
         with self._lock:
             self._subs.pop(session.id, None)
+        if self.policy is not None:
+            self.policy.session_closed(session.id)
 
     def close(self) -> None:
         if self._closed.is_set():

@@ -379,7 +379,7 @@ class MptcpdHandler(BaseHandler):
         if isinstance(msg, Report):
             if self.policy is not None:
                 try:
-                    self.policy.on_report(msg)
+                    self.policy.report_from(session.id, msg)
                 except Exception:
                     log.exception("policy failed on a report")
             return None
@@ -390,6 +390,8 @@ class MptcpdHandler(BaseHandler):
         return Error(f"unexpected {type(msg).__name__} from a client")
 
     def on_disconnect(self, session: SessionLike) -> None:
+        if self.policy is not None and session is not self._bridge:
+            self.policy.session_closed(session.id)
         with self._lock:
             self._subs.pop(session.id, None)
             if session is not self._bridge:
