@@ -19,6 +19,7 @@ from test_transport_sysv import MqContract, pair
 
 from ipcgw.errors import ConnectError
 from ipcgw.transports import connect_bytes, listen
+from ipcgw.transports.base import ServerLock
 
 MQUEUE = "/dev/mqueue"
 
@@ -53,7 +54,7 @@ class TestPosixMq(MqContract):
             with contextlib.suppress(posix_ipc.Error):
                 posix_ipc.unlink_message_queue("/" + n)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"/tmp/ipcgw-posixmq-{name}.lock")
+            os.unlink(ServerLock("posixmq", f"/{name}").path)
 
     def test_client_queue_names_vanish_at_accept(self) -> None:
         lst = listen(self.url)

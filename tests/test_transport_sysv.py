@@ -24,7 +24,7 @@ import sysv_ipc
 
 from ipcgw.errors import ConnectError, Disconnected, Timeout
 from ipcgw.transports import connect_bytes, get_transport, listen
-from ipcgw.transports.base import Connection, Listener, ListenerClosed
+from ipcgw.transports.base import Connection, Listener, ListenerClosed, ServerLock
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -263,6 +263,33 @@ class MqContract:
         finally:
             server.stop()
 
+    def test_sender_dropped_by_a_live_server_is_disconnected(self) -> None:
+        """#13.3: a client that never reads is dropped after send_timeout; its own
+        blocked send must then fail within a bound, not retry while the server lives."""
+        server = Server(self.url, send_timeout=1.0)
+        try:
+            lazy = connect_bytes(self.url, 5)
+            errors: list[tuple[str, float]] = []
+
+            def flood() -> None:
+                try:
+                    for _ in range(64):
+                        lazy.send(b"z" * (1 << 20))
+                except (Disconnected, Timeout) as e:
+                    errors.append((type(e).__name__, time.time()))
+
+            t = threading.Thread(target=flood, daemon=True)
+            t.start()
+            line = server.expect("DROP", 10)
+            assert line is not None
+            t.join(8)
+            assert errors and errors[0][0] == "Disconnected", errors
+            assert errors[0][1] - float(line.split()[-1]) < 6.0
+            assert server.proc.poll() is None
+            lazy.close()
+        finally:
+            server.stop()
+
     def test_listener_close_removes_every_queue(self) -> None:
         server = Server(self.url)
         conns = [connect_bytes(self.url, 5) for _ in range(3)]
@@ -343,7 +370,8 @@ class TestSysv(MqContract):
             with contextlib.suppress(sysv_ipc.Error):
                 sysv_ipc.MessageQueue(int(k, 16) - (1 << 32 if int(k, 16) >= 1 << 31 else 0)
                                       ).remove()
-        for path in glob.glob(f"/tmp/ipcgw-sysv-{key:#x}.*"):
+        stem = ServerLock("sysv", f"{key:#x}").path.removesuffix(".lock")
+        for path in glob.glob(glob.escape(stem) + ".*"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
