@@ -27,9 +27,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["KINDS", "PathConfig", "lte", "p2p", "wifi"]
+__all__ = ["KINDS", "PathConfig", "lost_for_good", "lte", "p2p", "wifi"]
 
 KINDS = ("p2p", "wifi", "lte")
+# Loss causes the simulation counts (``losses`` in its progress lines) that
+# are packets gone for good; ``phy_*`` causes are frames the WiFi PHY missed,
+# which the MAC may still have retransmitted (link-level attempts, not losses).
+FOR_GOOD = ("queue", "error_model", "mac_retry_limit", "mac_expired", "mac_tx_drop", "mac_other")
 # Ethernet header we carry across the simulated link (the relay keeps MACs)
 ENCAP_BYTES = 14
 TAP_MTU = 1500
@@ -126,3 +130,8 @@ def wifi(start_m: float = 10.0, speed_mps: float = 0.0, **kw: Any) -> PathConfig
     kw.setdefault("rate_mbit", 12.0)
     kw.setdefault("delay_ms", 0.0)
     return PathConfig("wifi", start_m=start_m, speed_mps=speed_mps, **kw)
+
+
+def lost_for_good(causes: dict[str, int]) -> int:
+    """Packets a path lost end to end, from one side's (or a summed) ``{cause: n}``."""
+    return sum(n for cause, n in causes.items() if cause in FOR_GOOD)

@@ -73,12 +73,49 @@ struct Relay {
     }
 };
 
-// Device queue drops (the bottleneck's), counted in C++.
-struct DropCount {
-    uint64_t n = 0;
-    void Hit(Ptr<const Packet>) { ++n; }
-    bool Attach(Ptr<Object> q) {
-        return q->TraceConnectWithoutContext("Drop", MakeCallback(&DropCount::Hit, this));
+// Losses where they happen, per cause: a name -> count map, read as "name=n;...".
+// queue / error_model / mac_* are packets the path lost for good; phy_* are
+// frames the PHY failed to receive (WifiPhyRxfailureReason's own text, or a
+// payload it could not decode), which the MAC may still retransmit.
+struct LossCount {
+    std::map<std::string, uint64_t> n;
+    void Add(const std::string& why) { ++n[why]; }
+    void Queue(Ptr<const Packet>) { Add("queue"); }
+    void ErrorModel(Ptr<const Packet>) { Add("error_model"); }
+    void PhyDrop(Ptr<const Packet>, WifiPhyRxfailureReason r) {
+        std::ostringstream os; os << r; Add("phy_" + os.str());
+    }
+    void PhyError(Ptr<const Packet>, double) { Add("phy_rx_error"); }
+    void MacDrop(WifiMacDropReason r, Ptr<const WifiMpdu>) {
+        switch (r) {
+            case WIFI_MAC_DROP_FAILED_ENQUEUE: Add("queue"); break;
+            case WIFI_MAC_DROP_EXPIRED_LIFETIME: Add("mac_expired"); break;
+            case WIFI_MAC_DROP_REACHED_RETRY_LIMIT: Add("mac_retry_limit"); break;
+            default: Add("mac_other");
+        }
+    }
+    void MacTxDrop(Ptr<const Packet>) { Add("mac_tx_drop"); }
+    bool AttachQueue(Ptr<Object> q) {
+        return q->TraceConnectWithoutContext("Drop", MakeCallback(&LossCount::Queue, this));
+    }
+    bool AttachP2p(Ptr<PointToPointNetDevice> d) {
+        return d->TraceConnectWithoutContext("PhyRxDrop", MakeCallback(&LossCount::ErrorModel, this));
+    }
+    bool AttachWifi(Ptr<WifiNetDevice> d) {
+        bool ok = d->GetPhy()->TraceConnectWithoutContext(
+            "PhyRxDrop", MakeCallback(&LossCount::PhyDrop, this));
+        ok = d->GetPhy()->GetState()->TraceConnectWithoutContext(
+            "RxError", MakeCallback(&LossCount::PhyError, this)) && ok;
+        ok = d->GetMac()->TraceConnectWithoutContext(
+            "DroppedMpdu", MakeCallback(&LossCount::MacDrop, this)) && ok;
+        ok = d->GetMac()->TraceConnectWithoutContext(
+            "MacTxDrop", MakeCallback(&LossCount::MacTxDrop, this)) && ok;
+        return ok;
+    }
+    std::string Dump() const {
+        std::ostringstream os;
+        for (auto& [k, v] : n) os << k << "=" << v << ";";
+        return os.str();
     }
 };
 
@@ -143,9 +180,8 @@ class Sim:
         self.keep.append(relay)
         return relay
 
-    def _count_drops(self, queue: Any) -> Any:
-        counter = self.dp.DropCount()
-        counter.Attach(queue)
+    def _loss_counter(self) -> Any:
+        counter = self.dp.LossCount()
         self.keep.append(counter)
         return counter
 
@@ -174,11 +210,23 @@ class Sim:
             bcast = ns.Mac48Address.GetBroadcast().ConvertTo()
             crelay = self._relay(cfd, cdev, bcast)
             srelay = self._relay(sfd, sdev, bcast)
-            self.drops.append([self._count_drops(ns.DynamicCast[ns.PointToPointNetDevice](d)
-                                                 .GetQueue()) for d in (cdev, sdev)])
+            pair = []
+            for d in (cdev, sdev):
+                counter = self._loss_counter()
+                p2pdev = ns.DynamicCast[ns.PointToPointNetDevice](d)
+                counter.AttachQueue(p2pdev.GetQueue())
+                counter.AttachP2p(p2pdev)
+                pair.append(counter)
+            self.drops.append(pair)
         else:
             cdev, sdev, crelay, srelay = self._wifi(i, pc, cli, srv, cfd, sfd)
-            self.drops.append([])
+            pair = []
+            for d in (cdev, sdev):
+                counter = self._loss_counter()
+                if not counter.AttachWifi(ns.DynamicCast[ns.WifiNetDevice](d)):
+                    raise RuntimeError(f"path {i}: a WiFi loss trace source is missing")
+                pair.append(counter)
+            self.drops.append(pair)
         self.relays.append((crelay, srelay))
         self.keep += [nodes, cfd, sfd, cdev, sdev]
 
@@ -241,7 +289,10 @@ class Sim:
                                "cpu": round(time.process_time(), 3)}  # all threads
         out["to_link"] = [[int(c.to_link), int(s.to_link)] for c, s in self.relays]
         out["refused"] = [[int(c.link_refused), int(s.link_refused)] for c, s in self.relays]
-        out["queue_drops"] = [[int(d.n) for d in pair] for pair in self.drops]
+        losses = [[_causes(str(c.Dump())) for c in pair] for pair in self.drops]
+        out["queue_drops"] = [[side.get("queue", 0) for side in pair] for pair in losses]
+        out["losses"] = losses  # per path, [client side, server side]: {cause: n}
+        out["delivered"] = [[int(c.to_fd), int(s.to_fd)] for c, s in self.relays]
         rssi, raw, frames, model, dist = {}, {}, {}, {}, {}
         for i, w in self.wifi.items():
             if w["rssi"].have:
@@ -262,6 +313,14 @@ class Sim:
     def model_rssi(self, i: int) -> float:
         w = self.wifi[i]
         return float(w["model"].CalcRxPower(w["tx_dbm"], w["ap_mob"], w["sta_mob"]))
+
+
+def _causes(dump: str) -> dict[str, int]:
+    out = {}
+    for item in filter(None, dump.split(";")):
+        name, _, n = item.partition("=")
+        out[name] = int(n)
+    return out
 
 
 def _log_reports(gw: Any, threshold: float) -> None:

@@ -33,7 +33,8 @@ class Bulk:
     """One MPTCP connection client -> server, sending until :meth:`stop`."""
 
     def __init__(self, client_ns: str, server_ns: str, server_addr: str, *, port: int = 5201,
-                 congestion: str | None = "cubic", chunk: int = 65536) -> None:
+                 congestion: str | None = "cubic", chunk: int = 65536,
+                 sndbuf: int | None = None) -> None:
         self.received = 0
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -46,6 +47,8 @@ class Bulk:
             # a namespace allows only reno/bbr as its default; per socket any loaded one
             with contextlib.suppress(OSError):
                 self._cli.setsockopt(socket.IPPROTO_TCP, TCP_CONGESTION, congestion.encode())
+        if sndbuf:  # bounds what is in flight: a deep queue then never overflows
+            self._cli.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         self._cli.settimeout(10)
         self._cli.connect((server_addr, port))
         self._lsock.settimeout(10)
@@ -99,7 +102,8 @@ class PathSampler:
     """Samples the client namespace every ``interval`` s in its own thread.
 
     ``paths`` maps a client source address to its path number. Each row:
-    ``t`` (s since start), ``bytes`` {path: acked bytes so far}, ``mbit``
+    ``t`` (s since start), ``bytes`` {path: acked bytes so far}, ``retrans``
+    {path: the kernel's retransmitted segments so far, tcpi_total_retrans}, ``mbit``
     {path: Mbit/s over the last interval}, ``subflow_backup`` {path: bool},
     ``endpoint_backup`` {endpoint id: bool}.
     """
@@ -114,6 +118,7 @@ class PathSampler:
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._seen: dict[tuple[Any, ...], int] = {}
+        self._retrans: dict[tuple[Any, ...], int] = {}
         self._thread = threading.Thread(target=self._run, daemon=True, name="path-sampler")
         self.t0 = time.monotonic()
 
@@ -140,16 +145,21 @@ class PathSampler:
                 continue
             key = (sf["saddr"], sf["sport"], sf["daddr"], sf["dport"], sf.get("token"))
             self._seen[key] = max(self._seen.get(key, 0), int(sf.get("bytes_acked") or 0))
+            self._retrans[key] = max(self._retrans.get(key, 0), int(sf.get("total_retrans") or 0))
             backup[path] = bool(sf.get("backup")) or backup.get(path, False)
         totals = dict.fromkeys(sorted(set(self.paths.values())), 0)
+        retrans = dict(totals)
         for key, value in self._seen.items():
             totals[self.paths[key[0]]] += value
+        for key, value in self._retrans.items():
+            retrans[self.paths[key[0]]] += value
         mbit: dict[int, float] = {}
         if prev is not None:
             dt = max(now - prev["t"], 1e-6)
             mbit = {p: (totals[p] - prev["bytes"][p]) * 8 / dt / 1e6 for p in totals}
         endpoints = {int(ep["id"]): bool(int(ep["flags"]) & 0x4) for ep in pm.endpoints()}
-        row = {"t": now, "bytes": totals, "mbit": mbit, "subflow_backup": backup,
+        row = {"t": now, "bytes": totals, "retrans": retrans, "mbit": mbit,
+               "subflow_backup": backup,
                "endpoint_backup": endpoints}
         self.rows.append(row)
         if self.on_row is not None and prev is not None:

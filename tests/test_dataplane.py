@@ -278,3 +278,39 @@ def test_hung_simulation_is_killed_by_the_watchdog(dataplanes: list[DataPlane]) 
         dp.wait(15)
     dp.down()
     assert not leftovers(dp.prefix, dp)
+
+
+@pytest.mark.netns
+@pytest.mark.ns3
+@pytest.mark.slow
+def test_error_model_losses_are_counted_per_path_and_only_that_subflow_retransmits(
+        dataplanes: list[DataPlane]) -> None:
+    """Path 1 has a 2 % RateErrorModel (per packet, both directions): the simulation
+    counts ~2 % error-model drops there (within 4 binomial standard deviations) and
+    the client kernel retransmits on path 1's subflow; path 2 loses nothing (a deep
+    queue, in-flight bounded by the send buffer) and sees no retransmission."""
+    import math
+
+    from ns3_side.traffic import Bulk, PathSampler
+
+    dp = DataPlane([p2p(5, 10, loss=0.02), p2p(5, 10, queue_packets=2000)], scenario=1)
+    dataplanes.append(dp)
+    dp.up()
+    sampler = PathSampler(dp.client, {dp.client_addr(1): 1, dp.client_addr(2): 2},
+                          interval=0.5).start()
+    with Bulk(dp.client, dp.server, dp.server_addr(1), sndbuf=256 * 1024):
+        time.sleep(7)
+    time.sleep(0.6)
+    sampler.stop()
+    dp.check()
+    assert sampler.error is None and dp.last is not None
+    losses, delivered = dp.last["losses"], dp.last["delivered"]
+    for side in (0, 1):
+        dropped = losses[0][side].get("error_model", 0)
+        n = dropped + delivered[0][side]
+        assert n > 1000, (side, n)
+        tol = 4 * math.sqrt(n * 0.02 * 0.98)
+        assert abs(dropped - 0.02 * n) <= tol, f"side {side}: {dropped} of {n} dropped"
+        assert losses[1][side] == {}, losses  # path 2: no cause at all
+    retrans = sampler.rows[-1]["retrans"]
+    assert retrans[1] > 0 and retrans[2] == 0, retrans
