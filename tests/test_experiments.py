@@ -149,6 +149,30 @@ def test_report_and_compare_from_results_alone(tmp_path: Path) -> None:
     assert "time_s" in diff
 
 
+def test_report_puts_kernel_retransmissions_next_to_losses_per_path_and_cause(
+        tmp_path: Path) -> None:
+    from bench.experiments.report import build_report
+
+    out = tmp_path / "r"
+    out.mkdir()
+    with (out / "results.jsonl").open("w") as f:
+        for rep in range(2):
+            f.write(json.dumps({
+                "key": f"n|rssi|unix|file:1|{rep}", "status": "ok", "setup": "n",
+                "dataplane": "ns3", "policy": "rssi", "transport": "unix", "workload": "file",
+                "label": "file:1", "size": 1, "rep": rep, "bytes": 1, "time_s": 1.0,
+                "p1_retrans": 10 + rep, "p2_retrans": 0, "p1_loss_error_model": 9 + rep,
+                "p2_loss_phy_PREAMBLE_DETECT_FAILURE": 40, "p2_loss_mac_retry_limit": 1}) + "\n")
+    text = build_report(out).read_text()
+    table = text[text.index("## Losses per path and cause"):]
+    header = next(line for line in table.splitlines() if line.startswith("| setup"))
+    # losses for good first, PHY attempts last
+    assert header.index("error_model") < header.index("mac_retry_limit") < \
+        header.index("phy_PREAMBLE_DETECT_FAILURE")
+    assert "| n | rssi/unix | 1 | 2 | 10.5 ± 6.4 | 9.5 ± 6.4 | 0 | 0 |" in table
+    assert "| n | rssi/unix | 2 | 2 | 0 ± 0 | 0 | 1 ± 0 | 40 ± 0 |" in table
+
+
 # ---------------------------------------------------------------- real runs (root)
 
 

@@ -95,7 +95,8 @@ def _tables(records: list[dict[str, Any]]) -> list[str]:
                   "Transmission time is first byte sent → last byte received (s); mean ± 95 % CI "
                   "half-width over repetitions (Student t). Retransmissions are the sender's "
                   "`tcpi_total_retrans` summed over subflows; losses are packets dropped on the "
-                  "paths (nft counters on veth, ns-3 queue drops on ns3); *on path 2* is the share "
+                  "paths (nft counters on veth; on ns3 what the simulation lost for good, per "
+                  "cause below); *on path 2* is the share "
                   "of bytes the sender put on subflows of path 2.", "",
                   "| setup | workload | policy | n | time (s) | goodput (Mbit/s) | retrans | "
                   "lost pkts | on path 2 |", "|---|---|---|---|---|---|---|---|---|"]
@@ -145,6 +146,44 @@ def _tables(records: list[dict[str, Any]]) -> list[str]:
                          f"{_fmt(_summ(rows, 'reaction_seen_ms'))} | {_fmt(_summ(rows, 'ipc_median_ms'))} | "
                          f"{_fmt(_summ(rows, 'handover_sim_s'))} |")
         lines.append("")
+    lines += _loss_table(records)
+    return lines
+
+
+def _loss_table(records: list[dict[str, Any]]) -> list[str]:
+    """Per path: the kernel's retransmissions next to what the simulation lost, by cause."""
+    rows_by: dict[tuple[str, str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    causes: set[str] = set()
+    for r in records:
+        if r.get("status") != "ok":
+            continue
+        paths: set[int] = set()
+        for key in r:
+            if key.startswith("p") and "_loss_" in key:
+                path, _, cause = key[1:].partition("_loss_")
+                if path.isdigit():
+                    causes.add(cause)
+                    paths.add(int(path))
+        for path in paths:
+            rows_by[(r["setup"], r["policy"], r["transport"], path)].append(r)
+    if not rows_by:
+        return []
+    cols = sorted(causes, key=lambda c: (c.startswith("phy_"), c))
+    lines = ["## Losses per path and cause", "",
+             "Where the simulation lost packets, per path (both directions, mean per cell): "
+             "`queue` = device/MAC queue full, `error_model` = the p2p link's RateErrorModel, "
+             "`mac_retry_limit` / `mac_expired` = the WiFi MAC gave up; `phy_*` are frames the "
+             "WiFi PHY missed (its WifiPhyRxfailureReason, `phy_rx_error` = payload not "
+             "decoded), which the MAC may have retransmitted, so they are attempts, not losses. "
+             "*retrans* is the sender kernel's `tcpi_total_retrans` on that path's subflows.", "",
+             "| setup | policy | path | n | retrans | " + " | ".join(cols) + " |",
+             "|---|---|---|---|---|" + "---|" * len(cols)]
+    for (setup, policy, transport, path), rows in sorted(rows_by.items()):
+        cells = [_fmt(_summ(rows, f"p{path}_loss_{c}")) if any(
+            f"p{path}_loss_{c}" in r for r in rows) else "0" for c in cols]
+        lines.append(f"| {setup} | {_who(policy, transport)} | {path} | {len(rows)} | "
+                     f"{_fmt(_summ(rows, f'p{path}_retrans'))} | " + " | ".join(cells) + " |")
+    lines.append("")
     return lines
 
 

@@ -123,6 +123,10 @@ def run_cell(cell: Cell, timeout_s: float, log_dir: Path | None = None,
                 rec[f"p{i}_lost_pkts"] = n
             rec["lost_pkts"] = (sum(n for n in losses if n is not None)
                                 if any(n is not None for n in losses) else None)
+            causes = getattr(setup, "loss_causes", None)
+            for i, by_cause in enumerate(causes() if causes else [], 1):
+                for cause, n in sorted((by_cause or {}).items()):
+                    rec[f"p{i}_loss_{cause}"] = n
             if gateway is not None:
                 rec.update(_gateway_measures(gateway, setup))
             mobility = getattr(setup, "mobility", None)

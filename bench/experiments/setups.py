@@ -13,8 +13,9 @@ real-time miss) — so a matrix can hold both and record which one ran.
   path, updated every ``step_s`` in its own nft table with a *named*
   counter, so replacing the rule keeps the count.
 * ``ns3``: :class:`ns3_side.dataplane.DataPlane` (imported only here) with
-  point-to-point / LTE-like / WiFi paths; losses are the device queues'
-  drop counters from the simulation's progress lines.
+  point-to-point / LTE-like / WiFi paths; losses are counted in the
+  simulation where they happen, per cause (``loss_causes``: queue, error
+  model, WiFi MAC retry limit, WiFi PHY drop reasons; ``ns3_side.simproc``).
 """
 
 from __future__ import annotations
@@ -246,14 +247,29 @@ class Ns3Setup:
             self.dp.check()
 
     def losses(self) -> list[int | None]:
+        """Packets each path lost for good (queue, error model, MAC gave up), both sides."""
+        from ns3_side.paths import lost_for_good
+
+        causes = self.loss_causes()
+        return [None if c is None else lost_for_good(c) for c in causes]
+
+    def loss_causes(self) -> list[dict[str, int] | None]:
+        """Per path, ``{cause: n}`` summed over both sides, as the simulation counted them."""
         last = self.dp.last if self.dp is not None else None
         if not last:
             return [None] * len(self.paths)
-        drops = last.get("queue_drops") or []
-        out: list[int | None] = []
+        per_path = last.get("losses") or []
+        out: list[dict[str, int] | None] = []
         for i in range(len(self.paths)):
-            pair = drops[i] if i < len(drops) else []
-            out.append(sum(int(x) for x in pair) if pair else None)
+            sides = per_path[i] if i < len(per_path) else None
+            if sides is None:
+                out.append(None)
+                continue
+            total: dict[str, int] = {}
+            for side in sides:
+                for cause, n in side.items():
+                    total[cause] = total.get(cause, 0) + int(n)
+            out.append(total)
         return out
 
     def sim_to_mono(self, sim: float) -> float | None:
