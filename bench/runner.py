@@ -349,6 +349,10 @@ def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = 
     no_ref = [t for t in transports if t not in RAW_TRANSPORTS]
     if no_ref and (cfg.raw or cfg.c):
         notes.append(f"{', '.join(no_ref)}: no raw-Python or C reference (ipcgw rows only)")
+    if cfg.raw and "shm" in transports:
+        from bench.shmring import IMPL
+
+        notes.append(f"raw shm reference: ipcgw's own rings ({IMPL} implementation), layout 3")
     cases = plan(cfg, transports)
     records: list[Record] = []
     shm_idle: dict[str, Any] | None = None
