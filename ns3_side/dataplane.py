@@ -173,16 +173,23 @@ class DataPlane:
                  duration: float | None = None, hard_limit_ms: float = 500.0,
                  progress_s: float = 0.5, heartbeat_s: float = 10.0,
                  start_timeout: float = 90.0, on_progress: ProgressFn | None = None,
-                 log_dir: Path | None = None, seed: int = 1) -> None:
+                 log_dir: Path | None = None, seed: int = 1,
+                 more_stations: Sequence[Sequence[PathConfig]] = ()) -> None:
         self.paths = list(paths)
         self.prefix = prefix or f"ipdp{uuid.uuid4().hex[:6]}"
-        kw: dict[str, Any] = {"prefix": self.prefix, "paths": [PathSpec() for _ in self.paths],
-                              "client_pm": client_pm, "server_pm": server_pm}
-        # a scenario's endpoint sits on path 2: a one-path data plane has none
-        use = scenario if len(self.paths) >= 2 else None
-        self.testbed = (TapTestbed.scenario(use, **kw) if use  # type: ignore[assignment]
-                        else TapTestbed(**kw))
-        self.testbed: TapTestbed
+        # station 1 = paths, namespaces <prefix>-cli/-srv; station k >= 2 = more_stations[k-2],
+        # namespaces <prefix>s<k>-cli/-srv: its own kernel, endpoints and server
+        self.station_paths = [self.paths, *(list(p) for p in more_stations)]
+        self.testbeds: list[TapTestbed] = []
+        for k, st_paths in enumerate(self.station_paths, start=1):
+            kw: dict[str, Any] = {"prefix": self.prefix if k == 1 else f"{self.prefix}s{k}",
+                                  "paths": [PathSpec() for _ in st_paths],
+                                  "client_pm": client_pm, "server_pm": server_pm}
+            # a scenario's endpoint sits on path 2: a one-path data plane has none
+            use = scenario if len(st_paths) >= 2 else None
+            self.testbeds.append(TapTestbed.scenario(use, **kw) if use  # type: ignore[arg-type]
+                                 else TapTestbed(**kw))
+        self.testbed: TapTestbed = self.testbeds[0]
         self.duration = duration
         self.hard_limit_ms = hard_limit_ms
         self.progress_s = progress_s
@@ -220,6 +227,14 @@ class DataPlane:
     def client_addr(self, path: int) -> str:
         return self.testbed.client_addr(path)
 
+    def station(self, k: int) -> TapTestbed:
+        """Station ``k``'s (1-based) namespaces: ``.client``, ``.server``, ``.client_addr(i)``."""
+        return self.testbeds[k - 1]
+
+    @property
+    def n_stations(self) -> int:
+        return len(self.testbeds)
+
     def server_addr(self, path: int) -> str:
         return self.testbed.server_addr(path)
 
@@ -237,28 +252,39 @@ class DataPlane:
     def build(self) -> DataPlane:
         """Namespaces, TAPs, addresses, policy routing, sysctls, MPTCP endpoints."""
         try:
-            self.testbed.up()
+            for tb in self.testbeds:
+                tb.up()
         except TestbedError as exc:
+            for tb in self.testbeds:
+                tb.down()
             raise DataplaneError(str(exc)) from exc
         return self
 
     def start(self, gateway: dict[str, Any] | None = None, *,
-              stall: tuple[float, float] | None = None) -> None:
+              stall: tuple[float, float] | None = None,
+              station_gateways: Sequence[dict[str, Any] | None] = ()) -> None:
         """Start the simulation (the TAP fds move to it) and wait until it runs.
 
         ``gateway``: ``{"url", "path_id", "alpha"?, "tau_ms"?, "min_interval_ms"?,
         "threshold_dbm"?}`` makes it report the WiFi path's RSSI and link state to an
         ipcgw server (stamped ``host_mono``; copies in :attr:`reports`) and mark when
-        the propagation model crosses ``threshold_dbm`` (:attr:`marks`). ``stall`` (tests): block
-        the simulation thread ``[at, seconds]``.
+        the propagation model crosses ``threshold_dbm`` (:attr:`marks`); ``station_gateways``
+        does the same for stations 2.. (reports and marks carry ``station``). ``stall``
+        (tests): block the simulation thread ``[at, seconds]``.
         """
-        if not self.testbed.tap_fds:
+        if not all(tb.tap_fds for tb in self.testbeds):
             raise DataplaneError("build() first")
+        if station_gateways and not gateway:
+            raise DataplaneError("station_gateways need station 1's gateway too")
         self._tmp = tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{self.prefix}-")
-        fds = [list(pair) for pair in self.testbed.tap_fds]
+        per = [[list(pair) for pair in tb.tap_fds] for tb in self.testbeds]
+        fds = per[0]
         cfg = {"paths": [p.to_json() for p in self.paths], "fds": fds, "duration": self.duration,
                "hard_limit_ms": self.hard_limit_ms, "progress_s": self.progress_s,
-               "gateway": gateway, "stall": stall, "seed": self.seed, "netns": self.client}
+               "gateway": gateway, "stall": stall, "seed": self.seed, "netns": self.client,
+               "stations": [{"paths": [p.to_json() for p in paths], "fds": f}
+                            for paths, f in zip(self.station_paths[1:], per[1:], strict=True)],
+               "station_gateways": list(station_gateways)}
         cfg_path = Path(self._tmp.name) / "sim.json"
         cfg_path.write_text(json.dumps(cfg))
         if self.log_dir is not None:
@@ -269,8 +295,9 @@ class DataPlane:
         self.proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "ns3_side.simproc", str(cfg_path)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env,
-            pass_fds=[fd for pair in fds for fd in pair])
-        self.testbed.close_fds()  # the simulation owns the TAPs now
+            pass_fds=[fd for st in per for pair in st for fd in pair])
+        for tb in self.testbeds:
+            tb.close_fds()  # the simulation owns the TAPs now
         self._last_line = time.monotonic()
         for target in (self._read_stdout, self._read_stderr, self._watch):
             t = threading.Thread(target=target, daemon=True, name=f"dp-{target.__name__}")
@@ -314,7 +341,8 @@ class DataPlane:
         for t in self._threads:
             t.join(timeout=5)
         self._threads = []
-        self.testbed.down()
+        for tb in self.testbeds:
+            tb.down()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -158,8 +158,16 @@ class Sim:
             ns.Config.SetDefault("ns3::RealtimeSimulatorImpl::HardLimit",
                                  ns.TimeValue(ns.MilliSeconds(hard)))
         ns.RngSeedManager.SetSeed(int(cfg.get("seed", 1)))
-        for i, (pc, fds) in enumerate(zip(cfg["paths"], cfg["fds"], strict=True), start=1):
-            self._path(i, PathConfig.from_json(pc), fds)
+        # station 1 is cfg's paths/fds; more stations (cfg["stations"]) get their own
+        # ghost nodes, links and channels (one BSS each: stations do not contend)
+        self.stations: list[tuple[list[Any], list[Any], dict[int, dict[str, Any]]]] = []
+        every = [{"paths": cfg["paths"], "fds": cfg["fds"]}, *(cfg.get("stations") or [])]
+        for st in every:
+            self.relays, self.drops, self.wifi = [], [], {}
+            for i, (pc, fds) in enumerate(zip(st["paths"], st["fds"], strict=True), start=1):
+                self._path(i, PathConfig.from_json(pc), fds)
+            self.stations.append((self.relays, self.drops, self.wifi))
+        self.relays, self.drops, self.wifi = self.stations[0]
 
     def _fd_device(self, node: Any, fd: int) -> Any:
         ns = self.ns
@@ -284,9 +292,23 @@ class Sim:
         return sta, ap, crelay, srelay
 
     def progress(self, sim: float, wall: float) -> dict[str, Any]:
+        """Station 1's numbers at the top level; with more stations, ``stations`` has
+        every station's (1 first) under the same keys."""
         out: dict[str, Any] = {"sim": round(sim, 3), "wall": round(wall, 3),
                                "lag": round(wall - sim, 3),
                                "cpu": round(time.process_time(), 3)}  # all threads
+        per = []
+        for st in self.stations:
+            self.relays, self.drops, self.wifi = st
+            per.append(self._station_progress())
+        self.relays, self.drops, self.wifi = self.stations[0]
+        out.update(per[0])
+        if len(per) > 1:
+            out["stations"] = per
+        return out
+
+    def _station_progress(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         out["to_link"] = [[int(c.to_link), int(s.to_link)] for c, s in self.relays]
         out["refused"] = [[int(c.link_refused), int(s.link_refused)] for c, s in self.relays]
         losses = [[_causes(str(c.Dump())) for c in pair] for pair in self.drops]
@@ -304,14 +326,15 @@ class Sim:
                 rssi[i] = round(value[0], 2)  # what the reports carry (filtered)
             elif i in raw:
                 rssi[i] = raw[i]
-            model[i] = round(self.model_rssi(i), 2)
+            model[i] = round(float(w["model"].CalcRxPower(w["tx_dbm"], w["ap_mob"],
+                                                          w["sta_mob"])), 2)
             dist[i] = round(float(self.dp.Distance(w["sta_mob"], w["ap_mob"])), 2)
         out["rssi"], out["rssi_raw"], out["frames"] = rssi, raw, frames
         out["model_rssi"], out["distance"] = model, dist
         return out
 
-    def model_rssi(self, i: int) -> float:
-        w = self.wifi[i]
+    def model_rssi(self, i: int, station: int = 1) -> float:
+        w = self.stations[station - 1][2][i]
         return float(w["model"].CalcRxPower(w["tx_dbm"], w["ap_mob"], w["sta_mob"]))
 
 
@@ -323,7 +346,7 @@ def _causes(dump: str) -> dict[str, int]:
     return out
 
 
-def _log_reports(gw: Any, threshold: float) -> None:
+def _log_reports(gw: Any, threshold: float, station: int = 1) -> None:
     """Every report also goes to stdout (``{"type": "report", ...}``, ≤ 10/s): the
     controller gets the reaction chain's instants as the simulation stamped them."""
     send = gw.emit
@@ -331,12 +354,13 @@ def _log_reports(gw: Any, threshold: float) -> None:
     def emit(report: Any) -> None:
         send(report)
         _emit("report", sim=report.sim_time, path=report.path_id, node=report.node_id,
-              **report.metrics)
+              station=station, **report.metrics)
 
     gw.emit = emit
 
 
-def _watch_crossing(sim: Sim, path: int, threshold: float, step_s: float = 0.01) -> None:
+def _watch_crossing(sim: Sim, path: int, threshold: float, step_s: float = 0.01,
+                    station: int = 1) -> None:
     """One ``{"type": "mark", "what": "model_crossing"}`` line when the propagation
     model's RSSI at the station first drops below ``threshold``: sim time
     interpolated between 10 ms ticks, host time = the tick's CLOCK_MONOTONIC minus
@@ -350,11 +374,11 @@ def _watch_crossing(sim: Sim, path: int, threshold: float, step_s: float = 0.01)
         if done[0]:
             return  # (stopping the ticker from inside its own call would free fn)
         now = time.monotonic()
-        rssi = sim.model_rssi(path)
+        rssi = sim.model_rssi(path, station)
         if prev and prev[0][1] >= threshold > rssi:
             t0, r0 = prev[0]
             at = t0 + (t - t0) * (r0 - threshold) / max(r0 - rssi, 1e-9)
-            _emit("mark", what="model_crossing", path=path, sim=round(at, 6),
+            _emit("mark", what="model_crossing", path=path, station=station, sim=round(at, 6),
                   mono=round(now - (t - at), 6), tick_sim=t, tick_mono=now)
             done[0] = True
         prev[:] = [(t, rssi)]
@@ -362,6 +386,26 @@ def _watch_crossing(sim: Sim, path: int, threshold: float, step_s: float = 0.01)
     ticker.fn = tick
     ticker.Start(step_s)
     sim.keep.append(ticker)
+
+
+def _station_gateway(sim: Sim, station: int, gcfg: dict[str, Any]) -> Any:
+    """Station ``station``'s WiFi RSSI and link state to its server; reports carry the
+    station's own ns-3 node id."""
+    import ns3_side
+
+    gw = ns3_side.Gateway(gcfg["url"], name=f"dataplane-s{station}")
+    wlan = int(gcfg["path_id"])
+    w = sim.stations[station - 1][2][wlan]
+    threshold = float(gcfg.get("threshold_dbm", -80.0))
+    _log_reports(gw, threshold, station)
+    w["report"] = ns3_side.wifi_signal(
+        gw, w["sta"], wlan, alpha=float(gcfg.get("alpha", 0.3)),
+        tau_ms=float(gcfg.get("tau_ms", 0.0)),
+        min_interval_ms=float(gcfg.get("min_interval_ms", 100.0)),
+        from_address=w["ap"].GetAddress(), stamp=True)
+    ns3_side.link_state(gw, w["sta"], wlan, stamp=True)
+    _watch_crossing(sim, wlan, threshold, station=station)
+    return gw
 
 
 def run(cfg: dict[str, Any]) -> None:
@@ -386,22 +430,18 @@ def run(cfg: dict[str, Any]) -> None:
         sim.keep.append(once)
     gcfg = cfg.get("gateway")
     if gcfg:
-        import ns3_side
-
-        gw = ns3_side.Gateway(gcfg["url"], name="dataplane")
-        wlan = int(gcfg["path_id"])
-        w = sim.wifi[wlan]
-        _log_reports(gw, float(gcfg.get("threshold_dbm", -80.0)))
-        w["report"] = ns3_side.wifi_signal(
-            gw, w["sta"], wlan, alpha=float(gcfg.get("alpha", 0.3)),
-            tau_ms=float(gcfg.get("tau_ms", 0.0)),
-            min_interval_ms=float(gcfg.get("min_interval_ms", 100.0)),
-            from_address=w["ap"].GetAddress(), stamp=True)
-        ns3_side.link_state(gw, w["sta"], wlan, stamp=True)
-        _watch_crossing(sim, wlan, float(gcfg.get("threshold_dbm", -80.0)))
+        # one gateway session per station (its own server, in its own client namespace)
+        gws = [_station_gateway(sim, k, g) for k, g in
+               enumerate([gcfg, *(cfg.get("station_gateways") or [])], start=1) if g]
         _emit("ready", paths=len(sim.relays), gateway=gcfg["url"])
         start[0] = time.monotonic()
-        gw.run(until=duration)
+        try:
+            gws[0].run(until=duration)
+        finally:
+            for gw in gws[1:]:
+                gw.close()
+        for gw in gws[1:]:
+            gw.check()
     else:
         _emit("ready", paths=len(sim.relays), gateway=None)
         ns.Simulator.Stop(ns.Seconds(duration))

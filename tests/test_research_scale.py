@@ -1,0 +1,76 @@
+"""Experiments at research scale (issue #18): several stations in one simulation.
+
+Root-only (``require_netns``) and needs the ns3 wheel. Each test removes every
+namespace, TAP and process it made, also when it fails.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import require_netns
+from test_dataplane import leftovers, require_ns3_wheel
+
+from ns3_side.dataplane import DataPlane
+from ns3_side.paths import p2p, wifi
+
+
+def _backup(netns: str, endpoint: int = 2) -> bool:
+    out = subprocess.run(["ip", "-n", netns, "mptcp", "endpoint", "show"], capture_output=True,
+                         text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if f" id {endpoint} " in f" {x} ")
+    return " backup" in line
+
+
+@pytest.mark.netns
+@pytest.mark.ns3
+@pytest.mark.slow
+def test_two_stations_each_hand_over_at_its_own_crossing(tmp_path: Path) -> None:
+    """Two stations in one simulation, each with its own namespaces, gateway session and
+    RSSI policy: the faster one crosses -80 dBm first and only its WLAN endpoint turns
+    backup; the slower one's follows at its own, later crossing."""
+    require_netns()
+    require_ns3_wheel()
+    from ns3_side.handover import POLICY, _Server
+
+    dp = DataPlane([p2p(5, 10), wifi(30, 4.0)], more_stations=[[p2p(5, 10), wifi(30, 1.6)]],
+                   scenario=1, duration=14.0)
+    tmp = tempfile.mkdtemp(prefix="ipcgw-rs-")
+    servers: list[_Server] = []
+    try:
+        dp.build()
+        for k in (1, 2):
+            servers.append(_Server(dp.station(k).client, f"fifo://{tmp}/gw{k}", POLICY,
+                                   tmp_path / f"server{k}.log"))
+        gw = [{"url": s.url, "path_id": 2, "threshold_dbm": -80.0} for s in servers]
+        dp.start(gw[0], station_gateways=gw[1:])
+        t0 = time.monotonic()
+        flipped: dict[int, float] = {}
+        while dp.running and len(flipped) < 2 and time.monotonic() - t0 < 16:
+            for k in (1, 2):
+                if k not in flipped and _backup(dp.station(k).client):
+                    flipped[k] = time.monotonic()
+                    assert k == 1 or 1 in flipped, "the slow station flipped first"
+                    if k == 1:
+                        assert not _backup(dp.station(2).client)
+            time.sleep(0.1)
+        dp.check()
+        crossing = {m["station"]: m["mono"] for m in dp.marks if m["what"] == "model_crossing"}
+        assert set(flipped) == {1, 2} and set(crossing) == {1, 2}, (flipped, crossing)
+        for k in (1, 2):  # after its own crossing, within the two filters' delay
+            assert 0 <= flipped[k] - crossing[k] < 2.5, (k, flipped, crossing)
+        assert crossing[2] - crossing[1] > 3.0  # (44 - 30) / 1.6 vs / 4 s
+        nodes = {r["station"]: r["node"] for r in dp.reports}
+        assert nodes[1] != nodes[2], nodes  # each station reports with its own node id
+        assert dp.last is not None and len(dp.last["stations"]) == 2
+    finally:
+        for s in servers:
+            s.stop()
+        dp.down()
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert not leftovers(dp.prefix, dp)
