@@ -70,11 +70,16 @@ def dataplane() -> None:
 @click.option("--duration", type=float, help="Seconds to run (default: until Ctrl-C).")
 @click.option("--hard-limit-ms", type=float, default=500.0, show_default=True,
               help="ns-3 stops with 'Hard real-time limit exceeded' beyond this lag (0: best effort).")
+@click.option("--stations", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Stations in the simulation, each with the same paths in its own namespaces "
+                   "(PREFIXs<k>-cli/-srv for k >= 2); WiFi starts --station-spacing m further "
+                   "out per station.")
+@click.option("--station-spacing", type=float, default=5.0, show_default=True, metavar="M")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def run_cmd(paths: tuple[str, ...], prefix: str, scenario: int, duration: float | None,
-            hard_limit_ms: float, quiet: bool) -> None:
+            hard_limit_ms: float, stations: int, station_spacing: float, quiet: bool) -> None:
     """Build the namespaces and run the simulation in the foreground."""
-    from ns3_side.dataplane import DataPlane
+    from ns3_side.dataplane import DataPlane, station_copies
     from ns3_side.paths import PathConfig, lte, wifi
 
     try:
@@ -90,7 +95,8 @@ def run_cmd(paths: tuple[str, ...], prefix: str, scenario: int, duration: float 
                        f"frames {frames}  {rssi}")
 
     dp = DataPlane(configs, prefix=prefix, scenario=scenario, duration=duration,
-                   hard_limit_ms=hard_limit_ms, on_progress=show)
+                   hard_limit_ms=hard_limit_ms, on_progress=show,
+                   more_stations=station_copies(configs, stations, station_spacing))
     try:
         with _interrupt_on_term():
             click.echo(f"building {dp.client} / {dp.server}; starting ns-3 (~10 s)...")
@@ -99,6 +105,9 @@ def run_cmd(paths: tuple[str, ...], prefix: str, scenario: int, duration: float 
                 {"path": i, "kind": c.kind, "client": dp.client_addr(i),
                  "server": dp.server_addr(i), "rate_mbit": c.rate_mbit, "delay_ms": c.delay_ms,
                  "queue_packets": c.queue} for i, c in enumerate(configs, 1)]}, indent=2))
+            for k in range(2, dp.n_stations + 1):
+                st = dp.station(k)
+                click.echo(f"station {k}: {st.client} / {st.server} (same addresses)")
             click.echo(f"try: ip netns exec {dp.client} ping {dp.server_addr(1)}   (Ctrl-C ends)")
             while dp.wait(1.0) is None:
                 pass
@@ -115,11 +124,15 @@ def run_cmd(paths: tuple[str, ...], prefix: str, scenario: int, duration: float 
 def down(prefix: str) -> None:
     """Remove PREFIX-cli and PREFIX-srv and the controller's temp folder left by a kill -9."""
     from ipcgw.testbed import Testbed
-    from ns3_side.dataplane import remove_stale_tmp
+    from ns3_side.dataplane import remove_stale_tmp, station_prefixes
 
-    Testbed(prefix=prefix).down()
+    more = station_prefixes(prefix)
+    for p in [prefix, *more]:
+        Testbed(prefix=p).down()
     gone = remove_stale_tmp(prefix)
-    click.echo(f"removed {prefix}-cli and {prefix}-srv" + (f" and {', '.join(gone)}" if gone else ""))
+    click.echo(f"removed {prefix}-cli and {prefix}-srv"
+               + "".join(f", {p}-cli and {p}-srv" for p in more)
+               + (f" and {', '.join(gone)}" if gone else ""))
 
 
 @click.group()

@@ -51,7 +51,7 @@ from ipcgw.testbed import PathSpec, Testbed, TestbedError
 from ns3_side.paths import TAP_MTU, PathConfig
 
 __all__ = ["DataPlane", "DataplaneError", "SimulationFailed", "TapTestbed", "open_tap",
-           "remove_stale_tmp"]
+           "remove_stale_tmp", "station_copies", "station_prefixes"]
 
 log = logging.getLogger("ns3_side.dataplane")
 
@@ -82,6 +82,25 @@ def remove_stale_tmp(prefix: str) -> list[str]:
             shutil.rmtree(path, ignore_errors=True)
             gone.append(str(path))
     return gone
+
+
+def station_copies(paths: Sequence[PathConfig], n: int,
+                   spacing_m: float = 5.0) -> list[list[PathConfig]]:
+    """Stations 2..n for ``DataPlane(more_stations=)``: station 1's paths, each WiFi
+    station starting ``spacing_m`` further out per station, so each crosses a
+    threshold at its own time."""
+    from dataclasses import replace
+
+    return [[replace(p, start_m=p.start_m + spacing_m * (k - 1)) if p.kind == "wifi" else
+             replace(p) for p in paths] for k in range(2, n + 1)]
+
+
+def station_prefixes(prefix: str) -> list[str]:
+    """The namespace prefixes of stations 2.. of ``prefix`` that exist (``<prefix>s<k>``)."""
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    found = {m.group(1) for m in re.finditer(rf"^({re.escape(prefix)}s\d+)-(?:cli|srv)\b",
+                                             names, re.M)}
+    return sorted(found)
 
 
 class DataplaneError(IpcgwError):

@@ -74,3 +74,17 @@ def test_two_stations_each_hand_over_at_its_own_crossing(tmp_path: Path) -> None
         dp.down()
         shutil.rmtree(tmp, ignore_errors=True)
     assert not leftovers(dp.prefix, dp)
+
+
+def test_dataplane_run_takes_stations_and_spaces_their_walks() -> None:
+    from click.testing import CliRunner
+
+    from ns3_side.cli import dataplane
+    from ns3_side.dataplane import station_copies
+
+    assert "--stations" in CliRunner().invoke(dataplane, ["run", "--help"]).output
+    bad = CliRunner().invoke(dataplane, ["run", "--stations", "0"])
+    assert bad.exit_code == 2 and "--stations" in bad.output
+    more = station_copies([p2p(5, 10), wifi(30, 2)], 3, spacing_m=4)
+    assert [[p.start_m for p in st if p.kind == "wifi"] for st in more] == [[34.0], [38.0]]
+    assert all(st[0] == p2p(5, 10) for st in more)
