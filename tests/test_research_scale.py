@@ -6,6 +6,7 @@ namespace, TAP and process it made, also when it fails.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -88,3 +89,52 @@ def test_dataplane_run_takes_stations_and_spaces_their_walks() -> None:
     more = station_copies([p2p(5, 10), wifi(30, 2)], 3, spacing_m=4)
     assert [[p.start_m for p in st if p.kind == "wifi"] for st in more] == [[34.0], [38.0]]
     assert all(st[0] == p2p(5, 10) for st in more)
+
+
+TINY = {
+    "name": "tiny", "repetitions": 2, "seed": 3, "timeout_s": 30,
+    "policies": ["kernel", "bench.experiments.nowhere:NoPolicy"], "transports": ["unix"],
+    "setup": [{"name": "clean", "paths": [{"rate_mbit": 20}, {"rate_mbit": 20}]}],
+    "workload": [{"kind": "file", "sizes": ["64K"]}],
+}
+
+
+def _outcome(out: Path) -> dict[str, str]:
+    from bench.experiments.report import load_results
+
+    return {r["key"]: r["status"] for r in load_results(out)}
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_matrix_on_a_local_dask_cluster_gives_the_sequential_report(tmp_path: Path) -> None:
+    """Two worker processes on loopback run a tiny matrix: same cells, same statuses and
+    the same report sections as the sequential run; each cell records its worker."""
+    distributed = pytest.importorskip("distributed")
+    require_netns()
+    from netns_helpers import require_nft
+    from pyroute2 import netns
+
+    from bench.experiments.config import parse
+    from bench.experiments.report import build_report
+    from bench.experiments.runner import run_experiment
+
+    require_nft()
+    prefix = "ixd"
+    before = {n for n in netns.listnetns() if n.startswith(prefix)}
+    exp = parse(TINY)
+    seq, par = tmp_path / "seq", tmp_path / "dask"
+    run_experiment(exp, seq, prefix=prefix)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        run_experiment(exp, par, prefix=prefix, scheduler=client)
+    assert _outcome(par) == _outcome(seq) and len(_outcome(seq)) == 4
+    recs = [json.loads(x) for x in (par / "results.jsonl").read_text().splitlines()]
+    assert all(r.get("worker", "").startswith("tcp://127.0.0.1:") for r in recs)
+    a, b = build_report(seq).read_text(), build_report(par).read_text()
+    heads = [line for line in a.splitlines() if line.startswith("#")]
+    assert heads == [line for line in b.splitlines() if line.startswith("#")]
+    assert "nowhere" in b  # the failed cells' reasons
+    after = {n for n in netns.listnetns() if n.startswith(prefix)}
+    assert after <= before, f"namespaces left behind: {sorted(after - before)}"

@@ -56,7 +56,11 @@ def experiment() -> None:
 @click.option("--logs", is_flag=True, help="Keep ns-3 logs per cell under OUT/logs.")
 @click.option("--prefix", default="ixp", show_default=True,
               help="Namespace name prefix (distinct per concurrent run).")
-def run(config: Path, out: Path | None, resume: bool, logs: bool, prefix: str) -> None:
+@click.option("--scheduler", metavar="tcp://HOST:8786",
+              help="Run the cells on this Dask cluster (pip install 'ipcgw[cluster]'; workers "
+                   "as root, --nthreads 1); results and report are written here as usual.")
+def run(config: Path, out: Path | None, resume: bool, logs: bool, prefix: str,
+        scheduler: str | None) -> None:
     """Run every cell of CONFIG, then write report.md, results.csv and plots."""
     from bench.experiments.config import ConfigError, load
     from bench.experiments.report import build_report
@@ -85,8 +89,9 @@ def run(config: Path, out: Path | None, resume: bool, logs: bool, prefix: str) -
     logging.getLogger("ipcgw").setLevel(logging.WARNING)
     try:
         run_experiment(exp, out, resume=resume, progress=progress,
-                       log_dir=(out / "logs") if logs else None, prefix=prefix)
-    except FileExistsError as exc:
+                       log_dir=(out / "logs") if logs else None, prefix=prefix,
+                       scheduler=scheduler)
+    except (FileExistsError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"report: {build_report(out)}")
     if failed:

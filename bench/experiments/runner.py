@@ -182,10 +182,44 @@ def _gateway_measures(gateway: PolicyGateway, setup: Any) -> dict[str, Any]:
 Progress = Callable[[int, int, dict[str, Any]], None]
 
 
+def _cell_on_worker(cell: Cell, timeout_s: float, log_dir: Path | None,
+                    prefix: str) -> dict[str, Any]:
+    """A cell on a Dask worker: the namespace prefix names the worker (a hash of its
+    address), so workers sharing a host never collide, and ``worker`` is recorded."""
+    import zlib
+
+    from distributed import get_worker
+
+    address = get_worker().address
+    tag = f"{zlib.crc32(address.encode()) % 256:02x}"  # run_cell adds a unique part
+    rec = run_cell(cell, timeout_s, log_dir, f"{prefix}{tag}")
+    rec["worker"] = address
+    return rec
+
+
+def _connect(scheduler: str) -> Any:
+    try:
+        from distributed import Client
+    except ImportError:
+        raise RuntimeError("--scheduler needs Dask: pip install 'ipcgw[cluster]'") from None
+    try:
+        return Client(scheduler, timeout=10)
+    except OSError as exc:
+        raise RuntimeError(f"no Dask scheduler answering at {scheduler}: {exc} "
+                           "(start one: dask scheduler; workers: dask worker --nthreads 1 "
+                           f"{scheduler}, as root)") from None
+
+
 def run_experiment(exp: Experiment, out_dir: Path, resume: bool = False,
                    progress: Progress | None = None, log_dir: Path | None = None,
-                   prefix: str = "ixp") -> Path:
-    """Run every cell not yet in ``out_dir/results.jsonl``; returns that file."""
+                   prefix: str = "ixp", scheduler: str | Any | None = None) -> Path:
+    """Run every cell not yet in ``out_dir/results.jsonl``; returns that file.
+
+    ``scheduler`` (a ``tcp://host:8786`` address or a ``distributed.Client``): the
+    cells run on that Dask cluster, each on one worker (start workers with
+    ``--nthreads 1``: a cell needs its cores for real time); this process still
+    writes every result as it arrives, so the file stays resumable and the report
+    the same. ``log_dir`` is then a path on each worker's host."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / RESULTS
     if results.exists() and results.stat().st_size and not resume:
@@ -201,13 +235,40 @@ def run_experiment(exp: Experiment, out_dir: Path, resume: bool = False,
     skip = done_keys(out_dir) if resume else set()
     cells = exp.cells()
     with results.open("a") as f:
-        for i, cell in enumerate(cells, 1):
-            if cell.key in skip:
-                continue
-            rec = run_cell(cell, exp.timeout_s, log_dir, prefix)
+        def record(i: int, rec: dict[str, Any]) -> None:
             f.write(json.dumps(rec, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())
             if progress is not None:
                 progress(i, len(cells), rec)
+
+        todo = [(i, cell) for i, cell in enumerate(cells, 1) if cell.key not in skip]
+        if scheduler is None:
+            for i, cell in todo:
+                record(i, run_cell(cell, exp.timeout_s, log_dir, prefix))
+        else:
+            _on_cluster(scheduler, todo, exp.timeout_s, log_dir, prefix, record)
     return results
+
+
+def _on_cluster(scheduler: str | Any, todo: list[tuple[int, Cell]], timeout_s: float,
+                log_dir: Path | None, prefix: str,
+                record: Callable[[int, dict[str, Any]], None]) -> None:
+    from distributed import as_completed
+
+    client = _connect(scheduler) if isinstance(scheduler, str) else scheduler
+    try:
+        futures = {client.submit(_cell_on_worker, cell, timeout_s, log_dir, prefix,
+                                 pure=False, key=f"cell-{uuid.uuid4().hex[:8]}-{i}"): (i, cell)
+                   for i, cell in todo}
+        for fut in as_completed(futures):
+            i, cell = futures[fut]
+            try:
+                rec = fut.result()
+            except Exception as exc:  # the worker died or could not run it: data, too
+                rec = {**cell.describe(), "status": "failed",
+                       "reason": f"on the cluster: {type(exc).__name__}: {exc}"}
+            record(i, rec)
+    finally:
+        if isinstance(scheduler, str):
+            client.close()
