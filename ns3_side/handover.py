@@ -396,6 +396,8 @@ def _summary(rows: list[dict[str, Any]], cfg: HandoverConfig, progress: list[dic
         "sim_cpu_pct_per_mbit_s": round(100 * cpu / max(_mean(total_mbit[2:]) or 1e-3, 1e-3), 3),
         "relay_frames": dp.done.get("to_link") if dp.done else None,
         "queue_drops": dp.done.get("queue_drops") if dp.done else None,
+        # per path, [client side, server side]: {cause: packets} (DATAPLANE.md "Losses")
+        "losses": dp.done.get("losses") if dp.done else None,
     }
 
 
