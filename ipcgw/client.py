@@ -216,14 +216,19 @@ class Client:
         if not self.channel.codec.handshake:
             return
         ep = self.endpoint
-        self.channel.send(Hello(PROTOCOL_VERSION, ep.framing, ep.codec, self.name, _token(ep)))
+        try:
+            self.channel.send(Hello(PROTOCOL_VERSION, ep.framing, ep.codec, self.name, _token(ep)))
+        except Disconnected as exc:  # refused at once (say, one client too many): why?
+            raise ConnectError(f"server at {ep} closed the connection: "
+                               f"{self._explained(exc)}") from None
         try:
             reply = self.channel.recv(timeout)
         except Timeout:
             raise ConnectError(f"server at {ep} did not answer Hello within {timeout:.1f} s") \
                 from None
         except Disconnected as exc:
-            raise ConnectError(f"server at {ep} closed the connection: {exc}") from None
+            raise ConnectError(f"server at {ep} closed the connection: {self._explained(exc)}") \
+                from None
         except (FramingError, DecodeError) as exc:
             raise ConnectError(
                 f"the answer from {ep} is not a Welcome in framing {ep.framing} / codec "

@@ -27,6 +27,7 @@ import os
 import queue
 import resource
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import ClassVar
 
@@ -347,6 +348,7 @@ class Gateway:
         self._ids = itertools.count(1)
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._closer = _LingeringClose()
 
     def refusal(self, conn: Connection, hello: Hello | None) -> str:
         """Why the peer behind ``conn`` may not drive the kernel, or "" if it may.
@@ -414,6 +416,7 @@ class Gateway:
         for session in self.sessions:
             session._try_send(Bye("server shutting down"))
             session.close("server shutting down")
+        self._closer.close_all()
         for thread in self._threads:
             thread.join(timeout=2.0)
         self.handler.close()
@@ -458,10 +461,52 @@ class Gateway:
             if channel.codec.replies:
                 channel.send(Error(reason))
         except IpcgwError:
-            pass
-        finally:
             conn.close()
+            return
+        self._closer.later(conn)
 
     def _forget(self, session: Session) -> None:
         with self._lock:
             self._sessions.pop(session.id, None)
+
+class _LingeringClose:
+    """Closes refused connections a moment after their Error was written: a queue
+    transport's client is still finishing its connect when the server refuses it,
+    and an immediate close would remove the queue the reason waits in. One thread
+    for all of them, a bounded number waiting; past that, close at once."""
+
+    LINGER = 1.0
+    MAX_WAITING = 64
+
+    def __init__(self) -> None:
+        self._due: queue.Queue[tuple[float, Connection]] = queue.Queue(self.MAX_WAITING)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def later(self, conn: Connection) -> None:
+        try:
+            self._due.put_nowait((time.monotonic() + self.LINGER, conn))
+        except queue.Full:
+            conn.close()
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ipcgw-refused", daemon=True)
+                self._thread.start()
+
+    def close_all(self) -> None:
+        """At shutdown: nothing may outlive the server (a queue, a FIFO pair)."""
+        while True:
+            try:
+                _, conn = self._due.get_nowait()
+            except queue.Empty:
+                return
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _run(self) -> None:
+        while True:
+            due, conn = self._due.get()
+            time.sleep(max(0.0, due - time.monotonic()))
+            with contextlib.suppress(Exception):
+                conn.close()
