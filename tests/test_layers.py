@@ -65,3 +65,38 @@ def test_core_package_never_imports_ns3_side_bench_or_ns():
 def test_public_surface_is_importable_from_the_top():
     for name in ipcgw.__all__:
         assert hasattr(ipcgw, name), name
+
+
+def test_the_lazy_top_level_exports_exactly_what_it_lists():
+    assert sorted(ipcgw.__all__) == sorted(ipcgw._EXPORTS)
+
+
+def test_transports_and_urls_load_no_codec_or_session():
+    """Transports move bytes: importing one (or parsing a URL) loads neither msgpack nor
+    the messages, client or server modules."""
+    code = (
+        "import sys, ipcgw.url\n"
+        "from ipcgw.transports import TRANSPORTS\n"
+        "import importlib\n"
+        "for target in TRANSPORTS.values():\n"
+        "    importlib.import_module(target.partition(':')[0])\n"
+        "importlib.import_module('ipcgw.transports.legacy_fifo')\n"
+        "ipcgw.url.parse_url('unix:///tmp/x.sock?codec=json&framing=delimited:lf')\n"
+        "bad = sorted(m for m in ('msgpack', 'ipcgw.messages', 'ipcgw.client', 'ipcgw.server', "
+        "'ipcgw.channel') if m in sys.modules)\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_codec_entries_agree_with_their_modules():
+    import importlib
+
+    from ipcgw.codecs import CODECS
+
+    assert CODECS["sspi2"].default_framing == f"read:{importlib.import_module('ipcgw.sspi2').MESSAGE_SIZE}"
+    for codec in CODECS.values():
+        module = importlib.import_module(codec.module)
+        assert callable(module.encode) and callable(module.decode)
