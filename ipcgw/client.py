@@ -24,7 +24,8 @@ from ipcgw.errors import (
     Disconnected,
     FramingError,
     IpcgwError,
-    ProtocolError,
+    RemoteError,
+    RemoteProtocolError,
     Timeout,
 )
 from ipcgw.messages import (
@@ -187,12 +188,12 @@ class Client:
         if isinstance(reply, Result) and reply.ok:
             return reply.value
         text = reply.error if isinstance(reply, Result) else getattr(reply, "reason", reply)
-        raise IpcgwError(f"{op} failed: {text}")
+        raise RemoteError(str(text), op)
 
     def ping(self, payload: bytes = b"", timeout: float | None = 5.0) -> bytes:
         reply = self.request(Ping(0, payload), timeout)
         if type(reply) is not Pong:
-            raise ProtocolError(f"expected Pong, got {reply!r}")
+            raise RemoteProtocolError(f"expected Pong, got {reply!r}")
         return reply.payload
 
     def close(self, say_bye: bool = True) -> None:
@@ -237,7 +238,7 @@ class Client:
         if isinstance(reply, Error):
             raise ConnectError(f"server refused: {reply.reason}")
         if not isinstance(reply, Welcome):
-            raise ProtocolError(f"expected Welcome, got {type(reply).__name__}")
+            raise RemoteProtocolError(f"expected Welcome, got {type(reply).__name__}")
         self.session, self.server = reply.session, reply.server
 
     def _take(self, key: int | None) -> Message | None:

@@ -40,6 +40,7 @@ from ipcgw.errors import (
     FramingError,
     IpcgwError,
     ProtocolError,
+    RemoteProtocolError,
     Timeout,
     TransportError,
 )
@@ -252,19 +253,19 @@ class Session:
         try:
             first = self.channel.recv(self.gateway.handshake_timeout)
         except (FramingError, DecodeError) as exc:
-            raise ProtocolError(
+            raise RemoteProtocolError(
                 f"could not read a Hello with framing {self.endpoint.framing} and codec "
                 f"{self.endpoint.codec} ({exc}); do client and server use the same URL query?"
             ) from None
         if not isinstance(first, Hello):
-            raise ProtocolError(f"expected Hello first, got {type(first).__name__}")
+            raise RemoteProtocolError(f"expected Hello first, got {type(first).__name__}")
         if first.version != PROTOCOL_VERSION:
-            raise ProtocolError(
+            raise RemoteProtocolError(
                 f"protocol version {first.version} not supported; this server speaks "
                 f"version {PROTOCOL_VERSION}: upgrade the older side"
             )
         if (first.framing, first.codec) != (self.endpoint.framing, self.endpoint.codec):
-            raise ProtocolError(
+            raise RemoteProtocolError(
                 f"client uses framing {first.framing} / codec {first.codec}, this listener "
                 f"uses {self.endpoint.framing} / {self.endpoint.codec}: use the server's URL"
             )

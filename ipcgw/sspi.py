@@ -91,4 +91,6 @@ def _record(msg: Message) -> tuple[int, int]:
             return SspiType.TCPDUMP, int(args.get("value", 0))
         if msg.op == "run.iperf":
             return SspiType.IPERF_START, int(args.get("value", 0))
-    raise CodecError(f"the sspi protocol cannot express {msg!r}")
+    what = f"Command {msg.op!r}" if isinstance(msg, Command) else type(msg).__name__
+    raise CodecError(f"the sspi protocol cannot express a {what} (it carries the 7 sspi "
+                     "commands only, one way)")

@@ -129,4 +129,6 @@ def _record(msg: Message) -> tuple[int, int]:
             return Sspi2Command.TCPDUMP, int(args.get("value", 0))
         if msg.op == "run.iperf":
             return Sspi2Command.IPERF_START, int(args.get("value", 0))
-    raise CodecError(f"the sspi2 protocol cannot express {msg!r}")
+    what = f"Command {msg.op!r}" if isinstance(msg, Command) else type(msg).__name__
+    raise CodecError(f"the sspi2 protocol cannot express a {what} (it carries its commands and "
+                     "RSSI reports only, one way)")

@@ -39,7 +39,7 @@ from typing import Any
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ipcgw.errors import IpcgwError
+from ipcgw.errors import TestbedError
 from ipcgw.mptcp.netns import NETNS_RUN_DIR, run_in_netns
 from ipcgw.mptcp.pm import PathManager
 
@@ -49,12 +49,6 @@ log = logging.getLogger(__name__)
 
 PM_MODES = ("kernel", "userspace")
 NFT_TABLE = "ipcgw"
-
-
-class TestbedError(IpcgwError):
-    """The testbed could not be built (the reason names the failing step)."""
-
-    __test__ = False  # not a pytest class despite the name
 
 
 @dataclass(slots=True)

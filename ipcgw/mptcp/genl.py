@@ -52,7 +52,7 @@ from pyroute2.netlink import (
 from pyroute2.netlink.generic.mptcp import mptcp_msg
 from pyroute2.netlink.marshal import Marshal
 
-from ipcgw.errors import IpcgwError
+from ipcgw.errors import KernelError
 from ipcgw.mptcp.netns import socket_in_netns
 
 __all__ = [
@@ -208,20 +208,6 @@ class nlmsgerr_capped(nlmsgerr):
         ("orig_seq", "I"),
         ("orig_pid", "I"),
     )
-
-
-class KernelError(IpcgwError):
-    """The kernel refused a request; ``message`` is its extack text (or strerror)."""
-
-    def __init__(self, code: int, message: str, op: str = "") -> None:
-        self.code = code
-        self.message = message
-        self.op = op
-        super().__init__(message)
-
-    @property
-    def errno_name(self) -> str:
-        return errno.errorcode.get(self.code, str(self.code))
 
 
 _HDR = struct.Struct("=IHHII")

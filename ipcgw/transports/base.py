@@ -21,9 +21,7 @@ the peer died and ``Timeout`` when nothing came in time. The contract:
 - a stream transport cannot tell ``kill -9`` from an orderly close: both are
   ``b""``; queue transports detect a dead peer by its pid;
 - ``Listener.close()`` removes the OS names (FIFOs, socket files, queues) but
-  leaves accepted connections to their owner (the gateway closes sessions);
-- ``Timeout`` is also a ``TimeoutError`` and so an ``OSError``: catch it before
-  any ``except OSError``.
+  leaves accepted connections to their owner (the gateway closes sessions).
 """
 
 from __future__ import annotations
@@ -46,7 +44,7 @@ try:  # the C function: signal.pthread_sigmask converts every returned mask to e
 except ImportError:  # pragma: no cover - not CPython
     _sigmask = signal.pthread_sigmask
 
-from ipcgw.errors import ConnectError, TransportError
+from ipcgw.errors import ConnectError, ListenerClosed, TransportError
 from ipcgw.url import Endpoint
 
 __all__ = [
@@ -68,10 +66,6 @@ __all__ = [
 ]
 
 Buffer = bytes | bytearray | memoryview
-
-
-class ListenerClosed(TransportError):
-    """accept() was interrupted because the listener is closing."""
 
 
 class Connection(ABC):

@@ -279,9 +279,7 @@ class FifoConnection(_Closable, Connection):
                         pass
                 if any(fd == self._wfd and ev & _GONE for fd, ev in events):
                     return b""  # peer died before (or without) opening its write end
-        except Timeout:
-            raise
-        except OSError as exc:  # (Timeout is one too: it is a TimeoutError)
+        except OSError as exc:
             raise Disconnected(f"fifo read from {self.peer}: {exc}") from exc
         finally:
             self._leave()
@@ -301,8 +299,6 @@ class FifoConnection(_Closable, Connection):
                 view = memoryview(data).cast("B")
                 if n < view.nbytes:
                     self._write_all([view[n:]])
-        except Timeout:
-            raise
         except OSError as exc:  # EPIPE mostly: the reader is gone
             raise Disconnected(f"fifo write to {self.peer}: {exc}") from exc
         finally:
@@ -314,8 +310,6 @@ class FifoConnection(_Closable, Connection):
         try:
             with self._send_lock:
                 self._write_all(views)
-        except Timeout:
-            raise
         except OSError as exc:
             raise Disconnected(f"fifo write to {self.peer}: {exc}") from exc
         finally:

@@ -108,9 +108,7 @@ class LegacyReader(_Closable, Connection):
                 if not self._poll.poll(_ms(deadline)):
                     raise Timeout(f"nothing from {self.peer} within {timeout} s")
             return b""
-        except Timeout:
-            raise
-        except OSError as exc:  # (Timeout is one too: it is a TimeoutError)
+        except OSError as exc:
             raise Disconnected(f"fifo read from {self.peer}: {exc}") from exc
         finally:
             self._leave()

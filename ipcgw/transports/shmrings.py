@@ -46,17 +46,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ipcgw.errors import TransportError
+from ipcgw.errors import RingCorrupted, TransportError
 
 __all__ = ["PyRings", "RingCorrupted", "rings_class"]
 
 M64 = (1 << 64) - 1
 Words = tuple[int, int, int, int, int, int, int]  # oh, ot, osleep_r, ih, it, isleep_w, peer_closed
-
-
-class RingCorrupted(TransportError):
-    """The peer stored a counter no correct peer could: the session must end
-    (raised by both twins; the C module takes this class from here)."""
 
 
 class PyRings:

@@ -309,8 +309,6 @@ class SysvConnection(MqConnection):
                 if self._closed:
                     raise Disconnected("connection closed")
                 self.check(deadline)
-        except Timeout:  # a TimeoutError, hence an OSError, hence in _GONE: keep it
-            raise
         except _GONE:
             raise Disconnected(f"{self.peer}: queue removed (peer gone or dropped us)") from None
 
