@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,8 +45,9 @@ class Ref:
     """One reference case: ``start()``, then ``rtt``/``send`` loops, ``finish()``, ``close()``."""
 
     kind: ClassVar[str] = "raw"
-    transport: ClassVar[str] = ""
-    child_kind: ClassVar[str] = ""
+    # Per class, except ZmqRef: one class for both its transports, named per instance.
+    transport: str = ""
+    child_kind: str = ""
 
     def __init__(self, mode: str, size: int, server_cpu: int, timeout: float) -> None:
         self.mode, self.size, self.server_cpu, self.timeout = mode, size, server_cpu, timeout
@@ -142,6 +144,10 @@ class Ref:
 class _StreamRef(Ref):
     """Sockets, FIFOs and the shm rings: write all, then exact reads into a reusable buffer."""
 
+    # Bound by start(): the transport's read-into (0 at EOF) and write-all.
+    _read: Callable[[memoryview], int]
+    _write: Callable[[bytes], None]
+
     def _init_buffers(self) -> None:
         self._buf = bytearray(max(self.size, 8))
         self._view = memoryview(self._buf)
@@ -166,6 +172,10 @@ class _StreamRef(Ref):
         self._end()
         self._read_exact(8)
         return int.from_bytes(self._buf[:8], "little")
+
+    def _end(self) -> None:
+        """Send the end marker (EOF, for a stream)."""
+        raise NotImplementedError
 
 
 class _SocketRef(_StreamRef):
@@ -311,6 +321,11 @@ class RawShm(_StreamRef):
 
 
 class _QueueRef(Ref):
+    # Bound by _bind(): the largest message, and one message each way.
+    chunk: int
+    _send_one: Callable[[bytes], None]
+    _recv_one: Callable[[], bytes]
+
     def start(self) -> None:
         self.pair = self._stack.enter_context(QueuePair(self.transport))
         self._spawn(self.pair.py_args())
@@ -324,6 +339,10 @@ class _QueueRef(Ref):
             step = self.chunk
             self._chunks = [payload[i : i + step] for i in range(0, len(payload), step)]
         return self._chunks
+
+    def _bind(self) -> None:
+        """Set chunk, _send_one and _recv_one for this queue pair."""
+        raise NotImplementedError
 
     def rtt(self, payload: bytes) -> None:
         chunks = self._split(payload)
@@ -343,6 +362,7 @@ class _QueueRef(Ref):
 
 class RawSysv(_QueueRef):
     transport = "sysv"
+    _end: Callable[[], None]  # the end marker: an empty message of type 2
 
     def _bind(self) -> None:
         wq, rq = self.pair.queues
@@ -385,7 +405,7 @@ class ZmqRef(Ref):
     def __init__(self, transport: str, *args: Any) -> None:
         super().__init__(*args)
         self.child_kind = transport
-        self.transport = transport  # type: ignore[misc]
+        self.transport = transport
 
     def start(self) -> None:
         try:
