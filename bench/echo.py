@@ -24,8 +24,8 @@ def _ack(total: int) -> bytes:
     return total.to_bytes(8, "little")
 
 
-def _stream(rfd_read: Callable[[memoryview], int], write: Callable[[bytes], None], mode: str,
-            size: int) -> None:
+def _stream(rfd_read: Callable[[memoryview], int], write: Callable[[bytes | memoryview], None],
+            mode: str, size: int) -> None:
     """Exact reads into one buffer, no copies beyond the one the echo must send."""
     buf = bytearray(max(size, 1 << 20))
     view = memoryview(buf)

@@ -72,6 +72,16 @@ def _framing(spec: str, size: int, budget: float) -> list[dict[str, Any]]:
     return out
 
 
+def _one_call(fn: Callable[[Any], object], arg: Any) -> Callable[[], int]:
+    """``fn(arg)`` as a ``_rate`` unit: one call."""
+
+    def call() -> int:
+        fn(arg)
+        return 1
+
+    return call
+
+
 def _codec(budget: float) -> list[dict[str, Any]]:
     from ipcgw import messages, sspi
 
@@ -88,8 +98,8 @@ def _codec(budget: float) -> list[dict[str, Any]]:
     out = []
     for codec, what, msg, size, enc, dec in samples:
         data = enc(msg)
-        _, enc_rate = _rate(lambda enc=enc, msg=msg: (enc(msg), 1)[1], budget)
-        _, dec_rate = _rate(lambda dec=dec, data=data: (dec(data), 1)[1], budget)
+        _, enc_rate = _rate(_one_call(enc, msg), budget)
+        _, dec_rate = _rate(_one_call(dec, data), budget)
         for op, rate in (("encode", enc_rate), ("decode", dec_rate)):
             out.append({"layer": "codec", "name": f"{codec} {what}", "op": op, "size": size,
                         "per_s": round(rate, 1), "mb_per_s": round(rate * size / 1e6, 2),

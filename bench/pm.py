@@ -359,11 +359,14 @@ def render(rows: list[Row], inproc: dict[str, dict[str, list[int]]], conditions:
              "| transport | placement | PM path | ping | limits.get | endpoint.set_flags "
              "| limits - ping | set_flags - ping |",
              "|---|---|---|---|---|---|---|---|"]
+
+    def mark(d: float) -> str:
+        return f"{d:+.1f}{' ✓' if d <= GOAL_US else ' ✗'}"
+
     for r in rows:
         ping = _pct(r.samples["ping"], 50)
         d_lim = _pct(r.samples["limits.get"], 50) - ping
         d_sf = _pct(r.samples["endpoint.set_flags"], 50) - ping
-        mark = lambda d: f"{d:+.1f}{' ✓' if d <= GOAL_US else ' ✗'}"  # noqa: E731
         lines.append(f"| {r.transport} | {r.placement} | {r.path} | {_fmt(r.samples['ping'])} | "
                      f"{_fmt(r.samples['limits.get'])} | {_fmt(r.samples['endpoint.set_flags'])} | "
                      f"{mark(d_lim)} | {mark(d_sf)} |")

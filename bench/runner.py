@@ -221,8 +221,9 @@ def _c_case(cfloor: CFloor, case: Case, cfg: Config, server_cpu_n: int,
     pp = cfloor.run(case.transport, "pp", case.size, cfg.lat_time, client_cpu_n, server_cpu_n)
     if case.placement == "cross":
         hists[0] = pp.hist
-        floor, work = pick_floor({w: h.percentile(50) / 1000 for w, h in hists.items() if h.total})
-        rec.extra.update(work_hists=hists, floor_us=round(floor, 3), floor_work_us=work)
+        floor, floor_work = pick_floor({w: h.percentile(50) / 1000 for w, h in hists.items()
+                                        if h.total})
+        rec.extra.update(work_hists=hists, floor_us=round(floor, 3), floor_work_us=floor_work)
     rec.hist, rec.rtt_count = pp.hist, pp.n
     rec.cpu_client_rtt = pp.client_cpu
     # The echo's CPU covers the warm-up too: scale it to the timed round trips.
@@ -447,7 +448,8 @@ def _one_case(case: Case, cfg: Config, servers: dict[tuple[str, str], GatewaySer
               cfloor: CFloor, notes: list[str]) -> Record | None:
     """One round of one case; None when it cannot run here (the notes say why)."""
     server_n, client_n = placement_cpus(case.placement)
-    load1 = (loadavg() or [None])[0]
+    loads = loadavg()
+    load1 = loads[0] if loads else None
     try:
         if case.kind == "ipcgw":
             server = servers.get((case.transport, case.framing))

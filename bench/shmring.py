@@ -112,7 +112,10 @@ class ShmEnd:
             self._mm, HEADER + out * RING, HEADER + inn * RING, RING,
             (oh, ot, self._osleep_r, ih, it, isleep_w, W_ABORTED), CHUNK,
             _post(self._o_data), _post(events[f"{i}.space"]))
-        self._put, self._get, self._fence = self._rings.put, self._rings.get, self._rings.fence
+        # rings_class() is one of two classes with the same interface (shmrings.PyRings).
+        self._put: Callable[[bytes | memoryview], int] = self._rings.put
+        self._get: Callable[[int], bytes | None] = self._rings.get
+        self._fence: Callable[[], None] = self._rings.fence
         self._spin_ns = spin_us * 1000
         self._pending = memoryview(b"")
         self._alive = alive

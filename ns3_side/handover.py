@@ -173,7 +173,8 @@ def _cpu_share(progress: list[dict[str, Any]]) -> float:
     if len(progress) < 2:
         return 0.0
     a, b = progress[0], progress[-1]
-    return (b["cpu"] - a["cpu"]) / max(b["wall"] - a["wall"], 1e-3)
+    cpu, wall = float(b["cpu"]) - float(a["cpu"]), float(b["wall"]) - float(a["wall"])
+    return cpu / max(wall, 1e-3)
 
 
 Printer = Callable[[str], None]
