@@ -15,7 +15,7 @@ import csv
 import json
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _ref_p50(row: dict[str, Any]) -> float | None:
     """A reference's round trip: across CPUs the C floor (cfloor.py says why), else p50."""
-    return row.get("lat_floor_us") or row["lat_p50_us"]
+    p50: float | None = row.get("lat_floor_us") or row["lat_p50_us"]
+    return p50
 
 
 def _per_round(a: dict[str, Any], b: dict[str, Any] | None, key: str,
@@ -99,10 +100,12 @@ def rows_with_ratios(records: Iterable[Record | dict[str, Any]]) -> list[dict[st
         base = PEER_BASE.get(r["transport"], r["transport"])
         raw = index.get(("raw", base, r["placement"], r["size"])) if r["kind"] != "raw" else None
         c = index.get(("c", base, r["placement"], r["size"])) if r["kind"] != "c" else None
-        pairs = (("p50_vs_raw", raw, "p50_us", "p50_us", "lat_p50_us", raw and raw["lat_p50_us"]),
-                 ("tp_vs_raw", raw, "mb_per_s", "mb_per_s", "mb_per_s", raw and raw["mb_per_s"]),
-                 ("p50_vs_c", c, "p50_us", "floor_us", "lat_p50_us", c and _ref_p50(c)),
-                 ("tp_vs_c", c, "mb_per_s", "mb_per_s", "mb_per_s", c and c["mb_per_s"]))
+        # (ratio, reference row, key, reference's round key, row key, reference's value)
+        pairs: tuple[tuple[str, dict[str, Any] | None, str, str, str, float | None], ...] = (
+            ("p50_vs_raw", raw, "p50_us", "p50_us", "lat_p50_us", raw["lat_p50_us"] if raw else None),
+            ("tp_vs_raw", raw, "mb_per_s", "mb_per_s", "mb_per_s", raw["mb_per_s"] if raw else None),
+            ("p50_vs_c", c, "p50_us", "floor_us", "lat_p50_us", _ref_p50(c) if c else None),
+            ("tp_vs_c", c, "mb_per_s", "mb_per_s", "mb_per_s", c["mb_per_s"] if c else None))
         for name, ref, key, ref_key, row_key, ref_value in pairs:
             rounds = _per_round(r, ref, key, ref_key) if ref else []
             if rounds:
@@ -158,7 +161,8 @@ def write_report(doc: dict[str, Any], out: Path) -> list[Path]:
 
 
 def load(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    doc: dict[str, Any] = json.loads(Path(path).read_text())
+    return doc
 
 
 # ---------------------------------------------------------------- markdown
@@ -398,7 +402,7 @@ def _summary(rows: list[dict[str, Any]], cfg: dict[str, Any]) -> str:
 
 
 #: (column, row size, ratio, goal test, goal text); the goal for p50 ÷ C depends on placement.
-_TARGET_COLUMNS = (
+_TARGET_COLUMNS: tuple[tuple[str, int, str, Callable[[float, str], bool]], ...] = (
     ("p50 64 B ÷ raw Python (≤ 1.5\u00d7)", 64, "p50_vs_raw", lambda v, p: v <= 1.5),
     ("MB/s 64 KiB ÷ raw Python (≥ 0.8\u00d7)", 64 * 1024, "tp_vs_raw", lambda v, p: v >= 0.8),
     ("MB/s 1 MiB ÷ raw Python (≥ 0.8\u00d7)", 1 << 20, "tp_vs_raw", lambda v, p: v >= 0.8),
@@ -422,8 +426,7 @@ def _targets(rows: list[dict[str, Any]], cfg: dict[str, Any]) -> str:
             cells = [transport, placement]
             for _, size, name, ok in _TARGET_COLUMNS:
                 row = gw.get((transport, placement, size))
-                v = row and row.get(name)
-                if v is None:
+                if row is None or (v := row.get(name)) is None:
                     cells.append("-")
                     continue
                 good = ok(v, placement)
@@ -532,7 +535,7 @@ def _not_configured(cfg: dict[str, Any], size: int, placement: str = SHM_PLACEME
                               ("placement", placement, cfg["placements"]),
                               ("size", size, cfg["sizes"]), ("transport", "shm", cfg["transports"])):
         if wanted not in ran:
-            shown = _size(wanted) if what == "size" else wanted
+            shown = _size(wanted) if isinstance(wanted, int) else wanted
             return f"{what} {shown} was not in this run"
     return ""
 
@@ -555,12 +558,13 @@ def _vs_syscall(rows: list[dict[str, Any]], cfg: dict[str, Any], size: int, key:
     where = f"{_size(size)}, {placement}, {SHM_FRAMING}"
     if reason := _not_configured(cfg, size, placement):
         out["missing"] = reason
-    elif shm is None or shm["note"].startswith("error") or not shm[key]:
+        return out
+    if shm is None or shm["note"].startswith("error") or not shm[key]:
         out["missing"] = f"shm did not run at {where}" + (f" ({shm['note']})" if shm else "")
-    elif not syscall:
+        return out
+    if not syscall:
         out["missing"] = (f"no syscall transport ({', '.join(SYSCALL_TRANSPORTS)}) ran at "
                           f"{where}")
-    if "missing" in out:
         return out
     pick = min if lower else max
     best = pick(syscall, key=lambda t: syscall[t][key])
