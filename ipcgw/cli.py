@@ -53,7 +53,7 @@ def load_object(spec: str) -> Any:
         raise click.BadParameter(f"cannot load {spec}: {exc}") from None
 
 
-class UrlType(click.ParamType):
+class UrlType(click.ParamType[str, str]):
     """An endpoint URL, checked when the command line is read: a typo is a usage
     error in one line (exit 2), never a traceback from deep in a transport."""
 

@@ -357,7 +357,7 @@ class Client:
                     with contextlib.suppress(IpcgwError):
                         msg = self._recv(0.2)
                         if type(msg) is Error:
-                            said = msg  # type: ignore[assignment]
+                            said = msg
                 finally:
                     self._finish(None, True)
         if said is None:

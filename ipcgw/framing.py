@@ -23,6 +23,7 @@ lost: discard the decoder.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
 from ipcgw.errors import FrameTooLarge, FramingError
@@ -250,6 +251,8 @@ def _cobs_decode_c(encoded: bytes | bytearray | memoryview) -> bytes:
 
 # The C path (ipcgw/_cobs.c, built when a compiler is there) is 20-500x faster
 # on zero-heavy data; tests run both (the twin by its own name).
+cobs_encode: Callable[[bytes | bytearray | memoryview], bytes]
+cobs_decode: Callable[[bytes | bytearray | memoryview], bytes]
 try:
     from ipcgw import _cobs  # framing's own C half (it knows nothing above bytes)
 except ImportError:

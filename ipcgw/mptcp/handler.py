@@ -170,7 +170,7 @@ def _flag(value: Any, name: str) -> bool:
     raise BadArguments(f"{name} must be a boolean, got {value!r}")
 
 
-class MptcpHandler(_Base):  # type: ignore[misc,valid-type]
+class MptcpHandler(_Base):
     """Executes path-manager commands, streams events and stats, runs a policy.
 
     A ``--run`` program runs at most ``max_running`` times at once per name

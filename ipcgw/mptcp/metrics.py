@@ -206,7 +206,7 @@ class _Diag(DiagSocket):
             self.nlm_request(req, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_ROOT | NLM_F_MATCH)
         )
 
-    def close(self, code: int = 0) -> None:  # type: ignore[override]
+    def close(self, code: int = 0) -> None:
         try:
             super().close()
         finally:

@@ -497,7 +497,7 @@ class MptcpdHandler(BaseHandler):
                 if whole:
                     subs.add(four)  # type: ignore[arg-type]
             elif ev.kind == "SUB_CLOSED" and token in self._conns and whole:
-                self._conns[token].discard(four)  # type: ignore[arg-type]
+                self._conns[token].discard(four)
             elif ev.kind == "CLOSED":
                 self._conns.pop(token, None)
                 for key in [k for k in self._announced if k[0] == token]:

@@ -283,7 +283,7 @@ class ShmConnection(CloseOnce, Connection):
             spin = self._spin_ns if self._spin_checked else self._spin_budget()
             if self._spin_once:
                 spin, self._spin_once = (max(spin, self._spin_once) if spin else 0), 0
-            data = self._get(spin)
+            data: bytes | None = self._get(spin)
             return self._sleep_for_data(timeout) if data is None else data
         finally:
             users.pop()
@@ -293,7 +293,8 @@ class ShmConnection(CloseOnce, Connection):
     def _sleep_for_data(self, timeout: float | None) -> bytes:
         """After the spin: data, or b"" at an orderly end (peer closed and drained,
         or we closed)."""
-        q, get = self._q, self._get
+        q = self._q
+        get: Callable[[int], bytes | None] = self._get
         deadline = deadline_after(timeout)
         while True:
             q[self._isleep_r] = 1

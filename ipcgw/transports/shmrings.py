@@ -166,4 +166,4 @@ def rings_class() -> type[Any]:
         from ipcgw.transports._shmring import Rings
     except ImportError:  # built without a C compiler
         return PyRings
-    return Rings  # type: ignore[no-any-return]
+    return Rings

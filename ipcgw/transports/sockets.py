@@ -93,7 +93,7 @@ class SocketConnection(Connection):
         self._send_timeout: float | None = None
         sock.settimeout(None)
 
-    @property  # type: ignore[override]
+    @property
     def send_timeout(self) -> float | None:
         return self._send_timeout
 
