@@ -160,10 +160,10 @@ def _loss_table(records: list[dict[str, Any]]) -> list[str]:
         paths: set[int] = set()
         for key in r:
             if key.startswith("p") and "_loss_" in key:
-                path, _, cause = key[1:].partition("_loss_")
-                if path.isdigit():
+                num, _, cause = key[1:].partition("_loss_")
+                if num.isdigit():
                     causes.add(cause)
-                    paths.add(int(path))
+                    paths.add(int(num))
         for path in paths:
             rows_by[(r["setup"], r["policy"], r["transport"], path)].append(r)
     if not rows_by:
@@ -253,16 +253,16 @@ def _plots(records: list[dict[str, Any]], out_dir: Path) -> list[str]:
         if r.get("status") == "ok" and isinstance(r.get("reaction_ms"), int | float):
             react[(r["setup"], r["transport"])].append(r)
     if react:
-        keys = sorted(react)
-        fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(keys)), 4))
-        tot = [_summ(react[k], "reaction_ms") for k in keys]
-        ipc = [_summ(react[k], "reaction_ipc_ms") for k in keys]
-        x = range(len(keys))
+        rkeys = sorted(react)
+        fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(rkeys)), 4))
+        tot = [_summ(react[k], "reaction_ms") for k in rkeys]
+        ipc = [_summ(react[k], "reaction_ipc_ms") for k in rkeys]
+        x = range(len(rkeys))
         ax.bar(x, [t.mean for t in tot], yerr=[0 if math.isnan(t.ci95) else t.ci95 for t in tot],
                capsize=3, label="report → kernel ACK")
         ax.bar(x, [i.mean for i in ipc], width=0.5, label="IPC part")
         ax.set_xticks(list(x))
-        ax.set_xticklabels([f"{k[1]}\n{k[0]}" for k in keys], fontsize=8)
+        ax.set_xticklabels([f"{k[1]}\n{k[0]}" for k in rkeys], fontsize=8)
         ax.set_ylabel("reaction time (ms)")
         ax.legend(fontsize=8)
         ax.grid(True, axis="y", alpha=0.3)

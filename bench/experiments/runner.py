@@ -203,7 +203,7 @@ def _connect(scheduler: str) -> Any:
     except ImportError:
         raise RuntimeError("--scheduler needs Dask: pip install 'ipcgw[cluster]'") from None
     try:
-        return Client(scheduler, timeout=10)
+        return Client(scheduler, timeout=10)  # type: ignore[no-untyped-call]  # untyped in distributed
     except OSError as exc:
         raise RuntimeError(f"no Dask scheduler answering at {scheduler}: {exc} "
                            "(start one: dask scheduler; workers: dask worker --nthreads 1 "
@@ -261,7 +261,7 @@ def _on_cluster(scheduler: str | Any, todo: list[tuple[int, Cell]], timeout_s: f
         futures = {client.submit(_cell_on_worker, cell, timeout_s, log_dir, prefix,
                                  pure=False, key=f"cell-{uuid.uuid4().hex[:8]}-{i}"): (i, cell)
                    for i, cell in todo}
-        for fut in as_completed(futures):
+        for fut in as_completed(futures):  # type: ignore[no-untyped-call]  # untyped in distributed
             i, cell = futures[fut]
             try:
                 rec = fut.result()

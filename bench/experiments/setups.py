@@ -25,11 +25,14 @@ import re
 import subprocess
 import threading
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bench.experiments.agent import rssi_at
 from bench.experiments.config import SetupSpec
 from ipcgw.testbed import NFT_TABLE, PathSpec, Testbed
+
+if TYPE_CHECKING:
+    from ns3_side.dataplane import DataPlane
 
 __all__ = ["Ns3Setup", "PathSetup", "VethMobility", "VethSetup", "make_setup", "wifi_path"]
 
@@ -207,14 +210,19 @@ class Ns3Setup:
         self.paths = [PathConfig.parse(p) if isinstance(p, str) else PathConfig(**p)
                       for p in spec.paths]
         self.log_dir = log_dir
-        self.dp: Any = None
+        self.dp: DataPlane | None = None
         self.client, self.server = f"{prefix}-cli", f"{prefix}-srv"
         self._offset: float | None = None  # min over progress lines of (mono - sim)
         self._lock = threading.Lock()
         self.info: dict[str, Any] = {"dataplane": "ns3", "paths": [p.to_json() for p in self.paths]}
 
+    def _built(self) -> DataPlane:
+        if self.dp is None:
+            raise RuntimeError("Ns3Setup: build() first")
+        return self.dp
+
     def server_addr(self, path: int) -> str:
-        return self.dp.server_addr(path)
+        return self._built().server_addr(path)
 
     def _progress(self, msg: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -233,7 +241,7 @@ class Ns3Setup:
     def start(self, gateway_url: str | None) -> None:
         wlan = wifi_path(self.spec)
         gateway = ({"url": gateway_url, "path_id": wlan} if gateway_url and wlan else None)
-        self.dp.start(gateway)
+        self._built().start(gateway)
 
     def begin(self, start: float) -> None:
         """The simulation's clock started when it became ready."""
