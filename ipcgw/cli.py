@@ -17,7 +17,7 @@ from ipcgw.client import connect
 from ipcgw.codecs import CODECS, get_codec
 from ipcgw.errors import CodecError, IpcgwError
 from ipcgw.server import DEFAULT_MAX_CLIENTS, BaseHandler, Gateway
-from ipcgw.transports import get_transport
+from ipcgw.transports import TRANSPORTS, get_transport
 from ipcgw.transports.base import run_dir
 from ipcgw.url import Endpoint, parse_url
 
@@ -150,7 +150,7 @@ def build_handler(handler: str, policy: str | None, run: tuple[str, ...], run_li
 
 
 @main.command()
-@click.option("--transport", "-t", type=click.Choice(["fifo", "sysv", "posixmq", "tcp", "unix", "shm"]),
+@click.option("--transport", "-t", type=click.Choice(list(TRANSPORTS)),
               help="Listen on this transport's default address (or the one given below).")
 @click.option("--path", help="fifo directory / unix socket path / posixmq or shm name.")
 @click.option("--key", help="sysv key (hex or decimal).")

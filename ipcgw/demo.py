@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import struct
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
 
 from ipcgw.client import connect
-from ipcgw.errors import IpcgwError
+from ipcgw.errors import IpcgwError, ServerStartError
 from ipcgw.messages import Command, Report, Result
+from ipcgw.testing import ServerProcess
 from ipcgw.transports import get_transport
 
 
@@ -65,25 +63,16 @@ def run_demo(echo: Callable[[str], None] = print, rounds: int = 2000) -> None:
     workdir = tempfile.mkdtemp(prefix="ipcgw-demo-")
     tag = uuid.uuid4().hex[:6]
     wanted = demo_urls(workdir, tag)
-    # The base handler: a demo must never change the host's own MPTCP endpoints.
-    cmd = [sys.executable, "-P", "-m", "ipcgw", "serve", "--handler", "base"]
-    for url in wanted:
-        cmd += ["--listen", url]
-    log_path = os.path.join(workdir, "server.log")
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+    # The base handler (ServerProcess's default): a demo must never change the
+    # host's own MPTCP endpoints.
     try:
-        assert server.stdout is not None
-        urls = []
-        for _ in wanted:
-            line = server.stdout.readline()
-            if not line:
-                with open(log_path) as failed:
-                    raise IpcgwError(f"server failed to start: {failed.read()}")
-            urls.append(line.removeprefix("listening on ").strip())
-        echo(f"server pid {server.pid} listening on {len(urls)} endpoints")
+        server = ServerProcess(wanted, log_dir=workdir, verbose=False)
+    except ServerStartError as exc:
+        raise IpcgwError(f"server failed to start: {exc}") from None
+    try:
+        echo(f"server pid {server.pid} listening on {len(server.urls)} endpoints")
         payload = os.urandom(64)
-        for url in urls:
+        for url in server.urls:
             if "codec=sspi" in url:
                 _legacy_writer(url, echo)
                 continue
@@ -100,10 +89,8 @@ def run_demo(echo: Callable[[str], None] = print, rounds: int = 2000) -> None:
                 echo(f"  {url.split('?')[0]:<40} handshake ok, report sent, command answered "
                      f"with {answered}, {rounds} pings p50 {samples[len(samples) // 2] / 1000:6.1f} us")
     finally:
-        server.send_signal(signal.SIGTERM)
-        rc = server.wait(10)
-    with open(log_path) as log_file:
-        log_text = log_file.read()
+        rc = server.stop()
+    log_text = server.log()
     shutil.rmtree(workdir)
     left = _own_ipc_names(tag, _sysv_key(), {server.pid, os.getpid()})
     echo(f"server exited {rc} after SIGTERM; OS objects left behind: {sorted(left) or 'none'}")

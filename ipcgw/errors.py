@@ -18,7 +18,8 @@
     │   ├── ListenerClosed      accept() interrupted because the listener is closing
     │   └── RingCorrupted       a shared-memory peer stored an impossible ring index
     ├── KernelError             the kernel refused a netlink request (code, message, op)
-    └── TestbedError            namespaces or links could not be set up
+    ├── TestbedError            namespaces or links could not be set up
+    └── ServerStartError        a child ``ipcgw serve`` did not start (also a RuntimeError)
 
 The split in ProtocolError follows h11: a Local error means "fix this program", a
 Remote one "the other side misbehaved". Errors carry their fields, as websockets'
@@ -132,3 +133,8 @@ class TestbedError(IpcgwError):
     """The testbed could not be built (the reason names the failing step)."""
 
     __test__ = False  # not a pytest class despite the name
+
+
+class ServerStartError(IpcgwError, RuntimeError):
+    """A child ``ipcgw serve`` (``ipcgw.testing.ServerProcess``) exited or stayed silent
+    before it listened; the message carries its log."""

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import random
-import select
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
+
+from ipcgw import testing
+from ipcgw.testing import reclaim
 
 TRANSPORTS = ["fifo", "sysv", "posixmq", "tcp", "unix", "unix-abstract", "shm"]
 NETNS_CROSSING = ["fifo", "sysv", "posixmq", "unix", "shm"]
@@ -42,107 +40,17 @@ def ipc_objects() -> set[str]:
     return found
 
 
-class ServerProcess:
-    """``python -m ipcgw serve`` in a child process (optionally inside a netns)."""
+class ServerProcess(testing.ServerProcess):
+    """``ipcgw.testing.ServerProcess`` with its log in the test's tmp directory."""
 
     def __init__(self, urls: list[str], tmp: Path, *, netns: str | None = None,
                  extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
-        self.log_path = tmp / f"server-{uuid.uuid4().hex[:6]}.log"
-        cmd = [sys.executable, "-m", "ipcgw", "-v", "serve"]
-        for url in urls:
-            cmd += ["--listen", url]
-        extra = extra or []
-        if "--handler" not in extra:  # not auto: a transport test must not touch the host's MPTCP
-            extra = ["--handler", "base", *extra]
-        cmd += extra
-        self.netns = netns
-        if netns:
-            cmd = ["ip", "netns", "exec", netns, *cmd]
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log,
-                                     env={**os.environ, **(env or {})})
-        self.urls = self._read_urls(len(urls))
-
-    def _read_urls(self, n: int, timeout: float = 20.0) -> list[str]:
-        assert self.proc.stdout is not None
-        urls: list[str] = []
-        deadline = time.monotonic() + timeout
-        buf = b""
-        fd = self.proc.stdout.fileno()
-        while len(urls) < n:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([fd], [], [], max(left, 0))
-            if not ready:
-                self.kill()
-                raise RuntimeError(f"server did not start in {timeout} s: {self.log()}")
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                self.proc.wait()
-                raise RuntimeError(f"server exited {self.proc.returncode}: {self.log()}")
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                if line.startswith(b"listening on "):
-                    urls.append(line.decode().removeprefix("listening on "))
-        return urls
-
-    @property
-    def url(self) -> str:
-        return self.urls[0]
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM and wait; the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-        finally:
-            self._log.close()
-        return rc
+        super().__init__(urls, log_dir=tmp, netns=netns, extra=extra or [], env=env)
 
     def stop_ok(self) -> None:
         """SIGTERM; the server must exit 0 (its log is the failure message)."""
         rc = self.stop()
         assert rc == 0, f"server exited {rc}:\n{self.log_path.read_text(errors='replace')}"
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-            reclaim(getattr(self, "urls", []), self.netns)
-        self._log.close()
 
-
-def reclaim(urls: list[str], netns: str | None = None) -> None:
-    """After a kill -9: what the dead server left (FIFOs, sockets, lock files, queues)
-    is removed the way a user would, by a server that reclaims it and stops cleanly."""
-    named = [u for u in urls if not u.startswith(("tcp:", "unix:@"))]  # those leave no name
-    if not named:
-        return
-    cmd = [sys.executable, "-m", "ipcgw", "serve", "--handler", "base"]
-    for url in named:
-        cmd += ["--listen", url]
-    if netns:
-        cmd = ["ip", "netns", "exec", netns, *cmd]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    for _ in named:
-        if not proc.stdout.readline():
-            break
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    proc.stdout.close()
+__all__ = ["NETNS_CROSSING", "TRANSPORTS", "ServerProcess", "fresh_url", "ipc_objects", "reclaim"]

@@ -13,19 +13,15 @@ and answers Commands the tests use to look inside the server:
 from __future__ import annotations
 
 import os
-import select
-import signal
 import subprocess
-import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_helpers import reclaim
 
+from ipcgw import testing
 from ipcgw.messages import Command, Event, Message, Report, Result
 from ipcgw.server import BaseHandler, Session
 
@@ -81,85 +77,24 @@ class RecordingHandler(BaseHandler):
         return super().on_message(session, msg)
 
 
-class Server:
-    """``python -m ipcgw serve`` as a child process; ``url`` is what it listens on."""
+class Server(testing.ServerProcess):
+    """``ipcgw serve`` with a handler from this folder (``ns3_helpers:RecordingHandler``)."""
 
     def __init__(self, urls: str | list[str], tmp: Path, *,
                  handler: str = "ns3_helpers:RecordingHandler",
                  extra: list[str] | None = None, netns: str | None = None,
                  env: dict[str, str] | None = None) -> None:
         urls = [urls] if isinstance(urls, str) else urls
-        self.netns = netns
-        self.log_path = tmp / f"server-{uuid.uuid4().hex[:6]}.log"
-        cmd = [sys.executable, "-m", "ipcgw", "-v", "serve", "--handler", handler,
-               *(extra or [])]
-        for url in urls:
-            cmd += ["--listen", url]
-        if netns:
-            cmd = ["ip", "netns", "exec", netns, *cmd]
         path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT,
-                                     env={**os.environ, "PYTHONPATH": path, **(env or {})})
+        super().__init__(urls, log_dir=tmp, netns=netns, extra=["--handler", handler, *(extra or [])],
+                         env={"PYTHONPATH": path, **(env or {})}, cwd=ROOT)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """As ServerProcess.stop, but a server that would not stop is killed, not an error."""
         try:
-            self.urls = [self._read_url() for _ in urls]
-        except BaseException:
-            self.stop()
-            raise
-        self.url = self.urls[0]
-
-    def _read_url(self, timeout: float = 20.0) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        buf = b""
-        while True:
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                if line.startswith(b"listening on "):
-                    return line.decode().removeprefix("listening on ").strip()
-            ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
-            if not ready:
-                raise RuntimeError(f"server did not start in {timeout} s: {self.log()}")
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                self.proc.wait()
-                raise RuntimeError(f"server exited {self.proc.returncode}: {self.log()}")
-            buf += chunk
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            if sig == signal.SIGSTOP:  # kill() returns before the target has stopped
-                deadline = time.monotonic() + 5
-                while _state(self.proc.pid) not in ("T", "t") and time.monotonic() < deadline:
-                    time.sleep(0.001)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (after SIGCONT, in case a test froze it), then SIGKILL if needed."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.returncode == -signal.SIGKILL:  # a test killed it: remove what it left
-            reclaim(getattr(self, "urls", []), self.netns)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+            return super().stop(timeout)
+        except subprocess.TimeoutExpired:
+            return self.proc.returncode
 
 
 def dump_reports(url: str) -> list[list[Any]]:
@@ -169,14 +104,6 @@ def dump_reports(url: str) -> list[list[Any]]:
     with ipcgw.connect(url, timeout=5.0, name="test-dump") as client:
         return list(client.command("reports.dump", timeout=10.0))
 
-
-def _state(pid: int) -> str:
-    """The one-letter state in /proc/PID/stat (T: stopped)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b") ", 1)[1][:1].decode()
-    except (OSError, IndexError):
-        return "?"
 
 
 class ForgetfulHandler(BaseHandler):

@@ -76,3 +76,12 @@ def test_experiment_and_dataplane_without_root_say_what_is_needed():
     one_line_error(ipcgw("experiment", "run", os.path.abspath(quick), "--out", "/tmp/never",
                          as_nobody=True), 1, "needs root")
     one_line_error(ipcgw("dataplane", "down", as_nobody=True), 1, "needs root")
+
+
+def test_every_registered_transport_has_a_default_address():
+    from ipcgw.cli import default_url
+    from ipcgw.transports import TRANSPORTS
+    from ipcgw.url import parse_url
+
+    for scheme in TRANSPORTS:
+        assert parse_url(default_url(scheme)).scheme == scheme
