@@ -40,8 +40,8 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ipcgw.errors import TestbedError
-from ipcgw.mptcp.netns import NETNS_RUN_DIR, run_in_netns
 from ipcgw.mptcp.pm import PathManager
+from ipcgw.netns import NETNS_RUN_DIR, run_in_netns
 
 __all__ = ["EndpointSpec", "PathSpec", "Testbed", "TestbedError"]
 

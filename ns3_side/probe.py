@@ -9,7 +9,7 @@ import socket
 import struct
 import time
 
-from ipcgw.mptcp.netns import socket_in_netns
+from ipcgw.netns import socket_in_netns
 
 __all__ = ["ping"]
 

@@ -463,11 +463,11 @@ def main(argv: list[str] | None = None) -> None:
         cfg = json.load(f)
     _die_with_parent()
     if cfg.get("netns"):
-        from ipcgw.mptcp.netns import _setns, netns_path
+        from ipcgw.netns import netns_path, setns
 
         fd = os.open(netns_path(cfg["netns"]), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _setns(fd)  # main thread, before any other thread exists: the whole process
+            setns(fd)  # main thread, before any other thread exists: the whole process
         finally:
             os.close(fd)
     try:

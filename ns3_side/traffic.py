@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ipcgw.mptcp.metrics import MetricsReader
-from ipcgw.mptcp.netns import socket_in_netns
 from ipcgw.mptcp.pm import PathManager
+from ipcgw.netns import socket_in_netns
 
 __all__ = ["Bulk", "PathSampler"]
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import require_netns, unique
 
 from ipcgw.messages import Event, Message
-from ipcgw.mptcp.netns import run_in_netns
+from ipcgw.netns import run_in_netns
 from ipcgw.testbed import Testbed
 
 IPPROTO_MPTCP = 262

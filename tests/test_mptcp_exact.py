@@ -33,8 +33,8 @@ from ipcgw.mptcp import genl
 from ipcgw.mptcp.events import MptcpEvent, decode_event, format_event
 from ipcgw.mptcp.genl import mptcp_event_msg, parse
 from ipcgw.mptcp.handler import MptcpHandler, mptcp_available
-from ipcgw.mptcp.netns import run_in_netns
 from ipcgw.mptcp.pm import PathManager, format_token, parse_token
+from ipcgw.netns import run_in_netns
 from ipcgw.testbed import Testbed
 
 __all__ = ["testbeds"]

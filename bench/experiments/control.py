@@ -135,7 +135,7 @@ class PolicyGateway:
     def start(self) -> str:
         """Listen; returns the URL the simulation connects to."""
         from ipcgw.mptcp.handler import MptcpHandler
-        from ipcgw.mptcp.netns import run_in_netns
+        from ipcgw.netns import run_in_netns
         from ipcgw.server import Gateway
 
         handler = MptcpHandler(policy=self.probe, netns=self.netns)

@@ -53,7 +53,7 @@ from pyroute2.netlink.generic.mptcp import mptcp_msg
 from pyroute2.netlink.marshal import Marshal
 
 from ipcgw.errors import KernelError
-from ipcgw.mptcp.netns import socket_in_netns
+from ipcgw.netns import socket_in_netns
 
 __all__ = [
     "EVENT_NAMES",

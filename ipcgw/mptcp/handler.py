@@ -59,9 +59,9 @@ from ipcgw.mptcp import genl
 from ipcgw.mptcp.events import EventListener, MptcpEvent
 from ipcgw.mptcp.genl import GenlSocket, KernelError
 from ipcgw.mptcp.metrics import MetricsReader
-from ipcgw.mptcp.netns import run_in_netns
 from ipcgw.mptcp.pm import PathManager, parse_token
 from ipcgw.mptcp.policy import Policy
+from ipcgw.netns import run_in_netns
 
 try:  # the gateway's base class, when the server module is there
     from ipcgw.server import BaseHandler as _Base

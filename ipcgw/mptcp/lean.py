@@ -44,7 +44,7 @@ from typing import Any
 
 from ipcgw.mptcp import genl
 from ipcgw.mptcp.genl import KernelError
-from ipcgw.mptcp.netns import socket_in_netns
+from ipcgw.netns import socket_in_netns
 
 __all__ = ["LeanPM", "pack_addr"]
 

@@ -36,7 +36,7 @@ from pyroute2.netlink.diag import (
 )
 from pyroute2.netlink.nlsocket import NetlinkSocket
 
-from ipcgw.mptcp.netns import socket_in_netns
+from ipcgw.netns import socket_in_netns
 
 __all__ = ["MetricsReader", "decode_mptcp_info", "subflow_record"]
 

@@ -58,9 +58,9 @@ from ipcgw.mptcp.events import MptcpEvent
 from ipcgw.mptcp.genl import KernelError
 from ipcgw.mptcp.handler import SessionLike
 from ipcgw.mptcp.metrics import MetricsReader
-from ipcgw.mptcp.netns import run_in_netns
 from ipcgw.mptcp.pm import FlagsArg, flags_to_names, format_token, names_to_flags, parse_token
 from ipcgw.mptcp.policy import Policy
+from ipcgw.netns import run_in_netns
 from ipcgw.server import BaseHandler
 
 __all__ = ["NO_BRIDGE", "BridgePathManager", "MptcpdHandler"]

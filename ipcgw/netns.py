@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["NETNS_RUN_DIR", "netns_path", "run_in_netns", "socket_in_netns"]
+__all__ = ["NETNS_RUN_DIR", "netns_path", "run_in_netns", "setns", "socket_in_netns"]
 
 NETNS_RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -33,7 +33,9 @@ def netns_path(name: str) -> str:
     return name if "/" in name else os.path.join(NETNS_RUN_DIR, name)
 
 
-def _setns(fd: int) -> None:
+def setns(fd: int) -> None:
+    """Move the calling thread into the network namespace of ``fd`` (the whole
+    process, if it has only this thread: what a child does before anything else)."""
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -48,7 +50,7 @@ def run_in_netns(netns: str | None, func: Callable[[], T]) -> T:
 
     def worker() -> None:
         try:
-            _setns(fd)
+            setns(fd)
             box["value"] = func()
         except BaseException as exc:  # handed back to the caller's thread
             box["error"] = exc
