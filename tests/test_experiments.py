@@ -373,3 +373,29 @@ def test_experiment_run_exits_non_zero_when_a_cell_failed(tmp_path: Path, no_lef
     assert run.returncode == 1, run.stdout + run.stderr
     assert "1 of 1 cells failed" in run.stderr and "Traceback" not in run.stderr
     assert (out / "report.md").exists()  # the report is still written
+
+
+def test_error_bars_stay_inside_what_the_measure_can_be_and_say_n() -> None:
+    from bench.experiments.report import _bounded_err, _n_label
+    from bench.experiments.stats import summarize
+
+    on_time = summarize([0.99, 1.0, 0.97])  # a share: the bar must not pass 100 %
+    losses = summarize([0.0, 0.0, 9.0])  # a count: the bar must not go below 0
+    below, above = _bounded_err([on_time], 100.0, 0.0, 100.0)
+    assert on_time.mean * 100 + above[0] <= 100.0 and below[0] > 0
+    below, above = _bounded_err([losses])
+    assert losses.mean - below[0] >= 0.0 and above[0] == pytest.approx(losses.ci95)
+    assert _n_label([on_time, losses]) == "mean ± 95 % CI, n = 3 per point"
+
+
+def test_report_warns_when_a_mean_rests_on_fewer_than_3_repetitions(tmp_path: Path) -> None:
+    from bench.experiments.report import build_report
+
+    rows = [{"key": f"s|kernel|-|file:65536|{rep}", "status": "ok", "setup": "s",
+             "dataplane": "veth", "dataplane_ran": "veth", "policy": "kernel", "transport": "-",
+             "workload": "file", "label": "file:65536", "size": 65536, "rep": rep, "bytes": 65536,
+             "time_s": 0.1 + rep / 100, "retrans": 0, "lost_pkts": 0, "p1_bytes": 65536,
+             "p2_bytes": 0, "bytes_sent_total": 65536} for rep in range(2)]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = build_report(tmp_path).read_text()
+    assert "Warning: some means rest on n = 2 repetition(s)" in report

@@ -13,7 +13,7 @@ import csv
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +187,25 @@ def _loss_table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _bounded_err(summaries: Sequence[Summary], scale: float = 1.0, low: float = 0.0,
+                 high: float = math.inf) -> list[list[float]]:
+    """Asymmetric error bars of mean ± 95 % CI, clipped to what the measure can be
+    (no loss below 0, no share above 100 %): matplotlib's ``yerr`` as [below, above]."""
+    below, above = [], []
+    for s in summaries:
+        half = 0.0 if math.isnan(s.ci95) else s.ci95 * scale
+        mean = s.mean * scale
+        below.append(max(0.0, min(half, mean - low)))
+        above.append(max(0.0, min(half, high - mean)))
+    return [below, above]
+
+
+def _n_label(summaries: Sequence[Summary]) -> str:
+    ns = sorted({s.n for s in summaries if s.n})
+    n = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]} to {ns[-1]}" if ns else "n = 0"
+    return f"mean ± 95 % CI, {n} per point"
+
+
 def _plots(records: list[dict[str, Any]], out_dir: Path) -> list[str]:
     try:
         import matplotlib
@@ -210,6 +229,7 @@ def _plots(records: list[dict[str, Any]], out_dir: Path) -> list[str]:
             if not series:
                 continue
             fig, axes = plt.subplots(1, len(setups), figsize=(5.5 * len(setups), 4), squeeze=False)
+            drawn: list[Summary] = []
             for ax, setup in zip(axes[0], setups, strict=True):
                 for (s_name, who), pts in sorted(series.items()):
                     if s_name != setup:
@@ -217,8 +237,9 @@ def _plots(records: list[dict[str, Any]], out_dir: Path) -> list[str]:
                     pts.sort()
                     xs = [p[0] / 1024 for p in pts]
                     ys = [p[1].mean for p in pts]
-                    err = [0 if math.isnan(p[1].ci95) else p[1].ci95 for p in pts]
-                    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=who)
+                    drawn.extend(p[1] for p in pts)
+                    ax.errorbar(xs, ys, yerr=_bounded_err([p[1] for p in pts]), marker="o",
+                                capsize=3, label=who)
                 ax.set_xscale("log")
                 if metric == "time_s":
                     ax.set_yscale("log")
@@ -227,6 +248,7 @@ def _plots(records: list[dict[str, Any]], out_dir: Path) -> list[str]:
                 ax.set_title(f"{kind} — {setup}")
                 ax.grid(True, which="both", alpha=0.3)
                 ax.legend(fontsize=8)
+            fig.suptitle(_n_label(drawn), fontsize=9)
             fig.tight_layout()
             name = f"{fname}_{kind}.png" if kind != "file" else f"{fname}.png"
             fig.savefig(out_dir / name, dpi=110)
@@ -238,7 +260,8 @@ def _plots(records: list[dict[str, Any]], out_dir: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(keys)), 4))
         vals = [_summ(videos[k], "on_time_ratio") for k in keys]
         ax.bar(range(len(keys)), [v.mean * 100 for v in vals],
-               yerr=[0 if math.isnan(v.ci95) else v.ci95 * 100 for v in vals], capsize=3)
+               yerr=_bounded_err(vals, 100.0, 0.0, 100.0), capsize=3)
+        ax.set_title(_n_label(vals), fontsize=9)
         ax.set_xticks(range(len(keys)))
         ax.set_xticklabels([f"{k[0]}\n{_who(k[1], k[2])}\n{k[3]}" for k in keys], fontsize=7)
         ax.set_ylabel("frames on time (%)")
@@ -258,8 +281,9 @@ def _plots(records: list[dict[str, Any]], out_dir: Path) -> list[str]:
         tot = [_summ(react[k], "reaction_ms") for k in rkeys]
         ipc = [_summ(react[k], "reaction_ipc_ms") for k in rkeys]
         x = range(len(rkeys))
-        ax.bar(x, [t.mean for t in tot], yerr=[0 if math.isnan(t.ci95) else t.ci95 for t in tot],
-               capsize=3, label="report → kernel ACK")
+        ax.bar(x, [t.mean for t in tot], yerr=_bounded_err(tot), capsize=3,
+               label="report → kernel ACK")
+        ax.set_title(_n_label(tot), fontsize=9)
         ax.bar(x, [i.mean for i in ipc], width=0.5, label="IPC part")
         ax.set_xticks(list(x))
         ax.set_xticklabels([f"{k[1]}\n{k[0]}" for k in rkeys], fontsize=8)
@@ -286,6 +310,11 @@ def build_report(out_dir: Path) -> Path:
     lines = [f"# Experiment `{name}`", "",
              f"{len(records)} cells: {len(ok)} ok, {len(failed)} failed. Data plane(s) that ran: "
              f"{', '.join(ran)}. Built from `{RESULTS}` by `ipcgw experiment report`.", ""]
+    few = sorted({len(rows) for rows in _groups(records).values() if len(rows) < 3})
+    if few:
+        lines += [f"> **Warning: some means rest on n = {', '.join(map(str, few))} repetition(s).** "
+                  "A 95 % interval from fewer than 3 is wide or undefined (shown as ±nan or no "
+                  "whisker): raise `repetitions` before drawing conclusions.", ""]
     lines += _tables(records)
     lines += ["## Plots", "", *_plots(records, out_dir)]
     if failed:
