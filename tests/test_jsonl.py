@@ -158,3 +158,43 @@ def test_stdlib_client_against_ipcgw_serve(tmp_path):
         assert "rssi_dbm': -80" in server.log() or "rssi_dbm" in server.log()
     finally:
         server.stop_ok()
+
+
+#: A client in plain shell: mkfifo, printf and read. Speaks the fifo transport's
+#: rendezvous (one hello line into ipcgw.req, an ACK byte back), then JSON Lines.
+SHELL_CLIENT = r"""
+set -eu
+d=$1; h=0123456789abcdef; id="c$$-$h"
+mkfifo -m 600 "$d/$id.c2s" "$d/$id.s2c"
+trap 'rm -f "$d/$id.c2s" "$d/$id.s2c"' EXIT
+exec 3<>"$d/$id.s2c"                      # our read end (read-write: opening cannot block)
+exec 4<>"$d/$id.c2s"                      # a writer until the server has opened its end
+printf 'IPCGW-FIFO 1 %s %s delimited:lf json\n' $$ $h > "$d/ipcgw.req"
+ack=$(dd bs=1 count=1 <&3 2>/dev/null | od -An -tx1 | tr -d ' \n')
+[ "$ack" = 06 ] || { echo "no ACK: $ack" >&2; exit 9; }
+exec 5>"$d/$id.c2s" 4>&-
+printf '%s\n' '{"type":"hello","version":1,"framing":"delimited:lf","codec":"json","name":"sh"}' >&5
+read -r line <&3; echo "$line"
+printf '%s\n' '{"type":"report","sim_time":1.5,"path_id":2,"metrics":{"rssi_dbm":-81.0}}' >&5
+printf '%s\n' '{"type":"ping","seq":10,"payload":"aGk="}' >&5
+read -r line <&3; echo "$line"
+printf '%s\n' '{"type":"bye","reason":"done"}' >&5
+"""
+
+
+def test_a_shell_script_talks_json_lines_over_a_fifo(tmp_path):
+    import json
+    import subprocess
+
+    server = ServerProcess([fresh_url("fifo", tmp_path, "framing=delimited:lf&codec=json")], tmp_path)
+    try:
+        folder = server.url.removeprefix("fifo://").split("?")[0]
+        run = subprocess.run(["bash", "-c", SHELL_CLIENT, "sh", folder], capture_output=True,
+                             text=True, timeout=20, check=False)
+        assert run.returncode == 0, run.stderr + server.log()
+        welcome, pong = (json.loads(line) for line in run.stdout.splitlines())
+        assert welcome["type"] == "welcome" and welcome["server"]
+        assert pong == {"type": "pong", "seq": 10, "payload": "aGk="}
+        assert "report t=1.500 path=2" in server.log()
+    finally:
+        server.stop_ok()
