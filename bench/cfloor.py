@@ -30,11 +30,13 @@ from pathlib import Path
 
 from bench.hist import Histogram
 from bench.queues import QueuePair
+from ipcgw.transports import TRANSPORTS
 
 __all__ = ["C_TRANSPORTS", "WORK_US", "CFloor", "CRun", "pick_floor"]
 
-C_TRANSPORTS = ("fifo", "sysv", "posixmq", "tcp", "unix", "shm")
 SRC = Path(__file__).resolve().parent / "c"
+#: The transports with a C echo in bench/c/ (NAME.c); a new transport has none until written.
+C_TRANSPORTS = tuple(t for t in TRANSPORTS if (SRC / f"{t}.c").exists())
 _CFLAGS = ("-D_GNU_SOURCE", "-O2", "-Wall")  # with _LIBS, part of the cache key
 _LIBS = ("-lrt", "-pthread")
 #: Busy work (us) the echo adds before each reply when the floor is searched for.

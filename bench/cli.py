@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from ipcgw.transports import TRANSPORTS
+
 __all__ = ["bench_command"]
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1024, "m": 1 << 20, "mib": 1 << 20,
@@ -38,7 +40,7 @@ def _sizes(_ctx: Any, _param: Any, value: tuple[str, ...]) -> list[int] | None:
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
               default=Path("bench-report"), show_default=True, help="Report directory.")
 @click.option("--transport", "-t", "transports", multiple=True,
-              type=click.Choice(["fifo", "sysv", "posixmq", "tcp", "unix", "shm"]),
+              type=click.Choice(list(TRANSPORTS)),
               help="Gateway transports (repeatable; default every one that imports).")
 @click.option("--framing", "framings", multiple=True,
               help="Framings of the gateway (repeatable; default length:4 and delimited:nul).")

@@ -8,43 +8,50 @@ Nothing here reaches into ipcgw's internals: what users call is what is timed.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import random
-import select
-import signal
 import subprocess
-import sys
-import tempfile
-import time
 import uuid
 from pathlib import Path
 
-__all__ = ["GATEWAY_TRANSPORTS", "SYSCALL_TRANSPORTS", "GatewayServer", "Netns", "available_transports",
-           "fresh_url"]
+from ipcgw.testing import ServerProcess
+from ipcgw.transports import TRANSPORTS, get_transport
 
-GATEWAY_TRANSPORTS = ("fifo", "sysv", "posixmq", "tcp", "unix", "shm")
-#: The transports that wait in a syscall (everything but shm): what shm is measured against.
-SYSCALL_TRANSPORTS = ("fifo", "sysv", "posixmq", "tcp", "unix")
-#: Transports whose server can sit in another network namespace than the client.
-CROSSES_NETNS = ("fifo", "sysv", "posixmq", "unix", "shm")
+__all__ = ["GATEWAY_TRANSPORTS", "SYSCALL_TRANSPORTS", "GatewayServer", "Netns", "available_transports",
+           "crosses_netns", "fresh_url", "pin", "pythonpath"]
+
+GATEWAY_TRANSPORTS = tuple(TRANSPORTS)
+#: The transports that wait in a syscall (everything but shm, which spins on its ring):
+#: what shm is measured against.
+SYSCALL_TRANSPORTS = tuple(t for t in TRANSPORTS if t != "shm")
 _ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def crosses_netns(name: str) -> bool:
+    """Whether a server of this transport can sit in another network namespace than its client."""
+    return get_transport(name).crosses_netns
+
+
+def pythonpath() -> dict[str, str]:
+    """The environment a server needs to import ``bench.handler`` (it runs with ``-P``)."""
+    return {"PYTHONPATH": os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)}
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Pin every thread of ``pid`` to ``cpu``; threads it starts later inherit that."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), {cpu})
 
 
 def available_transports() -> tuple[list[str], list[str]]:
     """(transports that import, notes on the ones that do not: shm is optional)."""
     ok, notes = [], []
-    from ipcgw.transports import TRANSPORTS
-
     for name in GATEWAY_TRANSPORTS:
-        target = TRANSPORTS.get(name)
-        if target is None:
-            notes.append(f"{name}: not registered in ipcgw.transports")
-            continue
-        module, _, cls = target.partition(":")
         try:
-            getattr(importlib.import_module(module), cls)
+            get_transport(name)
         except Exception as exc:
+            module = TRANSPORTS[name].partition(":")[0]
             notes.append(f"{name}: skipped, {module} does not import ({type(exc).__name__}: {exc})")
             continue
         ok.append(name)
@@ -88,72 +95,35 @@ class Netns:
         self.close()
 
 
-class GatewayServer:
-    """One ``ipcgw serve --listen URL`` process; ``url`` is what it printed."""
+class GatewayServer(ServerProcess):
+    """One ``ipcgw serve --listen URL --handler bench.handler:BenchHandler``, pinned to ``cpu``."""
 
     def __init__(self, url: str, cpu: int, netns: str | None = None, log_dir: str | None = None,
-                 send_timeout: float = 60.0) -> None:
-        self.requested = url
+                 send_timeout: float = 60.0, handler: str = "bench.handler:BenchHandler") -> None:
         self.cpu = cpu
-        cmd = [sys.executable, "-P", "-m", "ipcgw", "serve", "--listen", url,
-               "--handler", "bench.handler:BenchHandler", "--send-timeout", str(send_timeout)]
-        if netns:
-            cmd = ["ip", "netns", "exec", netns, *cmd]  # execs: the pid stays the server's
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
-        fd, self.log_path = tempfile.mkstemp(prefix="ipcgw-bench-server-", suffix=".log",
-                                             dir=log_dir)
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=fd, stdin=subprocess.DEVNULL, env=env,
-            preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
-        os.close(fd)
         try:
-            self.url = self._read_url()
+            super().__init__([url], log_dir=log_dir, netns=netns, verbose=False, env=pythonpath(),
+                             extra=["--handler", handler, "--send-timeout", str(send_timeout)])
+            pin(self.pid, cpu)
         except BaseException:
-            self.stop()
+            if hasattr(self, "proc"):
+                self.kill()
+            if hasattr(self, "log_path"):  # the error carries the log; leave no file behind
+                with contextlib.suppress(OSError):
+                    os.unlink(self.log_path)
             raise
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
     def log(self) -> str:
         try:
-            return Path(self.log_path).read_text(errors="replace")[-2000:]
+            return super().log()[-2000:]
         except OSError:
             return ""
 
-    def _read_url(self, timeout: float = 20.0) -> str:
-        assert self.proc.stdout is not None
-        fd, buf = self.proc.stdout.fileno(), b""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([fd], [], [], max(left, 0))
-            if not ready:
-                raise RuntimeError(f"server did not start in {timeout:.0f} s: {self.log()}")
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                self.proc.wait()
-                raise RuntimeError(f"server exited {self.proc.returncode}: {self.log()}")
-            buf += chunk
-            for line in buf.split(b"\n")[:-1]:
-                if line.startswith(b"listening on "):
-                    return line.decode().removeprefix("listening on ").strip()
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (the server removes its FIFOs, queues, socket files), SIGKILL if it hangs."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM (the server removes its FIFOs, queues, socket files); a hung one is killed
+        (and what it left reclaimed) without raising: benches stop servers in ``finally``."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            super().stop(timeout)
         with contextlib.suppress(OSError):
             os.unlink(self.log_path)
+        return self.proc.returncode

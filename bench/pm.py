@@ -20,10 +20,7 @@ import contextlib
 import functools
 import os
 import platform
-import select
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.gateway import GatewayServer
+from ipcgw.errors import ServerStartError
 from ipcgw.messages import Command, Result
 from ipcgw.mptcp.handler import MptcpHandler
 
@@ -101,57 +100,14 @@ class PmNetns:
         self.close()
 
 
-class PmServer:
+class PmServer(GatewayServer):
     """``ip netns exec NS python -m ipcgw serve --handler H`` pinned to ``cpu``."""
 
     def __init__(self, url: str, handler: str, netns: str, cpu: int) -> None:
-        cmd = ["ip", "netns", "exec", netns, sys.executable, "-P", "-m", "ipcgw", "serve",
-               "--listen", url, "--handler", handler, "--send-timeout", "60"]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
-        fd, self.log_path = tempfile.mkstemp(prefix="ipcgw-bench-pm-", suffix=".log")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=fd,
-                                     stdin=subprocess.DEVNULL, env=env,
-                                     preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
-        os.close(fd)
         try:
-            self.url = self._read_url()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _read_url(self, timeout: float = 20.0) -> str:
-        assert self.proc.stdout is not None
-        fd, buf = self.proc.stdout.fileno(), b""
-        deadline = time.monotonic() + timeout
-        while True:
-            ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
-            chunk = os.read(fd, 4096) if ready else b""
-            if not chunk:
-                raise RuntimeError(f"pm bench server did not start: {self.log()}")
-            buf += chunk
-            for line in buf.split(b"\n")[:-1]:
-                if line.startswith(b"listening on "):
-                    return line.decode().removeprefix("listening on ").strip()
-
-    def log(self) -> str:
-        try:
-            return Path(self.log_path).read_text(errors="replace")[-2000:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.log_path)
+            super().__init__(url, cpu, netns, handler=handler)
+        except ServerStartError as exc:
+            raise ServerStartError(f"pm bench server did not start: {exc}") from None
 
 
 # -- timing --------------------------------------------------------------------------

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bench.queues import QueuePair, sysv_msgmax
+from ipcgw.transports import TRANSPORTS
 
 __all__ = ["PEER_KINDS", "RAW_TRANSPORTS", "Ref", "SkipCase", "make_ref"]
 
-RAW_TRANSPORTS = ("fifo", "sysv", "posixmq", "tcp", "unix", "shm")
 PEER_KINDS = ("zmq-ipc", "zmq-tcp", "mp-pipe")
 _ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -482,6 +482,8 @@ class MpPipeRef(Ref):
 
 _RAW: dict[str, type[Ref]] = {"unix": RawUnix, "tcp": RawTcp, "fifo": RawFifo, "sysv": RawSysv,
                               "posixmq": RawPosixMq, "shm": RawShm}
+#: The transports with a raw-Python reference above; a new transport has none until written.
+RAW_TRANSPORTS = tuple(t for t in TRANSPORTS if t in _RAW)
 
 
 def make_ref(kind: str, transport: str, mode: str, size: int, server_cpu: int,

@@ -24,11 +24,11 @@ from typing import Any
 
 from bench.cfloor import C_TRANSPORTS, WORK_US, CFloor
 from bench.gateway import (
-    CROSSES_NETNS,
     SYSCALL_TRANSPORTS,
     GatewayServer,
     Netns,
     available_transports,
+    crosses_netns,
     fresh_url,
 )
 from bench.handler import SINK_OP
@@ -330,9 +330,9 @@ def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = 
         transports = [t for t in transports if t in cfg.transports]
     if cfg.netns:
         for t in transports:
-            if t not in CROSSES_NETNS:
+            if not crosses_netns(t):
                 notes.append(f"{t}: skipped with --netns (does not cross network namespaces)")
-        transports = [t for t in transports if t in CROSSES_NETNS]
+        transports = [t for t in transports if crosses_netns(t)]
         notes.append("--netns: each gateway server ran in its own network namespace")
     placements = []
     for p in cfg.placements:

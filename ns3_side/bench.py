@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,28 +28,14 @@ from typing import Any
 
 from ipcgw import messages
 from ipcgw.messages import Report
+from ipcgw.testing import ServerProcess
 
 
 @contextmanager
-def _server(url: str) -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-P", "-m", "ipcgw", "serve", "--listen", url],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 20)
-        line = proc.stdout.readline().decode() if ready else ""
-        if not line.startswith("listening on "):
-            raise RuntimeError(f"server for {url} did not start: {line!r}")
-        yield line.removeprefix("listening on ").strip()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+def _server(url: str, log_dir: str) -> Iterator[str]:
+    """A real server (the default handler, as ``ipcgw serve`` alone would pick), quiet."""
+    with ServerProcess([url], log_dir=log_dir, verbose=False, extra=["--handler", "auto"]) as server:
+        yield server.url
 
 
 def _url(transport: str, tmp: str) -> str:
@@ -91,7 +74,7 @@ def measure(transport: str, count: int, tmp: str) -> dict[str, float]:
     import ns3_side
     from ns3_side.hooks import Hook
 
-    with _server(_url(transport, tmp)) as url, ns3_side.Gateway(url, name="bench") as gw:
+    with _server(_url(transport, tmp), tmp) as url, ns3_side.Gateway(url, name="bench") as gw:
         emitter = gw.cpp.Emitter()
         Hook(gw, emitter, 2, 1, lambda a, b: {"rssi_dbm": a, "snr_db": b})
         _burst(gw.cpp, emitter, 200)  # warm up

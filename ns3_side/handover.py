@@ -23,8 +23,6 @@ import csv
 import json
 import os
 import platform
-import select
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ipcgw.errors import ServerStartError
+from ipcgw.testing import ServerProcess
 from ns3_side.dataplane import ROOT, DataPlane, DataplaneError
 from ns3_side.paths import PathConfig, lte, wifi
 from ns3_side.traffic import Bulk, PathSampler
@@ -101,52 +101,22 @@ def _url(transport: str, tmp: str, tag: str) -> str:
     return urls[transport]
 
 
-class _Server:
-    """``ipcgw serve`` in the client namespace; stopped with SIGTERM (it cleans up)."""
+class _Server(ServerProcess):
+    """``ipcgw serve --handler mptcp`` in the client namespace, its log at ``log_path``;
+    stopped with SIGTERM (it cleans up)."""
 
     def __init__(self, netns: str, url: str, policy: str | None, log_path: Path) -> None:
-        cmd = ["ip", "netns", "exec", netns, sys.executable, "-P", "-m", "ipcgw", "-v", "serve",
-               "--listen", url, "--handler", "mptcp"]
-        if policy:
-            cmd += ["--policy", policy]
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT,
-                                     env=env)
-        self.log_path = log_path
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         try:
-            self.url = self._listening(30.0)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _listening(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        fd, buf = self.proc.stdout.fileno(), b""
-        deadline = time.monotonic() + timeout
-        while b"listening on " not in buf or not buf.endswith(b"\n"):
-            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-            chunk = os.read(fd, 4096) if ready else b""
-            if not chunk:
-                self._log.flush()
-                raise DataplaneError(f"ipcgw serve did not start: "
-                                     f"{self.log_path.read_text(errors='replace')[-800:]}")
-            buf += chunk
-        line = buf.split(b"listening on ", 1)[1].split(b"\n", 1)[0]
-        return line.decode().strip()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
+            super().__init__([url], log_dir=log_path.parent, netns=netns, env=env, cwd=ROOT,
+                             extra=["--handler", "mptcp", *(["--policy", policy] if policy else [])],
+                             start_timeout=30.0)
+        except ServerStartError as exc:
+            raise DataplaneError(f"ipcgw serve did not start: {self.log()[-800:]}") from exc
+        finally:
+            if hasattr(self, "log_path"):  # the file stays open: the server keeps writing
+                os.replace(self.log_path, log_path)
+                self.log_path = log_path
 
 
 def versions() -> dict[str, Any]:
