@@ -52,10 +52,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from ipcgw.messages import Command, Error, Message, Report, Result, Stats
 from ipcgw.mptcp import genl
+from ipcgw.mptcp.commands import BadArguments, SessionLike, execute
+from ipcgw.mptcp.commands import args as _args
+from ipcgw.mptcp.commands import flag as _flag
 from ipcgw.mptcp.events import EventListener, MptcpEvent
 from ipcgw.mptcp.genl import GenlSocket, KernelError
 from ipcgw.mptcp.metrics import MetricsReader
@@ -124,18 +127,6 @@ def _read_text(path: str) -> str:
         return f.read().strip()
 
 
-class SessionLike(Protocol):
-    """What the handler needs of a gateway session."""
-
-    id: int
-    name: str
-
-    def send(self, msg: Message) -> None: ...
-    def post(self, msg: Message) -> None: ...
-    @property
-    def closed(self) -> bool: ...
-
-
 @dataclass
 class _Subscription:
     session: SessionLike
@@ -144,30 +135,9 @@ class _Subscription:
     next_stats: float = 0.0
 
 
-class BadArguments(ValueError):
-    """A command's arguments are missing, unknown or of the wrong type."""
-
-
-def _args(args: Mapping[str, Any], required: Sequence[str], optional: Sequence[str] = ()
-          ) -> dict[str, Any]:
-    missing = [k for k in required if k not in args]
-    unknown = [k for k in args if k not in required and k not in optional]
-    if missing:
-        raise BadArguments(f"missing argument(s): {', '.join(missing)}")
-    if unknown:
-        raise BadArguments(f"unknown argument(s): {', '.join(sorted(unknown))}")
-    return dict(args)
-
-
 def _token(a: dict[str, Any]) -> dict[str, Any]:
     a["token"] = parse_token(a["token"])
     return a
-
-
-def _flag(value: Any, name: str) -> bool:
-    if isinstance(value, bool) or value in (0, 1):
-        return bool(value)
-    raise BadArguments(f"{name} must be a boolean, got {value!r}")
 
 
 class MptcpHandler(_Base):
@@ -273,23 +243,7 @@ class MptcpHandler(_Base):
 
     def execute(self, session: SessionLike, cmd: Command) -> Result | None:
         """Run one command; the Result (None when request_id is 0: no reply wanted)."""
-        op = self._ops.get(cmd.op)
-        try:
-            if op is None:
-                raise BadArguments(f"unknown op {cmd.op!r}")
-            if not isinstance(cmd.args, Mapping):
-                raise BadArguments("args must be a map")
-            result = Result(cmd.request_id, True, op(session, cmd.args), "")
-        except KernelError as exc:
-            result = Result(cmd.request_id, False, None, exc.message)
-        except (BadArguments, ValueError, TypeError) as exc:
-            result = Result(cmd.request_id, False, None, f"{cmd.op}: {exc}")
-        except Exception as exc:
-            log.exception("command %s failed", cmd.op)
-            result = Result(cmd.request_id, False, None, f"{cmd.op}: internal error: {exc}")
-        if not result.ok:
-            log.info("session %s: %s %s -> %s", session.id, cmd.op, cmd.args, result.error)
-        return result if cmd.request_id else None
+        return execute(self._ops, session, cmd)
 
     def _dev(self, a: dict[str, Any]) -> dict[str, Any]:
         """``dev=NAME`` -> ``ifindex``, looked up in the handler's namespace."""

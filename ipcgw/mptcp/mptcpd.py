@@ -54,9 +54,11 @@ from typing import Any
 from ipcgw.errors import IpcgwError
 from ipcgw.messages import Bye, Command, Error, Event, Message, Ping, Pong, Report, Result
 from ipcgw.mptcp import genl
+from ipcgw.mptcp.commands import BadArguments, SessionLike, execute
+from ipcgw.mptcp.commands import args as _args
+from ipcgw.mptcp.commands import flag as _flag
 from ipcgw.mptcp.events import MptcpEvent
 from ipcgw.mptcp.genl import KernelError
-from ipcgw.mptcp.handler import SessionLike
 from ipcgw.mptcp.metrics import MetricsReader
 from ipcgw.mptcp.pm import FlagsArg, flags_to_names, format_token, names_to_flags, parse_token
 from ipcgw.mptcp.policy import Policy
@@ -73,27 +75,6 @@ NO_BRIDGE = "no mptcpd bridge connected (is mptcpd running with --load-plugins i
 EVENT_QUEUE = 10000
 
 Four = tuple[str, int, str, int]  # saddr, sport, daddr, dport
-
-
-class BadArguments(ValueError):
-    """A command's arguments are missing, unknown or of the wrong type."""
-
-
-def _args(args: Mapping[str, Any], required: Sequence[str], optional: Sequence[str] = ()
-          ) -> dict[str, Any]:
-    missing = [k for k in required if k not in args]
-    unknown = sorted(k for k in args if k not in required and k not in optional)
-    if missing:
-        raise BadArguments(f"missing argument(s): {', '.join(missing)}")
-    if unknown:
-        raise BadArguments(f"unknown argument(s): {', '.join(unknown)}")
-    return dict(args)
-
-
-def _flag(value: Any, name: str) -> bool:
-    if isinstance(value, bool) or value in (0, 1):
-        return bool(value)
-    raise BadArguments(f"{name} must be a boolean, got {value!r}")
 
 
 def _addr(value: Any, name: str) -> str:
@@ -120,6 +101,12 @@ def _endpoint(ep: Mapping[str, Any]) -> dict[str, Any]:
     flags = ep.get("flags", 0)
     return {"id": ep.get("id"), "addr": ep.get("addr"), "port": ep.get("port", 0),
             "flags": flags, "flag_names": flags_to_names(flags), "ifindex": ep.get("ifindex", 0)}
+
+
+def _missing_op(op: str) -> str | None:
+    if op.startswith("run."):
+        return "programs are not started under --handler mptcpd (serve --handler mptcp --run ...)"
+    return None
 
 
 @dataclass
@@ -583,26 +570,7 @@ class MptcpdHandler(BaseHandler):
 
     def execute(self, session: SessionLike, cmd: Command) -> Result | None:
         """Run one command; the Result (None when request_id is 0: no reply wanted)."""
-        op = self._ops.get(cmd.op)
-        try:
-            if op is None:
-                if cmd.op.startswith("run."):
-                    raise BadArguments("programs are not started under --handler mptcpd "
-                                       "(serve --handler mptcp --run ...)")
-                raise BadArguments(f"unknown op {cmd.op!r}")
-            if not isinstance(cmd.args, Mapping):
-                raise BadArguments("args must be a map")
-            result = Result(cmd.request_id, True, op(session, cmd.args), "")
-        except KernelError as exc:
-            result = Result(cmd.request_id, False, None, exc.message)
-        except (BadArguments, ValueError, TypeError) as exc:
-            result = Result(cmd.request_id, False, None, f"{cmd.op}: {exc}")
-        except Exception as exc:
-            log.exception("command %s failed", cmd.op)
-            result = Result(cmd.request_id, False, None, f"{cmd.op}: internal error: {exc}")
-        if not result.ok:
-            log.info("session %s: %s %s -> %s", session.id, cmd.op, cmd.args, result.error)
-        return result if cmd.request_id else None
+        return execute(self._ops, session, cmd, _missing_op)
 
     @staticmethod
     def _token(a: dict[str, Any]) -> dict[str, Any]:
