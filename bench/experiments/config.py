@@ -40,11 +40,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipcgw.transports import TRANSPORTS as _REGISTRY
+
 __all__ = ["Cell", "ConfigError", "Experiment", "PolicySpec", "SetupSpec", "WorkloadSpec",
            "load", "parse_size"]
 
 ALIASES = {"rssi": "ipcgw.mptcp.policy:RssiPolicy"}
-TRANSPORTS = ("unix", "fifo", "sysv", "posixmq", "tcp", "shm")
+TRANSPORTS = tuple(_REGISTRY)  # every transport ipcgw has
 DATAPLANES = ("veth", "ns3")
 KINDS = ("file", "iperf3", "video")
 _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1 << 20, "MB": 1 << 20,
