@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.gateway import GatewayServer
+from bench.gateway import GatewayServer, Netns
 from ipcgw.errors import ServerStartError
 from ipcgw.messages import Command, Result
 from ipcgw.mptcp.handler import MptcpHandler
@@ -65,7 +65,7 @@ class PmConfig:
 # -- the namespace -------------------------------------------------------------------
 
 
-class PmNetns:
+class PmNetns(Netns):
     """A namespace with a veth pair (both ends inside) and endpoints 1 and 2 on it."""
 
     ADDRS = ("10.231.0.1", "10.231.0.2")
@@ -74,11 +74,10 @@ class PmNetns:
         self.name = f"ipcgwpm{os.getpid()}"
 
     def __enter__(self) -> PmNetns:
+        super().__enter__()  # the namespace, loopback up
         ip = ["ip", "-n", self.name]
-        subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
         try:
-            for cmd in (["link", "set", "lo", "up"],
-                        ["link", "add", "pmv0", "type", "veth", "peer", "name", "pmv1"],
+            for cmd in (["link", "add", "pmv0", "type", "veth", "peer", "name", "pmv1"],
                         ["addr", "add", f"{self.ADDRS[0]}/24", "dev", "pmv0"],
                         ["addr", "add", f"{self.ADDRS[1]}/24", "dev", "pmv1"],
                         ["link", "set", "pmv0", "up"], ["link", "set", "pmv1", "up"]):
@@ -92,12 +91,6 @@ class PmNetns:
             self.close()
             raise
         return self
-
-    def close(self) -> None:
-        subprocess.run(["ip", "netns", "del", self.name], check=False, capture_output=True)
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class PmServer(GatewayServer):

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ipcgw.errors import KernelError
-from ipcgw.messages import Command, Message, Result
+from ipcgw.messages import Command, Message, Report, Result
 
-__all__ = ["BadArguments", "Op", "SessionLike", "args", "execute", "flag"]
+if TYPE_CHECKING:
+    from ipcgw.mptcp.policy import Policy
+
+__all__ = ["BadArguments", "Op", "SessionLike", "args", "execute", "feed_policy", "flag"]
 
 log = logging.getLogger("ipcgw.mptcp")
 
@@ -78,3 +81,14 @@ def execute(ops: Mapping[str, Op], session: SessionLike, cmd: Command,
     if not result.ok:
         log.info("session %s: %s %s -> %s", session.id, cmd.op, cmd.args, result.error)
     return result if cmd.request_id else None
+
+
+def feed_policy(policy: Policy | None, session: SessionLike, report: Report) -> None:
+    """Hand a Report to the policy with the session it came from; a policy's bug is
+    logged, never the client's problem."""
+    if policy is None:
+        return
+    try:
+        policy.report_from(session.id, report)
+    except Exception:
+        log.exception("policy failed on a report")

@@ -56,7 +56,7 @@ from typing import Any
 
 from ipcgw.messages import Command, Error, Message, Report, Result, Stats
 from ipcgw.mptcp import genl
-from ipcgw.mptcp.commands import BadArguments, SessionLike, execute
+from ipcgw.mptcp.commands import BadArguments, SessionLike, execute, feed_policy
 from ipcgw.mptcp.commands import args as _args
 from ipcgw.mptcp.commands import flag as _flag
 from ipcgw.mptcp.events import EventListener, MptcpEvent
@@ -202,11 +202,7 @@ class MptcpHandler(_Base):
         if isinstance(msg, Command):
             return self.execute(session, msg)
         if isinstance(msg, Report):
-            if self.policy is not None:
-                try:
-                    self.policy.report_from(session.id, msg)
-                except Exception:
-                    log.exception("policy failed on a report")
+            feed_policy(self.policy, session, msg)
             return None
         return Error(f"unexpected {type(msg).__name__} from a client")
 

@@ -52,9 +52,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipcgw.errors import IpcgwError
-from ipcgw.messages import Bye, Command, Error, Event, Message, Ping, Pong, Report, Result
+from ipcgw.messages import Command, Error, Event, Message, Ping, Pong, Report, Result
 from ipcgw.mptcp import genl
-from ipcgw.mptcp.commands import BadArguments, SessionLike, execute
+from ipcgw.mptcp.commands import BadArguments, SessionLike, execute, feed_policy
 from ipcgw.mptcp.commands import args as _args
 from ipcgw.mptcp.commands import flag as _flag
 from ipcgw.mptcp.events import MptcpEvent
@@ -364,15 +364,7 @@ class MptcpdHandler(BaseHandler):
         if isinstance(msg, Command):
             return self.execute(session, msg)
         if isinstance(msg, Report):
-            if self.policy is not None:
-                try:
-                    self.policy.report_from(session.id, msg)
-                except Exception:
-                    log.exception("policy failed on a report")
-            return None
-        if isinstance(msg, Ping):
-            return Pong(msg.seq, msg.payload)
-        if isinstance(msg, Bye):
+            feed_policy(self.policy, session, msg)
             return None
         return Error(f"unexpected {type(msg).__name__} from a client")
 
