@@ -102,7 +102,7 @@ def measure_idle(url: str, server_pid: int, seconds: float, client_cpu: int | No
     window = t1 - t0
     return {
         "url": url, "seconds": round(window, 3), "client_cpu": client_cpu,
-        "server_cpu_s": round(s1 - s0, 4), "client_cpu_s": round(c1 - c0, 4),
+        "server_cpu_s": round(s1 - s0, 6), "client_cpu_s": round(c1 - c0, 6),
         "cpu_percent": round((s1 - s0 + c1 - c0) / window * 100, 3),
         "resolution_percent": 0.0, "source": "schedstat",
         "target_percent": IDLE_TARGET_PCT,
