@@ -166,7 +166,7 @@ class Session:
                 self._handshake()
             else:
                 self.refusal = self.gateway.refusal(self.channel.conn, None)
-            if self.refusal:
+            if self.refusal and handler.drives_kernel:
                 log.warning("%s may not drive the path manager: %s", self, self.refusal)
             log.info("%s connected", self)
             handler.on_connect(self)
