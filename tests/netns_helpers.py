@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from conftest import require_netns, unique
 
-from ipcgw.messages import Event, Message
+from ipcgw.messages import Command, Event, Message, Result
 from ipcgw.netns import run_in_netns
 from ipcgw.testbed import Testbed
 
@@ -164,6 +164,36 @@ class FakeSession:
     def events(self, kind: str) -> list[Event]:
         with self._cond:
             return [m for m in self.posted if isinstance(m, Event) and m.kind == kind]
+
+
+class Side:
+    """One namespace's MptcpHandler driven by Commands, its events kept by a FakeSession."""
+
+    def __init__(self, netns: str) -> None:
+        from ipcgw.mptcp.handler import MptcpHandler
+
+        self.handler = MptcpHandler(netns=netns)
+        self.session = FakeSession()
+        self.ids = 0
+        assert self.cmd("subscribe", events=True).ok
+
+    def cmd(self, op: str, **args: Any) -> Result:
+        self.ids += 1
+        result = self.handler.on_message(self.session, Command(self.ids, op, args))  # type: ignore[arg-type]
+        assert isinstance(result, Result)
+        return result
+
+    def event(self, kind: str, **attrs: Any) -> Event:
+        def match(m: object) -> bool:
+            return isinstance(m, Event) and m.kind == kind and all(
+                m.attrs.get(k) == v for k, v in attrs.items())
+        return self.session.wait_posted(match)  # type: ignore[return-value]
+
+    def count(self, kind: str) -> int:
+        return len(self.session.events(kind))
+
+    def close(self) -> None:
+        self.handler.close()
 
 
 def wait_until(pred: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> Any:

@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 from gateway_helpers import ServerProcess, fresh_url
-from netns_helpers import FakeSession, exchange, mptcp_pair, testbeds
+from netns_helpers import FakeSession, Side, exchange, mptcp_pair, testbeds
 
-from ipcgw.messages import Command, Event, Result
+from ipcgw.messages import Command, Result
 from ipcgw.mptcp import genl
 from ipcgw.mptcp.events import MptcpEvent, decode_event, format_event
 from ipcgw.mptcp.genl import mptcp_event_msg, parse
@@ -155,32 +155,6 @@ def connection_addrs(netns: str, token: int) -> list[dict[str, Any]]:
 
 def ifindex(netns: str, name: str) -> int:
     return run_in_netns(netns, lambda: socket.if_nametoindex(name))
-
-
-# -- a handler driven by Commands ------------------------------------------------------------
-
-
-class Side:
-    def __init__(self, netns: str) -> None:
-        self.handler = MptcpHandler(netns=netns)
-        self.session = FakeSession()
-        self.ids = 0
-        assert self.cmd("subscribe", events=True).ok
-
-    def cmd(self, op: str, **args: Any) -> Result:
-        self.ids += 1
-        result = self.handler.on_message(self.session, Command(self.ids, op, args))
-        assert isinstance(result, Result)
-        return result
-
-    def event(self, kind: str, **attrs: Any) -> Event:
-        def match(m: object) -> bool:
-            return isinstance(m, Event) and m.kind == kind and all(
-                m.attrs.get(k) == v for k, v in attrs.items())
-        return self.session.wait_posted(match)  # type: ignore[return-value]
-
-    def close(self) -> None:
-        self.handler.close()
 
 
 # -- 1 and 2: endpoint.add answers with the endpoint the kernel made ---------------------------

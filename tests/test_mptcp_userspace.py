@@ -7,38 +7,12 @@ event listener also satisfies the kernel's "someone listens" rule).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from netns_helpers import FakeSession, exchange, mptcp_pair, testbeds
+from netns_helpers import Side, exchange, mptcp_pair, testbeds
 
-from ipcgw.messages import Command, Event, Result
-from ipcgw.mptcp.handler import MptcpHandler
 from ipcgw.testbed import Testbed
 
 __all__ = ["testbeds"]
-
-
-class Side:
-    def __init__(self, netns: str) -> None:
-        self.handler = MptcpHandler(netns=netns)
-        self.session = FakeSession()
-        self.ids = 100
-        assert self.cmd("subscribe", events=True).ok
-
-    def cmd(self, op: str, **args: Any) -> Result:
-        self.ids += 1
-        result = self.handler.on_message(self.session, Command(self.ids, op, args))
-        assert isinstance(result, Result)
-        return result
-
-    def event(self, kind: str, **attrs: Any) -> Event:
-        def match(m: object) -> bool:
-            return isinstance(m, Event) and m.kind == kind and all(
-                m.attrs.get(k) == v for k, v in attrs.items())
-        return self.session.wait_posted(match)  # type: ignore[return-value]
-
-    def count(self, kind: str) -> int:
-        return len(self.session.events(kind))
 
 
 def test_userspace_pm_full_cycle(testbeds: Callable[..., Testbed]) -> None:

@@ -18,7 +18,7 @@ import time
 from abc import abstractmethod
 from typing import NamedTuple
 
-from ipcgw.errors import Disconnected, Timeout
+from ipcgw.errors import ConnectError, Disconnected, Timeout
 from ipcgw.transports.base import (
     Buffer,
     Connection,
@@ -39,6 +39,7 @@ __all__ = [
     "lock_owner",
     "next_client_id",
     "pack_hello",
+    "read_welcome",
     "unpack_hello",
 ]
 
@@ -78,6 +79,15 @@ def unpack_hello(data: bytes) -> Hello | None:
     if magic != _MAGIC or version != _VERSION:
         return None
     return Hello(status, pid, a, b, data[_HELLO.size :])
+
+
+def read_welcome(payload: bytes, where: str) -> Hello:
+    """The server's answer to our hello, or ConnectError with its refusal in its words."""
+    welcome = unpack_hello(payload)
+    if welcome is None or welcome.status:
+        text = welcome.text.decode(errors="replace") if welcome else "bad welcome"
+        raise ConnectError(f"{where} refused: {text}")
+    return welcome
 
 
 def next_client_id() -> str:

@@ -74,6 +74,7 @@ from ipcgw.transports._mq import (
     lock_owner,
     next_client_id,
     pack_hello,
+    read_welcome,
     unpack_hello,
 )
 from ipcgw.transports.base import (
@@ -461,10 +462,7 @@ class PosixMqTransport(Transport):
                     raise ConnectError(f"{where}: {server} died during connect")
                 if remaining(deadline) == 0:
                     raise ConnectError(f"{where}: {server} did not answer within {timeout:g} s")
-            welcome = unpack_hello(payload)
-            if welcome is None or welcome.status:
-                text = welcome.text.decode(errors="replace") if welcome else "bad welcome"
-                raise ConnectError(f"{where} refused: {text}")
+            welcome = read_welcome(payload, where)
         except BaseException:
             if created:  # a server that opened them anyway drops the session
                 _poke(created[0], _P_RESET)

@@ -82,6 +82,7 @@ from ipcgw.transports._mq import (
     MqConnection,
     lock_owner,
     pack_hello,
+    read_welcome,
     unpack_hello,
 )
 from ipcgw.transports.base import (
@@ -594,10 +595,7 @@ class SysvTransport(Transport):
                     raise ConnectError(f"{where}: {server} died during connect")
                 if remaining(deadline) == 0:
                     raise ConnectError(f"{where}: {server} did not answer within {timeout:g} s")
-            welcome = unpack_hello(payload)
-            if welcome is None or welcome.status:
-                text = welcome.text.decode(errors="replace") if welcome else "bad welcome"
-                raise ConnectError(f"{where} refused: {text}")
+            welcome = read_welcome(payload, where)
             try:
                 up = _queue(welcome.a)
                 if up.id != welcome.b:
