@@ -1,5 +1,5 @@
-"""``python -m bench``: the same command as ``ipcgw bench``."""
+"""``python -m ipcgw_bench``: the same command as ``ipcgw bench``."""
 
-from bench.cli import main
+from .cli import main
 
 main()

@@ -28,9 +28,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.hist import Histogram
-from bench.queues import QueuePair
 from ipcgw.transports import TRANSPORTS
+
+from .hist import Histogram
+from .queues import QueuePair
 
 __all__ = ["C_TRANSPORTS", "WORK_US", "CFloor", "CRun", "pick_floor"]
 
@@ -50,7 +51,7 @@ def _cache_dir() -> Path:
 
 def _shm_args(client_cpu: int, server_cpu: int) -> list[str]:
     """SPIN_US for shm.c (it makes a memfd and eventfds: nothing named to clean up)."""
-    from bench import shmring
+    from . import shmring
 
     return [str(0 if client_cpu == server_cpu else shmring.SPIN_US)]  # as the raw and ipcgw sides
 

@@ -1,4 +1,4 @@
-"""``ipcgw bench`` (also ``python -m bench``): run the benchmark, write the report,
+"""``ipcgw bench`` (also ``python -m ipcgw_bench``): run the benchmark, write the report,
 or compare two runs."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def bench_command(quick: bool, out: Path, transports: tuple[str, ...], framings:
     """Latency and throughput of every transport through the real gateway, next to
     raw Python, a C floor and ZeroMQ / multiprocessing.Pipe, pinned to one CPU and
     across two; writes report.md, results.csv, results.json and plots to --out."""
-    from bench import report
+    from . import report
 
     if compare_files:
         old, new = (report.load(p) for p in compare_files)
@@ -88,8 +88,8 @@ def bench_command(quick: bool, out: Path, transports: tuple[str, ...], framings:
         _run_pm(quick, transports, placements)
         return
 
-    from bench.runner import Config, estimate, plan, run
-    from bench.system import loadavg
+    from .runner import Config, estimate, plan, run
+    from .system import loadavg
 
     cfg = Config.quick_config() if quick else Config()
     if transports:
@@ -115,7 +115,7 @@ def bench_command(quick: bool, out: Path, transports: tuple[str, ...], framings:
         cfg.idle_time = idle_time
     cfg.raw, cfg.c, cfg.peers, cfg.netns = raw, c_floor, peers, netns
 
-    from bench.gateway import available_transports
+    from .servers import available_transports
 
     names = cfg.transports or available_transports()[0]
     cases = plan(cfg, names)
@@ -141,7 +141,7 @@ def bench_command(quick: bool, out: Path, transports: tuple[str, ...], framings:
     with bar:
         doc = run(cfg, progress)
     if micro:
-        from bench.micro import run_micro
+        from .micro import run_micro
 
         click.echo("framing and codec micro-bench ...", err=True)
         doc["micro"] = run_micro(micro_time)
@@ -155,7 +155,7 @@ def bench_command(quick: bool, out: Path, transports: tuple[str, ...], framings:
 
 
 def _run_pm(quick: bool, transports: tuple[str, ...], placements: tuple[str, ...]) -> None:
-    from bench.pm import PmConfig, run_pm
+    from .pm import PmConfig, run_pm
 
     cfg = PmConfig.quick() if quick else PmConfig()
     if transports:
@@ -178,4 +178,4 @@ def _duration(seconds: float) -> str:
 
 
 def main() -> None:
-    bench_command(prog_name="python -m bench")
+    bench_command(prog_name="python -m ipcgw_bench")

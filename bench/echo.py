@@ -1,4 +1,4 @@
-"""Child side of the raw-Python and peer references: ``python -m bench.echo KIND MODE SIZE ARGS``.
+"""Child side of the raw-Python and peer references: ``python -m ipcgw_bench.echo KIND MODE SIZE ARGS``.
 
 Kept free of ipcgw imports, so its start-up and its loop cost only what the
 mechanism itself costs. The protocol (shared with bench/c/common.h): send
@@ -76,7 +76,7 @@ def _fifo(c2s: str, s2c: str, mode: str, size: int) -> None:
 def _shm(spin_us: str, objs: list[str], mode: str, size: int) -> None:
     """The shm rings are a byte stream: the stream loop runs on them unchanged.
     A blocked wait gives up when our parent (the bench) is gone."""
-    from bench.shmring import ShmEnd
+    from .shmring import ShmEnd
 
     parent = os.getppid()
     end = ShmEnd(objs, server=True, spin_us=int(spin_us), alive=lambda: os.getppid() == parent)
@@ -90,7 +90,7 @@ def _queue(kind: str, c2s: str, s2c: str, mode: str, size: int) -> None:
     if kind == "sysv":
         import sysv_ipc
 
-        from bench.queues import sysv_msgmax
+        from .queues import sysv_msgmax
 
         chunk = sysv_msgmax()
         rq = sysv_ipc.MessageQueue(int(c2s), max_message_size=chunk)

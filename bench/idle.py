@@ -7,13 +7,13 @@ waits, spinning or sleeping, not by the message itself).
 Why measure it: shm buys its latency by spinning instead of sleeping in a
 syscall; the shm issue's third target is that a connection nobody uses stays
 below 2 % of one CPU (server + client). The client is a child process
-(``python -m bench.idle URL``) that connects, pings once, says ``connected``
+(``python -m ipcgw_bench.idle URL``) that connects, pings once, says ``connected``
 and then blocks in ``Client.recv`` — the worst case, a reader waiting for
 data — until its stdin closes (a thread blocked in ``read`` costs nothing).
 Stdin rather than a signal: the client then leaves by the same path as an
 application closing its client (Bye, unlink), and no handler runs in the window
 being measured. CPU is the sum of ``/proc/PID/task/*/schedstat`` (ns of run
-time per thread, ``bench.system.proc_cpu``), not ``/proc/PID/stat``'s 10 ms
+time per thread, ``ipcgw_bench.system.proc_cpu``), not ``/proc/PID/stat``'s 10 ms
 ticks, which cannot resolve 1 % over a second; every thread of both processes
 lives through the window (the connection stays open), so none takes its time away.
 
@@ -31,17 +31,15 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from bench.system import proc_cpu
+from .system import proc_cpu
 
 __all__ = ["IDLE_TARGET_PCT", "RATES", "main", "measure_idle", "measure_rate", "stat_cpu"]
 
 IDLE_TARGET_PCT = 2.0
 RATES = (100, 1_000, 10_000)  # messages (round trips) per second
 SETTLE = 0.3  # seconds after "connected" before the window: the handshake's spin is not idle
-_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def stat_cpu(pid: int) -> float:
@@ -53,10 +51,8 @@ def stat_cpu(pid: int) -> float:
 
 def _spawn_client(url: str, cpu: int | None, timeout: float, rate: float = 0
                   ) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
     return subprocess.Popen(
-        [sys.executable, "-P", "-m", "bench.idle", url, str(timeout), str(rate)], env=env,
+        [sys.executable, "-P", "-m", "ipcgw_bench.idle", url, str(timeout), str(rate)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         preexec_fn=None if cpu is None else lambda: os.sched_setaffinity(0, {cpu}))
 

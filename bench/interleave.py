@@ -18,14 +18,14 @@ import os
 import statistics
 from typing import Any
 
-from bench.gateway import SYSCALL_TRANSPORTS, GatewayServer
-from bench.measure import latency_loop
-from bench.system import pin_self
+from .measure import latency_loop
+from .servers import SYSCALL_TRANSPORTS, BenchServer
+from .system import pin_self
 
 __all__ = ["interleaved_p50"]
 
 
-def interleaved_p50(servers: dict[str, GatewayServer], client_cpu: int, rounds: int = 7,
+def interleaved_p50(servers: dict[str, BenchServer], client_cpu: int, rounds: int = 7,
                     slice_s: float = 0.2, size: int = 64) -> dict[str, Any]:
     """Per-round p50s (us) of every transport in ``servers`` (shm and the syscall
     ones), and the median per-round ratio best-syscall / shm."""

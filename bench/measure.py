@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.hist import Histogram
+from .hist import Histogram
 
 __all__ = ["CSV_COLUMNS", "Record", "batch_for", "latency_loop", "merge_rounds", "throughput_loop",
            "warm_up"]
@@ -152,7 +152,7 @@ def merge_rounds(rounds: list[Record]) -> Record:
     out.load1 = first.load1
     out.extra["rounds"] = [None if r.note.startswith("error") else r.round_values() for r in rounds]
     if levels:
-        from bench.cfloor import pick_floor
+        from .cfloor import pick_floor
 
         p50s = {w: h.percentile(50) / 1000 for w, h in levels.items() if h.total}
         floor, work = pick_floor(p50s)

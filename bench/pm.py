@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.gateway import GatewayServer, Netns
 from ipcgw.errors import ServerStartError
 from ipcgw.messages import Command, Result
 from ipcgw.mptcp.handler import MptcpHandler
 
+from .servers import BenchServer, Netns
+
 __all__ = ["PmConfig", "Pyroute2Handler", "run_pm"]
 
-_ROOT = str(Path(__file__).resolve().parent.parent)
 RESULTS = Path(__file__).resolve().parent / "results" / "pm.md"
 OPS = ("ping", "limits.get", "endpoint.set_flags")
 GOAL_US = 20.0
@@ -93,7 +93,7 @@ class PmNetns(Netns):
         return self
 
 
-class PmServer(GatewayServer):
+class PmServer(BenchServer):
     """``ip netns exec NS python -m ipcgw serve --handler H`` pinned to ``cpu``."""
 
     def __init__(self, url: str, handler: str, netns: str, cpu: int) -> None:
@@ -139,7 +139,7 @@ class Row:
 
 
 def _gateway_rows(cfg: PmConfig, ns: PmNetns, log: Callable[[str], None]) -> list[Row]:
-    from bench.system import placement_cpus
+    from .system import placement_cpus
 
     rows: list[Row] = []
     tmp = tempfile.mkdtemp(prefix="ipcgw-bench-pm-")
@@ -161,10 +161,11 @@ def _gateway_rows(cfg: PmConfig, ns: PmNetns, log: Callable[[str], None]) -> lis
 def _one_case(cfg: PmConfig, ns: PmNetns, tmp: str, transport: str, placement: str,
               cpus: tuple[int, int], spins: list[int | None]) -> list[Row]:
     import ipcgw
-    from bench.gateway import fresh_url
-    from bench.system import pin_self
 
-    handlers = {"lean": "mptcp", "pyroute2": "bench.pm:Pyroute2Handler"}
+    from .servers import fresh_url
+    from .system import pin_self
+
+    handlers = {"lean": "mptcp", "pyroute2": "ipcgw_bench.pm:Pyroute2Handler"}
     servers: dict[str, PmServer] = {}
     clients: dict[tuple[str, int | None], Any] = {}
     rows = {(path, spin): Row(transport if spin is None else f"shm, client spin_us={spin}",
@@ -253,8 +254,9 @@ def _raw_figures(raw: Any) -> dict[str, Callable[[], object]]:
 
 def _inprocess(cfg: PmConfig, ns: PmNetns) -> dict[str, dict[str, list[int]]]:
     """Handler alone, PathManager alone, kernel floor; pinned to one CPU."""
-    from bench.system import pin_self, placement_cpus
     from ipcgw.mptcp.lean import LeanPM
+
+    from .system import pin_self, placement_cpus
 
     def measure(figures: dict[str, Callable[[], object]], cell: dict[str, list[int]]) -> None:
         for name, fn in figures.items():
@@ -282,7 +284,7 @@ def _inprocess(cfg: PmConfig, ns: PmNetns) -> dict[str, dict[str, list[int]]]:
 
 def _conditions(load_before: list[float], load_after: list[float], seconds: float,
                 cfg: PmConfig) -> list[str]:
-    from bench.system import _cpu_model
+    from .system import _cpu_model
 
     return [
         f"- {time.strftime('%Y-%m-%d %H:%M %Z')}, kernel {platform.release()}, "
@@ -347,7 +349,7 @@ def render(rows: list[Row], inproc: dict[str, dict[str, list[int]]], conditions:
 
 def run_pm(cfg: PmConfig, log: Callable[[str], None] = print) -> Path:
     """Run everything, write ``cfg.out``; needs root."""
-    from bench.system import loadavg
+    from .system import loadavg
 
     if os.geteuid() != 0:
         raise PermissionError("ipcgw bench --pm needs root (it makes a network namespace)")

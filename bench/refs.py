@@ -21,16 +21,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar
 
-from bench.queues import QueuePair, sysv_msgmax
 from ipcgw.transports import TRANSPORTS
+
+from .queues import QueuePair, sysv_msgmax
 
 __all__ = ["PEER_KINDS", "RAW_TRANSPORTS", "Ref", "SkipCase", "make_ref"]
 
 PEER_KINDS = ("zmq-ipc", "zmq-tcp", "mp-pipe")
-_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 class SkipCase(Exception):
@@ -63,12 +62,10 @@ class Ref:
         return self.proc.pid
 
     def _spawn(self, args: list[str], pass_fds: tuple[int, ...] = ()) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "bench.echo", self.child_kind or self.transport, self.mode,
+            [sys.executable, "-P", "-m", "ipcgw_bench.echo", self.child_kind or self.transport, self.mode,
              str(self.size), *args],
-            pass_fds=pass_fds, preexec_fn=_pin_to(self.server_cpu), env=env,
+            pass_fds=pass_fds, preexec_fn=_pin_to(self.server_cpu),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._watchdog = threading.Thread(target=self._watch, name="bench-ref-watchdog",
                                           daemon=True)
@@ -292,7 +289,7 @@ class RawShm(_StreamRef):
     transport = "shm"
 
     def start(self) -> None:
-        from bench import shmring
+        from . import shmring
 
         fds = shmring.create()
         try:

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from bench.gateway import SYSCALL_TRANSPORTS
-from bench.hist import Histogram
-from bench.idle import IDLE_TARGET_PCT
-from bench.measure import CSV_COLUMNS, Record
+from .hist import Histogram
+from .idle import IDLE_TARGET_PCT
+from .measure import CSV_COLUMNS, Record
+from .servers import SYSCALL_TRANSPORTS
 
 __all__ = ["SERIES", "compare", "load", "rows_with_ratios", "shm_targets", "summary_series",
            "write_report"]

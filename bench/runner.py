@@ -22,22 +22,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.cfloor import C_TRANSPORTS, WORK_US, CFloor
-from bench.gateway import (
+from .cfloor import C_TRANSPORTS, WORK_US, CFloor
+from .handler import SINK_OP
+from .hist import Histogram
+from .idle import RATES, measure_idle, measure_rate
+from .interleave import interleaved_p50
+from .measure import Record, batch_for, latency_loop, merge_rounds, throughput_loop, warm_up
+from .refs import PEER_KINDS, RAW_TRANSPORTS, SkipCase, make_ref
+from .servers import (
     SYSCALL_TRANSPORTS,
-    GatewayServer,
+    BenchServer,
     Netns,
     available_transports,
     crosses_netns,
     fresh_url,
 )
-from bench.handler import SINK_OP
-from bench.hist import Histogram
-from bench.idle import RATES, measure_idle, measure_rate
-from bench.interleave import interleaved_p50
-from bench.measure import Record, batch_for, latency_loop, merge_rounds, throughput_loop, warm_up
-from bench.refs import PEER_KINDS, RAW_TRANSPORTS, SkipCase, make_ref
-from bench.system import client_cpu, loadavg, pin_self, placement_cpus, proc_cpu, thread_count
+from .system import client_cpu, loadavg, pin_self, placement_cpus, proc_cpu, thread_count
 
 __all__ = ["Case", "Config", "estimate", "plan", "run"]
 
@@ -147,7 +147,7 @@ def _wait_threads(pid: int, baseline: int, timeout: float = 1.0) -> None:
         time.sleep(0.005)
 
 
-def _gateway_case(server: GatewayServer, case: Case, cfg: Config, client_cpu_n: int) -> Record:
+def _gateway_case(server: BenchServer, case: Case, cfg: Config, client_cpu_n: int) -> Record:
     import ipcgw
     from ipcgw.messages import Command
 
@@ -212,7 +212,7 @@ def _c_case(cfloor: CFloor, case: Case, cfg: Config, server_cpu_n: int,
     round trip with the echo adding each of WORK_US of busy work."""
     rec = Record(case.kind, case.transport, case.framing, case.placement, case.size)
     if case.placement == "cross":
-        from bench.cfloor import pick_floor
+        from .cfloor import pick_floor
 
         hists: dict[float, Histogram] = {}
         for work in WORK_US[1:]:
@@ -234,7 +234,7 @@ def _c_case(cfloor: CFloor, case: Case, cfg: Config, server_cpu_n: int,
     return rec
 
 
-def _idle_case(cfg: Config, servers: dict[tuple[str, str], GatewayServer]) -> dict[str, Any]:
+def _idle_case(cfg: Config, servers: dict[tuple[str, str], BenchServer]) -> dict[str, Any]:
     """The shm idle-CPU figure on the run's own shm server (length:4 when it ran).
     The client sits on the cross placement's client CPU, like the other targets'."""
     framings = sorted(cfg.framings, key=lambda f: f != "length:4")
@@ -254,7 +254,7 @@ def _idle_case(cfg: Config, servers: dict[tuple[str, str], GatewayServer]) -> di
     return result
 
 
-def _interleaved_case(cfg: Config, servers: dict[tuple[str, str], GatewayServer],
+def _interleaved_case(cfg: Config, servers: dict[tuple[str, str], BenchServer],
                       placement: str) -> dict[str, Any] | None:
     """The shm p50 target in interleaved rounds (bench/interleave.py says why), when
     the run has shm and a syscall transport at 64 B, ``placement``, length:4."""
@@ -271,7 +271,7 @@ def _interleaved_case(cfg: Config, servers: dict[tuple[str, str], GatewayServer]
         return {"error": f"{type(exc).__name__}: {exc}"[:400]}
 
 
-def _rates_case(cfg: Config, servers: dict[tuple[str, str], GatewayServer]
+def _rates_case(cfg: Config, servers: dict[tuple[str, str], BenchServer]
                 ) -> list[dict[str, Any]]:
     """CPU of server and client at a few message rates, per transport (bench/idle.py):
     the run's length:4 servers, the client on the cross placement's client CPU."""
@@ -297,8 +297,8 @@ def _rates_case(cfg: Config, servers: dict[tuple[str, str], GatewayServer]
 
 @contextlib.contextmanager
 def _servers(cfg: Config, transports: list[str], tmp: str, notes: list[str]
-             ) -> Iterator[dict[tuple[str, str], GatewayServer]]:
-    servers: dict[tuple[str, str], GatewayServer] = {}
+             ) -> Iterator[dict[tuple[str, str], BenchServer]]:
+    servers: dict[tuple[str, str], BenchServer] = {}
     with contextlib.ExitStack() as stack:
         netns = stack.enter_context(Netns()).name if cfg.netns else None
         try:
@@ -306,7 +306,7 @@ def _servers(cfg: Config, transports: list[str], tmp: str, notes: list[str]
                 for framing in cfg.framings:
                     url = fresh_url(transport, framing, tmp)
                     try:
-                        servers[(transport, framing)] = GatewayServer(url, 0, netns, tmp)
+                        servers[(transport, framing)] = BenchServer(url, 0, netns, tmp)
                     except Exception as exc:
                         notes.append(f"ipcgw {transport} {framing}: server did not start: {exc}")
             yield servers
@@ -318,7 +318,7 @@ def _servers(cfg: Config, transports: list[str], tmp: str, notes: list[str]
 def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = None
         ) -> dict[str, Any]:
     """Run every planned case; returns the results document (see report.py)."""
-    from bench.system import machine_info
+    from .system import machine_info
 
     started = time.monotonic()
     busy0, ours0 = _machine_busy(), _own_cpu()
@@ -351,7 +351,7 @@ def run(cfg: Config, progress: Callable[[Case | None, int, int], None] | None = 
     if no_ref and (cfg.raw or cfg.c):
         notes.append(f"{', '.join(no_ref)}: no raw-Python or C reference (ipcgw rows only)")
     if cfg.raw and "shm" in transports:
-        from bench.shmring import IMPL
+        from .shmring import IMPL
 
         notes.append(f"raw shm reference: ipcgw's own rings ({IMPL} implementation), layout 3")
     cases = plan(cfg, transports)
@@ -444,7 +444,7 @@ def _own_cpu() -> float:
     return total
 
 
-def _one_case(case: Case, cfg: Config, servers: dict[tuple[str, str], GatewayServer],
+def _one_case(case: Case, cfg: Config, servers: dict[tuple[str, str], BenchServer],
               cfloor: CFloor, notes: list[str]) -> Record | None:
     """One round of one case; None when it cannot run here (the notes say why)."""
     server_n, client_n = placement_cpus(case.placement)

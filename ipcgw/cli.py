@@ -77,9 +77,9 @@ class LazyGroup(click.Group):
     lazy: dict[str, str] = {
         "monitor": "ipcgw.mptcp.cli:monitor",
         "testbed": "ipcgw.mptcp.cli:testbed",
-        "bench": "bench.cli:bench_command",
-        "dataplane": "ns3_side.cli:dataplane",
-        "experiment": "bench.experiments.cli:experiment",
+        "bench": "ipcgw_bench.cli:bench_command",
+        "dataplane": "ns3_side.lab.cli:dataplane",
+        "experiment": "ipcgw_bench.experiments.cli:experiment",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -1,4 +1,5 @@
-"""``ServerProcess``: the one way to run ``ipcgw serve`` in a child process.
+"""``ServerProcess``: the one way to run ``ipcgw serve`` in a child process;
+``fresh_url``: the one way to name a server no other one on this host uses.
 
 The demo, the benchmarks, the ns-3 side's experiments and the tests all need
 the same thing: start a real server (optionally inside a network namespace),
@@ -10,6 +11,7 @@ up — or kill it and let a fresh server reclaim what it left. Written once here
 from __future__ import annotations
 
 import os
+import secrets
 import select
 import signal
 import subprocess
@@ -21,9 +23,34 @@ from pathlib import Path
 
 from ipcgw.errors import ServerStartError
 
-__all__ = ["ServerProcess", "reclaim"]
+__all__ = ["ServerProcess", "fresh_url", "reclaim"]
 
 LISTENING = b"listening on "
+
+
+def fresh_url(transport: str, folder: str | os.PathLike[str] | None = None, query: str = "",
+              prefix: str = "ipcgw") -> str:
+    """A URL for ``transport`` whose every name carries a random tag: tests, benches and
+    experiments run side by side on one host without meeting. ``folder`` holds the
+    path-named objects (fifo, unix; default: the temp dir); ``unix-abstract`` is the
+    abstract-socket variant of ``unix``; TCP gets port 0 (read the real one back from
+    the server). A new transport adds its line here."""
+    tag = secrets.token_hex(5)
+    where = os.fspath(folder) if folder is not None else tempfile.gettempdir()
+    names = {
+        "fifo": f"fifo://{where}/{prefix}-{tag}",
+        "unix": f"unix://{where}/{prefix}-{tag}.sock",
+        "unix-abstract": f"unix:@{prefix}{tag}",
+        "sysv": f"sysv://{0x10000000 + secrets.randbelow(0x6FFFFFFF):#x}",
+        "posixmq": f"posixmq:///{prefix}{tag}",
+        "shm": f"shm:///{prefix}{tag}",
+        "tcp": "tcp://127.0.0.1:0",
+    }
+    try:
+        base = names[transport]
+    except KeyError:
+        raise ValueError(f"no fresh URL for transport {transport!r} (known: {', '.join(names)})") from None
+    return f"{base}?{query}" if query else base
 
 
 class ServerProcess:

@@ -6,18 +6,17 @@ A minimal script::
     import ns3_side
 
     ...build nodes, WiFi devices, mobility...
-    with ns3_side.Gateway("tcp://127.0.0.1:7700") as gw:
+    with ns3_side.SimClient("tcp://127.0.0.1:7700") as gw:
         ns3_side.wifi_signal(gw, sta_device, path_id=2, alpha=0.2, min_interval_ms=100)
         gw.run(until=10.0)
 
 Importing this package is cheap; ``ns`` (about 7 s) is imported when the
-first Gateway is made.
+first SimClient is made.
 """
 
 from __future__ import annotations
 
 from ns3_side._cpp import NsUnavailable
-from ns3_side.gateway import Gateway, LockstepError, SimulationAborted
 from ns3_side.hooks import (
     Hook,
     drops,
@@ -29,12 +28,13 @@ from ns3_side.hooks import (
     tcp_socket_path,
     wifi_signal,
 )
+from ns3_side.simclient import LockstepError, SimClient, SimulationAborted
 
 __all__ = [
-    "Gateway",
     "Hook",
     "LockstepError",
     "NsUnavailable",
+    "SimClient",
     "SimulationAborted",
     "drops",
     "link_state",

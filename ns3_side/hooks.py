@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ipcgw.messages import Report
-from ns3_side.gateway import Gateway
+from ns3_side.simclient import SimClient
 
 __all__ = [
     "Hook",
@@ -52,7 +52,7 @@ Metrics = Callable[[float, float], dict[str, Any]]
 class Hook:
     """A live trace hook; ``samples`` seen and reports ``emitted`` so far."""
 
-    def __init__(self, gateway: Gateway, emitter: Any, path_id: int, node_id: int,
+    def __init__(self, gateway: SimClient, emitter: Any, path_id: int, node_id: int,
                  metrics: Metrics, stamp: bool = False) -> None:
         self.gateway = gateway
         self.emitter = emitter
@@ -155,7 +155,7 @@ def _tau_signal() -> Any:
     return cppyy.gbl.ipcgw_hooks.WifiSignalTau()
 
 
-def wifi_signal(gw: Gateway, device: Any, path_id: int, *, node_id: int | None = None,
+def wifi_signal(gw: SimClient, device: Any, path_id: int, *, node_id: int | None = None,
                 alpha: float = 1.0, min_interval_ms: float = 0.0, period_ms: float = 0.0,
                 fresh_only: bool = True, from_address: Any = None, tau_ms: float = 0.0,
                 stamp: bool = False) -> Hook:
@@ -184,7 +184,7 @@ def wifi_signal(gw: Gateway, device: Any, path_id: int, *, node_id: int | None =
     return hook
 
 
-def link_state(gw: Gateway, device: Any, path_id: int, *, node_id: int | None = None,
+def link_state(gw: SimClient, device: Any, path_id: int, *, node_id: int | None = None,
                report_now: bool = True, stamp: bool = False) -> Hook:
     """``link_up`` (bool) whenever the device's link changes (WiFi (de)association,
     carrier); ``report_now`` also reports the state at attach time."""
@@ -197,7 +197,7 @@ def link_state(gw: Gateway, device: Any, path_id: int, *, node_id: int | None = 
     return hook
 
 
-def drops(gw: Gateway, source: Any, path_id: int, *, trace: str = "Drop",
+def drops(gw: SimClient, source: Any, path_id: int, *, trace: str = "Drop",
           metric: str = "queue_drops", items: bool = False, node_id: int = 0,
           min_interval_ms: float = 0.0, period_ms: float = 0.0) -> Hook:
     """Running count of packets on a drop trace of any object: a ``Queue<Packet>``
@@ -212,7 +212,7 @@ def drops(gw: Gateway, source: Any, path_id: int, *, trace: str = "Drop",
     return hook
 
 
-def queue_drops(gw: Gateway, device: Any, path_id: int, *, node_id: int | None = None,
+def queue_drops(gw: SimClient, device: Any, path_id: int, *, node_id: int | None = None,
                 min_interval_ms: float = 0.0, period_ms: float = 0.0) -> Hook:
     """``queue_drops``: packets dropped on their way out of a point-to-point or CSMA
     device, counted at the device queue *and* at the root queue disc above it
@@ -237,7 +237,7 @@ def queue_drops(gw: Gateway, device: Any, path_id: int, *, node_id: int | None =
     return hook
 
 
-def loss(gw: Gateway, device: Any, path_id: int, *, period_ms: float = 100.0,
+def loss(gw: SimClient, device: Any, path_id: int, *, period_ms: float = 100.0,
          rx_trace: str = "PhyRxEnd", lost_trace: str = "PhyRxDrop", alpha: float = 1.0,
          node_id: int | None = None) -> Hook:
     """Packet loss ratio seen by a receiving device per ``period_ms``: metrics ``loss``
@@ -259,7 +259,7 @@ def tcp_socket_path(node_id: int, index: int = 0) -> str:
     return f"/NodeList/{node_id}/$ns3::TcpL4Protocol/SocketList/{index}"
 
 
-def _tcp_hook(gw: Gateway, emitter: Any, socket: Any, trace: str, at: float | None,
+def _tcp_hook(gw: SimClient, emitter: Any, socket: Any, trace: str, at: float | None,
               path_id: int, node_id: int | None, metrics: Metrics, alpha: float,
               min_interval_ms: float, period_ms: float) -> Hook:
     if node_id is None:  # a Config path names its node; a socket knows it
@@ -284,7 +284,7 @@ def _tcp_hook(gw: Gateway, emitter: Any, socket: Any, trace: str, at: float | No
     return hook
 
 
-def tcp_cwnd(gw: Gateway, socket: Any, path_id: int, *, at: float | None = None,
+def tcp_cwnd(gw: SimClient, socket: Any, path_id: int, *, at: float | None = None,
              node_id: int | None = None, alpha: float = 1.0, min_interval_ms: float = 0.0,
              period_ms: float = 0.0) -> Hook:
     """``cwnd_bytes`` of a TcpSocketBase, or of the socket at a Config path (see
@@ -293,7 +293,7 @@ def tcp_cwnd(gw: Gateway, socket: Any, path_id: int, *, at: float | None = None,
                      lambda a, b: {"cwnd_bytes": int(a)}, alpha, min_interval_ms, period_ms)
 
 
-def tcp_rtt(gw: Gateway, socket: Any, path_id: int, *, at: float | None = None,
+def tcp_rtt(gw: SimClient, socket: Any, path_id: int, *, at: float | None = None,
             trace: str = "RTT", node_id: int | None = None, alpha: float = 1.0,
             min_interval_ms: float = 0.0, period_ms: float = 0.0) -> Hook:
     """``rtt_ms`` from TcpSocketBase ``RTT`` (smoothed) or ``LastRTT`` (last sample)."""

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import random
-import uuid
 from pathlib import Path
 
 from ipcgw import testing
+from ipcgw.testing import fresh_url as _fresh_url
 from ipcgw.testing import reclaim
 
 TRANSPORTS = ["fifo", "sysv", "posixmq", "tcp", "unix", "unix-abstract", "shm"]
@@ -16,17 +15,7 @@ NETNS_CROSSING = ["fifo", "sysv", "posixmq", "unix", "shm"]
 
 def fresh_url(transport: str, tmp: Path, query: str = "") -> str:
     """A URL no other test uses."""
-    tag = uuid.uuid4().hex[:8]
-    base = {
-        "fifo": f"fifo://{tmp}/gw-{tag}",
-        "sysv": f"sysv://{random.randrange(0x10000000, 0x7FFFFFFF):#x}",
-        "posixmq": f"posixmq:///ipcgwt{tag}",
-        "tcp": "tcp://127.0.0.1:0",
-        "unix": f"unix://{tmp}/gw-{tag}.sock",
-        "unix-abstract": f"unix:@ipcgwt{tag}",
-        "shm": f"shm:///ipcgwt{tag}",
-    }[transport]
-    return f"{base}?{query}" if query else base
+    return _fresh_url(transport, tmp, query, prefix="ipcgwt")
 
 
 def ipc_objects() -> set[str]:

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-from bench.cli import bench_command, parse_size
-from bench.hist import Histogram, bucket_bounds, bucket_index
-from bench.measure import CSV_COLUMNS, Record
-from bench.report import compare, rows_with_ratios
+from ipcgw_bench.cli import bench_command, parse_size
+from ipcgw_bench.hist import Histogram, bucket_bounds, bucket_index
+from ipcgw_bench.measure import CSV_COLUMNS, Record
+from ipcgw_bench.report import compare, rows_with_ratios
 
 
 def exact_percentile(values: list[int], p: float) -> int:
@@ -220,7 +219,7 @@ def test_tiny_real_run_writes_every_file(tmp_path: Path) -> None:
 
 
 def test_micro_bench_covers_every_framing_and_the_codecs() -> None:
-    from bench.micro import run_micro
+    from ipcgw_bench.micro import run_micro
 
     rows = run_micro(0.002)
     names = {r["name"] for r in rows}
@@ -245,8 +244,8 @@ def _placement() -> str:
 @pytest.mark.parametrize("mode", ["pp", "tp"])
 def test_raw_shm_ref_streams_payloads_larger_than_the_ring(mode: str) -> None:
     """3 MiB through 1 MiB rings: the echo gets (and in pp returns) every byte."""
-    from bench.refs import make_ref
-    from bench.shmring import RING
+    from ipcgw_bench.refs import make_ref
+    from ipcgw_bench.shmring import RING
 
     size = 3 * RING
     payload = os.urandom(size)
@@ -265,7 +264,7 @@ def test_raw_shm_ref_streams_payloads_larger_than_the_ring(mode: str) -> None:
 
 
 def test_raw_shm_ref_fails_cleanly_when_the_echo_dies() -> None:
-    from bench.refs import make_ref
+    from ipcgw_bench.refs import make_ref
 
     ref = make_ref("raw", "shm", "pp", 64, 0, 30.0)
     with ref:
@@ -279,7 +278,7 @@ def test_raw_shm_ref_fails_cleanly_when_the_echo_dies() -> None:
 
 
 def test_c_shm_floor_runs_and_leaves_no_names(tmp_path: Path) -> None:
-    from bench.cfloor import CFloor
+    from ipcgw_bench.cfloor import CFloor
 
     cfloor = CFloor(tmp_path / "cache")
     if cfloor.build() and "shm" not in cfloor.binaries:
@@ -295,10 +294,10 @@ def test_c_shm_floor_runs_and_leaves_no_names(tmp_path: Path) -> None:
 
 def test_idle_measurement_of_a_real_shm_server(tmp_path: Path) -> None:
     """A connected client that sends nothing: a small, non-negative share of a CPU."""
-    from bench.gateway import GatewayServer, fresh_url
-    from bench.idle import measure_idle
+    from ipcgw_bench.idle import measure_idle
+    from ipcgw_bench.servers import BenchServer, fresh_url
 
-    server = GatewayServer(fresh_url("shm", "length:4", str(tmp_path)), 0, None, str(tmp_path))
+    server = BenchServer(fresh_url("shm", "length:4", str(tmp_path)), 0, None, str(tmp_path))
     try:
         result = measure_idle(server.url, server.pid, 0.5, 1 if _placement() == "cross" else 0)
         time.sleep(0.3)  # the session logs its end
@@ -315,10 +314,10 @@ def test_idle_measurement_of_a_real_shm_server(tmp_path: Path) -> None:
 def test_interleaved_p50_rounds_on_real_servers(tmp_path: Path) -> None:
     """shm and unix servers, rounds in rotating order: one p50 per transport and round,
     and the ratio is the median of the per-round ratios."""
-    from bench.gateway import GatewayServer, fresh_url
-    from bench.interleave import interleaved_p50
+    from ipcgw_bench.interleave import interleaved_p50
+    from ipcgw_bench.servers import BenchServer, fresh_url
 
-    servers = {t: GatewayServer(fresh_url(t, "length:4", str(tmp_path)), 0, None, str(tmp_path))
+    servers = {t: BenchServer(fresh_url(t, "length:4", str(tmp_path)), 0, None, str(tmp_path))
                for t in ("shm", "unix")}
     try:
         ab = interleaved_p50(servers, 1 if _placement() == "cross" else 0, rounds=3, slice_s=0.05)
@@ -334,7 +333,7 @@ def test_interleaved_p50_rounds_on_real_servers(tmp_path: Path) -> None:
 
 
 def test_shm_p50_target_prefers_the_interleaved_rounds() -> None:
-    from bench.report import shm_targets
+    from ipcgw_bench.report import shm_targets
 
     rows = rows_with_ratios([_gw("shm", 8_000, 1, 64), _gw("unix", 80_000, 1, 64)])
     ab = {"rounds": 3, "slice_s": 0.2, "size": 64, "ratio": 4.0, "ratios": [3.0, 4.0, 9.0],
@@ -359,7 +358,7 @@ def _cfg(transports: list[str]) -> dict:
 
 
 def test_shm_targets_pick_the_best_syscall_transport() -> None:
-    from bench.report import shm_targets
+    from ipcgw_bench.report import shm_targets
 
     rows = rows_with_ratios([
         _gw("shm", 8_000, 1, 64), _gw("unix", 45_000, 1, 64), _gw("fifo", 30_000, 1, 64),
@@ -427,7 +426,7 @@ def test_tiny_real_run_with_shm_has_its_references_and_targets(tmp_path: Path) -
 def test_floor_is_the_smallest_p50_minus_the_added_work() -> None:
     """An echo that works 5 us and answers in 34.4 us beats the plain one at 45.7 us:
     the floor is 29.4 us, found at 5 us of work; ties go to less work."""
-    from bench.cfloor import WORK_US, pick_floor
+    from ipcgw_bench.cfloor import WORK_US, pick_floor
 
     assert WORK_US[0] == 0 and list(WORK_US) == sorted(WORK_US)
     floor, work = pick_floor({0: 45.7, 2: 40.0, 5: 34.4, 10: 41.0, 20: 52.0})
@@ -445,7 +444,7 @@ def _hist(p50_ns: int, n: int = 50) -> Histogram:
 
 
 def test_merged_rounds_keep_each_round_and_the_floor_of_all_rounds() -> None:
-    from bench.measure import merge_rounds
+    from ipcgw_bench.measure import merge_rounds
 
     rounds = []
     for i, (plain, worked) in enumerate(((45_000, 36_000), (47_000, 34_000), (46_000, 35_000))):
@@ -491,7 +490,7 @@ def test_ratios_are_the_median_of_per_round_ratios_with_their_spread() -> None:
 
 
 def test_same_cpu_shm_row_is_judged_against_its_targets() -> None:
-    from bench.report import shm_targets
+    from ipcgw_bench.report import shm_targets
 
     recs = [_record("ipcgw", t, p50, msgs, placement=pl, size=size, framing="length:4")
             for pl in ("same", "cross")
@@ -534,7 +533,7 @@ def _report_doc() -> dict:
 
 
 def test_report_opens_with_the_figure_and_explains_the_targets(tmp_path: Path) -> None:
-    from bench.report import write_report
+    from ipcgw_bench.report import write_report
 
     written = write_report(_report_doc(), tmp_path)
     md = (tmp_path / "report.md").read_text()
@@ -569,8 +568,7 @@ def test_summary_figure_labels_sizes_and_tells_the_series_apart(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
-
-    from bench.report import SERIES, summary_series, write_report
+    from ipcgw_bench.report import SERIES, summary_series, write_report
 
     styles = [(color, marker, filled) for _, _, color, marker, filled in SERIES]
     assert len(set(styles)) == len(SERIES) and len({label for _, label, *_ in SERIES}) == len(SERIES)
@@ -599,10 +597,10 @@ def test_summary_figure_labels_sizes_and_tells_the_series_apart(tmp_path: Path,
 
 def test_cpu_at_a_rate_of_a_real_server(tmp_path: Path) -> None:
     """100 round trips/s for 0.4 s: the count comes back, CPU is split by side."""
-    from bench.gateway import GatewayServer, fresh_url
-    from bench.idle import measure_rate
+    from ipcgw_bench.idle import measure_rate
+    from ipcgw_bench.servers import BenchServer, fresh_url
 
-    server = GatewayServer(fresh_url("unix", "length:4", str(tmp_path)), 0, None, str(tmp_path))
+    server = BenchServer(fresh_url("unix", "length:4", str(tmp_path)), 0, None, str(tmp_path))
     try:
         r = measure_rate(server.url, server.pid, 100, 0.4, 1 if _placement() == "cross" else 0)
     finally:
@@ -613,8 +611,8 @@ def test_cpu_at_a_rate_of_a_real_server(tmp_path: Path) -> None:
 
 
 def test_raw_shm_ref_runs_on_ipcgw_rings_and_names_nothing() -> None:
-    from bench import shmring
-    from bench.refs import make_ref
+    from ipcgw_bench import shmring
+    from ipcgw_bench.refs import make_ref
 
     if os.environ.get("IPCGW_REQUIRE_SHM_C"):
         assert shmring.IMPL == "C"

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import require_netns
 
-from ns3_side.dataplane import DataPlane, SimulationFailed
-from ns3_side.paths import PathConfig, lte, p2p, wifi
+from ns3_side.lab.dataplane import DataPlane, SimulationFailed
+from ns3_side.lab.paths import PathConfig, lte, p2p, wifi
 
 
 def require_ns3_wheel() -> None:
@@ -91,7 +91,7 @@ def test_path_specs_parse_and_queues_are_deliberate() -> None:
 def test_cli_reads_like_its_help_and_rejects_bad_paths() -> None:
     from click.testing import CliRunner
 
-    from ns3_side.cli import dataplane, experiment
+    from ns3_side.lab.cli import dataplane, experiment
 
     runner = CliRunner()
     out = runner.invoke(experiment, ["handover", "--help"]).output
@@ -112,7 +112,7 @@ def test_wifi_detection_threshold_is_an_option() -> None:
 def test_handover_refuses_a_bad_policy_spec_naming_the_parameter() -> None:
     from click.testing import CliRunner
 
-    from ns3_side.cli import experiment
+    from ns3_side.lab.cli import experiment
 
     bad = CliRunner().invoke(experiment, ["handover", "--policy",
                                           "ipcgw.mptcp.policy:RssiPolicy?treshold=-78"])
@@ -127,8 +127,8 @@ def test_down_removes_only_our_stale_temp_folders(tmp_path: Path) -> None:
 
     from click.testing import CliRunner
 
-    from ns3_side.cli import dataplane
-    from ns3_side.dataplane import TMP_PREFIX
+    from ns3_side.lab.cli import dataplane
+    from ns3_side.lab.dataplane import TMP_PREFIX
 
     prefix = f"ipst{os.getpid() % 10000}"
     base = Path(tempfile.gettempdir())
@@ -165,8 +165,8 @@ def test_down_removes_only_our_stale_temp_folders(tmp_path: Path) -> None:
 def test_two_p2p_paths_ping_rtts_and_mptcp_fills_both(dataplanes: list[DataPlane]) -> None:
     """Ping RTT = 2 x delay (within 10 %) per path; one MPTCP connection uses both
     paths (the client kernel's subflow stats) and gets >= 80 % of 5 + 5 Mbit/s."""
-    from ns3_side.probe import ping
-    from ns3_side.traffic import Bulk, PathSampler
+    from ns3_side.lab.probe import ping
+    from ns3_side.lab.traffic import Bulk, PathSampler
 
     delays = (10.0, 30.0)
     dp = DataPlane([p2p(5, delays[0]), p2p(5, delays[1])], scenario=1)
@@ -196,7 +196,7 @@ def test_two_p2p_paths_ping_rtts_and_mptcp_fills_both(dataplanes: list[DataPlane
 def test_scenario_2_server_signal_endpoint_gets_a_subflow_on_path_2(
         dataplanes: list[DataPlane]) -> None:
     """ADD_ADDR from the server: the client's join leaves through path 2 and both carry."""
-    from ns3_side.traffic import Bulk, PathSampler
+    from ns3_side.lab.traffic import Bulk, PathSampler
 
     dp = DataPlane([p2p(5, 10), p2p(5, 20)], scenario=2)
     dataplanes.append(dp)
@@ -220,7 +220,7 @@ def test_handover_shortened_policy_moves_traffic_to_lte(tmp_path: Path) -> None:
     backup, WLAN traffic stops and the LTE stand-in carries the transfer."""
     require_netns()
     require_ns3_wheel()
-    from ns3_side.handover import HandoverConfig, run
+    from ns3_side.lab.handover import HandoverConfig, run
 
     prefix = f"ipho{os.getpid() % 10000}"
     cfg = HandoverConfig(transport="fifo", duration=12.0, start_m=30.0, speed_mps=4.0,
@@ -291,7 +291,7 @@ def test_error_model_losses_are_counted_per_path_and_only_that_subflow_retransmi
     queue, in-flight bounded by the send buffer) and sees no retransmission."""
     import math
 
-    from ns3_side.traffic import Bulk, PathSampler
+    from ns3_side.lab.traffic import Bulk, PathSampler
 
     dp = DataPlane([p2p(5, 10, loss=0.02), p2p(5, 10, queue_packets=2000)], scenario=1)
     dataplanes.append(dp)

@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
-from bench.experiments.config import ConfigError, parse, parse_size
-from bench.experiments.stats import summarize, t975
-from bench.experiments.video import frame_sizes, score
+from ipcgw_bench.experiments.config import ConfigError, parse, parse_size
+from ipcgw_bench.experiments.stats import summarize, t975
+from ipcgw_bench.experiments.video import frame_sizes, score
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "bench" / "experiments" / "examples"
 
@@ -110,7 +109,7 @@ def test_bad_configs_name_the_problem(raw: dict[str, Any], words: str) -> None:
 
 
 def test_shipped_examples_parse() -> None:
-    from bench.experiments.config import load
+    from ipcgw_bench.experiments.config import load
 
     for name in ("quick", "seed", "ns3"):
         assert load(EXAMPLES / f"{name}.toml").cells()
@@ -136,7 +135,7 @@ def _fake(out: Path, scale: float) -> None:
 
 
 def test_report_and_compare_from_results_alone(tmp_path: Path) -> None:
-    from bench.experiments.report import build_report, compare
+    from ipcgw_bench.experiments.report import build_report, compare
 
     a, b = tmp_path / "a", tmp_path / "b"
     _fake(a, 1.0)
@@ -151,7 +150,7 @@ def test_report_and_compare_from_results_alone(tmp_path: Path) -> None:
 
 def test_report_puts_kernel_retransmissions_next_to_losses_per_path_and_cause(
         tmp_path: Path) -> None:
-    from bench.experiments.report import build_report
+    from ipcgw_bench.experiments.report import build_report
 
     out = tmp_path / "r"
     out.mkdir()
@@ -200,7 +199,7 @@ def no_leftovers() -> Iterator[None]:
 def test_quick_example_produces_a_complete_report(tmp_path: Path, no_leftovers: None) -> None:
     """quick.toml through the CLI: 8 cells, all ok, every section and plot, and the
     RSSI policy's handover timed through the unix transport."""
-    from bench.experiments.cli import experiment
+    from ipcgw_bench.experiments.cli import experiment
 
     out = tmp_path / "quick"
     result = CliRunner().invoke(experiment, ["run", str(EXAMPLES / "quick.toml"),
@@ -226,7 +225,7 @@ def test_quick_example_produces_a_complete_report(tmp_path: Path, no_leftovers: 
 
 GROUND_TRUTH = {
     "name": "truth", "repetitions": 1, "seed": 5, "timeout_s": 30,
-    "policies": ["kernel", "bench.experiments.nowhere:NoPolicy"], "transports": ["unix"],
+    "policies": ["kernel", "ipcgw_bench.experiments.nowhere:NoPolicy"], "transports": ["unix"],
     "setup": [{"name": "clean", "paths": [{"rate_mbit": 20}, {"rate_mbit": 20}]},
               {"name": "lossy", "paths": [{"rate_mbit": 20, "loss_pct": 3},
                                           {"rate_mbit": 20, "loss_pct": 3}]}],
@@ -238,8 +237,8 @@ GROUND_TRUTH = {
 @pytest.mark.slow
 def test_measures_match_ground_truth_failures_are_isolated_and_resume_works(
         tmp_path: Path, no_leftovers: None) -> None:
-    from bench.experiments.report import build_report, compare
-    from bench.experiments.runner import run_experiment
+    from ipcgw_bench.experiments.report import build_report, compare
+    from ipcgw_bench.experiments.runner import run_experiment
 
     exp = parse(GROUND_TRUTH)
     out = tmp_path / "truth"
@@ -307,7 +306,7 @@ def test_ns3_cell_runs_in_the_simulated_paths_and_times_the_handover(
     """One cell on the NS-3 data plane: the simulation reports its station's RSSI
     through a unix socket, the RSSI policy flips the WiFi endpoint, the file arrives."""
     _require_ns3_wheel()
-    from bench.experiments.runner import run_experiment
+    from ipcgw_bench.experiments.runner import run_experiment
 
     exp = parse({"name": "ns3", "repetitions": 1, "timeout_s": 90, "policies": ["rssi"],
                  "transports": ["unix"],
@@ -363,7 +362,7 @@ def test_experiment_run_exits_non_zero_when_a_cell_failed(tmp_path: Path, no_lef
     config = tmp_path / "broken.toml"
     config.write_text(
         'name = "broken"\nrepetitions = 1\nseed = 1\ntimeout_s = 20\n'
-        'policies = ["bench.experiments.nowhere:NoPolicy"]\ntransports = ["unix"]\n'
+        'policies = ["ipcgw_bench.experiments.nowhere:NoPolicy"]\ntransports = ["unix"]\n'
         '[[setup]]\nname = "s"\npaths = [{rate_mbit = 20}, {rate_mbit = 20}]\n'
         '[[workload]]\nkind = "file"\nsizes = ["64K"]\n')
     out = tmp_path / "out"
@@ -376,8 +375,8 @@ def test_experiment_run_exits_non_zero_when_a_cell_failed(tmp_path: Path, no_lef
 
 
 def test_error_bars_stay_inside_what_the_measure_can_be_and_say_n() -> None:
-    from bench.experiments.report import _bounded_err, _n_label
-    from bench.experiments.stats import summarize
+    from ipcgw_bench.experiments.report import _bounded_err, _n_label
+    from ipcgw_bench.experiments.stats import summarize
 
     on_time = summarize([0.99, 1.0, 0.97])  # a share: the bar must not pass 100 %
     losses = summarize([0.0, 0.0, 9.0])  # a count: the bar must not go below 0
@@ -389,7 +388,7 @@ def test_error_bars_stay_inside_what_the_measure_can_be_and_say_n() -> None:
 
 
 def test_report_warns_when_a_mean_rests_on_fewer_than_3_repetitions(tmp_path: Path) -> None:
-    from bench.experiments.report import build_report
+    from ipcgw_bench.experiments.report import build_report
 
     rows = [{"key": f"s|kernel|-|file:65536|{rep}", "status": "ok", "setup": "s",
              "dataplane": "veth", "dataplane_ran": "veth", "policy": "kernel", "transport": "-",

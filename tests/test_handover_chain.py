@@ -4,7 +4,7 @@ A veth testbed (scenario 1: the client's subflow endpoint 2 is path 2) where
 every instant is known: an RSSI ramp of -10 dB/s crosses -80 dBm exactly 1 s
 after t0, reports go out every 100 ms stamped ``host_mono`` through a real
 unix-socket gateway to RssiPolicy (alpha 0.5), an MPTCP bulk transfer uses
-both paths. Each figure of :func:`ns3_side.chain.reaction_chain` must equal
+both paths. Each figure of :func:`ns3_side.lab.chain.reaction_chain` must equal
 what the arithmetic says, within the scheduling jitter of this shared VM.
 """
 
@@ -16,7 +16,7 @@ import time
 import pytest
 from conftest import require_netns
 
-from ns3_side.chain import reaction_chain
+from ns3_side.lab.chain import reaction_chain
 
 THRESHOLD = -80.0
 PERIOD = 0.1
@@ -44,19 +44,20 @@ def test_chain_of_a_made_up_handover() -> None:
 @pytest.mark.netns
 def test_reaction_chain_on_veth_matches_the_known_instants() -> None:
     require_netns()
-    from bench.experiments.control import PolicyGateway
+    from ipcgw_bench.experiments.control import PolicyServer
+
     from ipcgw.client import connect
     from ipcgw.messages import Report
     from ipcgw.mptcp.policy import RssiPolicy
     from ipcgw.testbed import PathSpec, Testbed
-    from ns3_side.traffic import Bulk, PathSampler
+    from ns3_side.lab.traffic import Bulk, PathSampler
 
     prefix = f"ipch{os.getpid() % 10000}"
     tb = Testbed.scenario(1, prefix=prefix, paths=[PathSpec(rate_mbit=20), PathSpec(rate_mbit=20)])
     gw = bulk = sampler = None
     try:
         tb.up()
-        gw = PolicyGateway(f"ipcgw.mptcp.policy:RssiPolicy?alpha={ALPHA}", {}, "unix", tb.client)
+        gw = PolicyServer(f"ipcgw.mptcp.policy:RssiPolicy?alpha={ALPHA}", {}, "unix", tb.client)
         url = gw.start()
         sampler = PathSampler(tb.client, {tb.client_addr(1): 1, tb.client_addr(2): 2},
                               interval=0.05).start()
@@ -124,7 +125,7 @@ def test_deaf_station_makes_the_policy_act_on_link_loss(tmp_path: object) -> Non
 
     if importlib.util.find_spec("ns") is None:
         pytest.skip("ns3 wheel not installed")
-    from ns3_side.handover import HandoverConfig, run
+    from ns3_side.lab.handover import HandoverConfig, run
 
     prefix = f"ipdf{os.getpid() % 10000}"
     cfg = HandoverConfig(transport="unix", duration=6.0, start_m=30.0, speed_mps=20.0,

@@ -478,8 +478,7 @@ def test_kernel_pm_refuses_userspace_commands_alike(testbeds: Callable[..., Test
 
 def test_bench_pm_refuses_transports_it_does_not_measure() -> None:
     from click.testing import CliRunner
-
-    from bench.cli import bench_command
+    from ipcgw_bench.cli import bench_command
 
     result = CliRunner().invoke(bench_command, ["--pm", "--transport", "tcp"])
     assert result.exit_code == 2 and "--pm measures unix and shm, not tcp" in result.output

@@ -96,7 +96,7 @@ def test_wifi_reports_arrive_with_values_and_sim_times(sim: Any, tmp_path: Path,
     with Server(url_for(transport, tmp_path), tmp_path) as server:
         scenario = wifi_rssi.build(ns, start_m=10.0, speed=15.0, traffic_pps=50, duration=3.0)
         ap_mac = scenario.ap_device.GetAddress()
-        with ns3_side.Gateway(server.url, name=f"test-{transport}") as gw:
+        with ns3_side.SimClient(server.url, name=f"test-{transport}") as gw:
             raw: list[tuple[float, float, float]] = []
             truth = gw.own(gw.cpp.WifiSignal())  # ground truth from the same trace source
             truth.FilterFrom(ap_mac)
@@ -138,7 +138,7 @@ def test_periodic_sampling_and_example_b_loss_per_path(sim: Any, tmp_path: Path)
     schedule = {0.0: (0.0, 0.3), 1.0: (0.3, 0.0)}
     with Server(url_for("unix", tmp_path), tmp_path) as server:
         paths = two_paths_loss.build(ns, pps=400, duration=2.0)
-        with ns3_side.Gateway(server.url) as gw:
+        with ns3_side.SimClient(server.url) as gw:
             two_paths_loss.attach(gw, paths, schedule, period_ms=250)
             ticks: list[float] = []
 
@@ -181,7 +181,7 @@ def test_lockstep_simulation_waits_for_each_reply(sim: Any, tmp_path: Path) -> N
 
     delay = 0.05
     server = Server(url_for("tcp", tmp_path), tmp_path, env={"NS3_TEST_STEP_DELAY": str(delay)})
-    with server, ns3_side.Gateway(server.url, lockstep=True, step_op="sim.step") as gw:
+    with server, ns3_side.SimClient(server.url, lockstep=True, step_op="sim.step") as gw:
         results: list[tuple[float, dict[str, Any]]] = []
         gw.on(lambda r: results.append((gw.now(), r.value)), Result)
         gw.every(100, lambda t: Report(t, 1, {"n": gw.reports_sent + 1}))
@@ -205,7 +205,7 @@ def test_lockstep_dead_server_fails_the_simulation_clearly(sim: Any, tmp_path: P
     ns = sim
     server = Server(url_for(transport, tmp_path), tmp_path)
     try:
-        gw = ns3_side.Gateway(server.url, lockstep=True, step_timeout=3.0)
+        gw = ns3_side.SimClient(server.url, lockstep=True, step_timeout=3.0)
         gw.every(100, lambda t: Report(t, 1, {"rssi_dbm": -50.0}))
         gw.schedule(0.45, lambda: (server.proc.kill(), server.proc.wait()))
         start = time.monotonic()
@@ -227,7 +227,7 @@ def test_lockstep_frozen_server_times_out(sim: Any, tmp_path: Path) -> None:
     import ns3_side
 
     with Server(url_for("unix", tmp_path), tmp_path) as server:
-        gw = ns3_side.Gateway(server.url, lockstep=True, step_timeout=0.5)
+        gw = ns3_side.SimClient(server.url, lockstep=True, step_timeout=0.5)
         gw.every(100, lambda t: Report(t, 1, {"snr_db": 20.0}))
         gw.schedule(0.25, lambda: server.signal(signal.SIGSTOP))
         with pytest.raises(ns3_side.LockstepError, match=r"did not answer within 0.5 s at "
@@ -256,7 +256,7 @@ def test_events_reach_the_simulation_thread_in_real_time(sim: Any, tmp_path: Pat
                         ns.StringValue("ns3::RealtimeSimulatorImpl"))
     seen: list[tuple[str, float, int]] = []
     server = Server(url_for(transport, tmp_path), tmp_path)
-    with server, ns3_side.Gateway(server.url) as gw:
+    with server, ns3_side.SimClient(server.url) as gw:
         def on_event(event: Event) -> None:
             seen.append((event.kind, gw.now(), threading.get_ident()))
             ns.Simulator.Stop(ns.Seconds(0.1))  # act on the simulation
@@ -315,9 +315,9 @@ def test_no_server_is_a_clear_connect_error(ns: Any, tmp_path: Path) -> None:
 
     start = time.monotonic()
     with pytest.raises(ConnectError, match="no ipcgw server answering at fifo://"):
-        ns3_side.Gateway(f"fifo://{tmp_path}/nobody", timeout=1.0)
+        ns3_side.SimClient(f"fifo://{tmp_path}/nobody", timeout=1.0)
     with pytest.raises(ConnectError, match="python -m ipcgw serve"):
-        ns3_side.Gateway("tcp://127.0.0.1:1", timeout=1.0)
+        ns3_side.SimClient("tcp://127.0.0.1:1", timeout=1.0)
     assert time.monotonic() - start < 3.0
 
 
@@ -326,7 +326,7 @@ def test_callback_error_stops_the_simulation_and_says_bye(sim: Any, tmp_path: Pa
 
     ns = sim
     with Server(url_for("tcp", tmp_path), tmp_path) as server:
-        gw = ns3_side.Gateway(server.url)
+        gw = ns3_side.SimClient(server.url)
 
         def sample(t: float) -> Report:
             if t > 0.25:
@@ -376,7 +376,7 @@ def test_example_a_rssi_policy_flips_wlan_endpoint_in_server_namespace(
                             netns=tb.server)
             scenario = wifi_rssi.build(ns, start_m=20.0, speed=15.0, duration=4.0)
             observed: list[tuple[float, float, bool]] = []
-            with ns3_side.Gateway(server.url, name="example-a", lockstep=True) as gw:
+            with ns3_side.SimClient(server.url, name="example-a", lockstep=True) as gw:
                 hook = wifi_rssi.attach(gw, scenario, alpha=0.3, min_interval_ms=100)
 
                 @gw.after_emit
@@ -415,7 +415,7 @@ def test_plain_ns3_run_and_destroy_disconnect_cleanly(sim: Any, tmp_path: Path) 
 
     ns = sim
     with Server(url_for("unix", tmp_path), tmp_path) as server:
-        gw = ns3_side.Gateway(server.url)
+        gw = ns3_side.SimClient(server.url)
         gw.every(100, lambda t: Report(t, 1, {"loss": 0.0}))
         ns.Simulator.Stop(ns.Seconds(1.0))
         ns.Simulator.Run()
@@ -437,7 +437,7 @@ def test_async_dead_server_stops_the_simulation(sim: Any, tmp_path: Path,
     ns.GlobalValue.Bind("SimulatorImplementationType",
                         ns.StringValue("ns3::RealtimeSimulatorImpl"))
     with Server(url_for(transport, tmp_path), tmp_path) as server:
-        gw = ns3_side.Gateway(server.url)
+        gw = ns3_side.SimClient(server.url)
         gw.every(50, lambda t: Report(t, 1, {"rssi_dbm": -70.0}))
         gw.schedule(0.2, lambda: server.proc.kill())
         start = time.monotonic()
@@ -451,10 +451,10 @@ def test_bench_smoke(ns: Any) -> None:
     """The benchmark of the report path runs (numbers are in ns3_side/README.md)."""
     import tempfile
 
-    from ns3_side import bench
+    from ns3_side import clientbench
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = bench.measure("unix", 2000, tmp)
+        result = clientbench.measure("unix", 2000, tmp)
     assert result["report_us"] > 0 and result["reports_per_s"] > 1000
 
 
@@ -464,7 +464,7 @@ def test_lockstep_needs_nothing_of_the_handler(sim: Any, tmp_path: Path) -> None
     import ns3_side
 
     with Server(url_for("unix", tmp_path), tmp_path, handler="ns3_helpers:ForgetfulHandler") as server:
-        gw = ns3_side.Gateway(server.url, lockstep=True, step_timeout=3.0)
+        gw = ns3_side.SimClient(server.url, lockstep=True, step_timeout=3.0)
         gw.every(100, lambda t: Report(t, 1, {"rssi_dbm": -60.0}))
         gw.run(until=1.05)
         assert gw.steps == 10

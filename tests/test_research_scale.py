@@ -18,8 +18,8 @@ import pytest
 from conftest import require_netns
 from test_dataplane import leftovers, require_ns3_wheel
 
-from ns3_side.dataplane import DataPlane
-from ns3_side.paths import p2p, wifi
+from ns3_side.lab.dataplane import DataPlane
+from ns3_side.lab.paths import p2p, wifi
 
 
 def _backup(netns: str, endpoint: int = 2) -> bool:
@@ -38,7 +38,7 @@ def test_two_stations_each_hand_over_at_its_own_crossing(tmp_path: Path) -> None
     backup; the slower one's follows at its own, later crossing."""
     require_netns()
     require_ns3_wheel()
-    from ns3_side.handover import POLICY, _Server
+    from ns3_side.lab.handover import POLICY, _Server
 
     dp = DataPlane([p2p(5, 10), wifi(30, 4.0)], more_stations=[[p2p(5, 10), wifi(30, 1.6)]],
                    scenario=1, duration=14.0)
@@ -81,8 +81,8 @@ def test_two_stations_each_hand_over_at_its_own_crossing(tmp_path: Path) -> None
 def test_dataplane_run_takes_stations_and_spaces_their_walks() -> None:
     from click.testing import CliRunner
 
-    from ns3_side.cli import dataplane
-    from ns3_side.dataplane import station_copies
+    from ns3_side.lab.cli import dataplane
+    from ns3_side.lab.dataplane import station_copies
 
     assert "--stations" in CliRunner().invoke(dataplane, ["run", "--help"]).output
     bad = CliRunner().invoke(dataplane, ["run", "--stations", "0"])
@@ -94,14 +94,14 @@ def test_dataplane_run_takes_stations_and_spaces_their_walks() -> None:
 
 TINY = {
     "name": "tiny", "repetitions": 2, "seed": 3, "timeout_s": 30,
-    "policies": ["kernel", "bench.experiments.nowhere:NoPolicy"], "transports": ["unix"],
+    "policies": ["kernel", "ipcgw_bench.experiments.nowhere:NoPolicy"], "transports": ["unix"],
     "setup": [{"name": "clean", "paths": [{"rate_mbit": 20}, {"rate_mbit": 20}]}],
     "workload": [{"kind": "file", "sizes": ["64K"]}],
 }
 
 
 def _outcome(out: Path) -> dict[str, str]:
-    from bench.experiments.report import load_results
+    from ipcgw_bench.experiments.report import load_results
 
     return {r["key"]: r["status"] for r in load_results(out)}
 
@@ -118,12 +118,11 @@ def test_matrix_on_a_local_dask_cluster_gives_the_sequential_report(tmp_path: Pa
         if os.environ.get("IPCGW_REQUIRE_DASK") == "1":
             pytest.fail("IPCGW_REQUIRE_DASK=1 but dask.distributed is not installed ([cluster] extra)")
         pytest.skip("needs the [cluster] extra (dask[distributed])")
+    from ipcgw_bench.experiments.config import parse
+    from ipcgw_bench.experiments.report import build_report
+    from ipcgw_bench.experiments.runner import run_experiment
     from netns_helpers import require_nft
     from pyroute2 import netns
-
-    from bench.experiments.config import parse
-    from bench.experiments.report import build_report
-    from bench.experiments.runner import run_experiment
 
     require_nft()
     prefix = "ixd"

@@ -1,4 +1,4 @@
-"""The programs a cell runs inside the namespaces: ``python -m bench.experiments.agent MODE``.
+"""The programs a cell runs inside the namespaces: ``python -m ipcgw_bench.experiments.agent MODE``.
 
 Separate processes (started with ``ip netns exec``) rather than threads of
 the runner, so a cell that hangs or dies is killed by pid and recorded as
@@ -137,7 +137,7 @@ def fetch_file(args: argparse.Namespace) -> None:
 
 
 def serve_video(args: argparse.Namespace) -> None:
-    from bench.experiments.video import frame_sizes
+    from .video import frame_sizes
 
     sizes = frame_sizes(args.bitrate, args.fps, args.duration, args.seed)
     filler = payload(max(sizes), args.seed)
@@ -225,7 +225,7 @@ def report(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.experiments.agent")
+    p = argparse.ArgumentParser(prog="python -m ipcgw_bench.experiments.agent")
     sub = p.add_subparsers(dest="mode", required=True)
     for name in ("serve-file", "serve-video"):
         s = sub.add_parser(name)

@@ -1,8 +1,8 @@
 """``ipcgw experiment``: run a matrix from a TOML file, rebuild or compare reports.
 
-Registered lazily in ipcgw's CLI as ``experiment = bench.experiments.cli:experiment``
+Registered lazily in ipcgw's CLI as ``experiment = ipcgw_bench.experiments.cli:experiment``
 (ipcgw itself never imports bench). The data plane's ``handover`` command
-(``ns3_side.cli:handover``) joins this group lazily, so one ``experiment``
+(``ns3_side.lab.cli:handover``) joins this group lazily, so one ``experiment``
 name serves both and ``run``/``compare`` work where ns-3 is not installed.
 """
 
@@ -23,7 +23,7 @@ class _Group(click.Group):
     """Subcommands that live elsewhere are imported only when used (and hidden
     from the list when their package cannot be imported)."""
 
-    lazy = {"handover": "ns3_side.cli:handover"}
+    lazy = {"handover": "ns3_side.lab.cli:handover"}
 
     def _load(self, name: str) -> click.Command | None:
         module, _, attr = self.lazy[name].partition(":")
@@ -62,10 +62,11 @@ def experiment() -> None:
 def run(config: Path, out: Path | None, resume: bool, logs: bool, prefix: str,
         scheduler: str | None) -> None:
     """Run every cell of CONFIG, then write report.md, results.csv and plots."""
-    from bench.experiments.config import ConfigError, load
-    from bench.experiments.report import build_report
-    from bench.experiments.runner import run_experiment
     from ipcgw.mptcp.cli import require_root
+
+    from .config import ConfigError, load
+    from .report import build_report
+    from .runner import run_experiment
 
     try:
         exp = load(config)
@@ -103,7 +104,7 @@ def run(config: Path, out: Path | None, resume: bool, logs: bool, prefix: str,
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def report(out: Path) -> None:
     """Rebuild report.md, results.csv and plots of OUT from its results.jsonl."""
-    from bench.experiments.report import build_report
+    from .report import build_report
 
     click.echo(str(build_report(out)))
 
@@ -115,7 +116,7 @@ def report(out: Path) -> None:
               help="Also write the comparison to this file.")
 def compare(a: Path, b: Path, out: Path | None) -> None:
     """Compare two experiment directories measure by measure (A vs B)."""
-    from bench.experiments.report import compare as do_compare
+    from .report import compare as do_compare
 
     text = do_compare(a, b)
     if out:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -30,30 +29,18 @@ from ipcgw.messages import Report
 from ipcgw.mptcp.events import MptcpEvent
 from ipcgw.mptcp.pm import PathManager
 from ipcgw.mptcp.policy import Policy, build_policy
+from ipcgw.testing import fresh_url
 
-__all__ = ["PolicyGateway", "transport_url"]
+__all__ = ["PolicyServer", "transport_url"]
 
 POLL_S = 0.002
 
 
-def transport_url(transport: str, tag: str) -> tuple[str, list[str]]:
+def transport_url(transport: str) -> tuple[str, list[str]]:
     """A fresh address for one cell, and the paths to remove afterwards."""
-    tmp = tempfile.gettempdir()
-    if transport == "unix":
-        path = f"{tmp}/ipcgw-exp-{tag}.sock"
-        return f"unix://{path}", [path]
-    if transport == "fifo":
-        path = f"{tmp}/ipcgw-exp-{tag}"
-        return f"fifo://{path}", [path]
-    if transport == "sysv":
-        return f"sysv://0x{int(tag[:7], 16) | 0x10000000:08x}", []
-    if transport == "posixmq":
-        return f"posixmq:///ipcgw-exp-{tag}", []
-    if transport == "shm":
-        return f"shm:///ipcgw-exp-{tag}", []
-    if transport == "tcp":
-        return "tcp://127.0.0.1:0", []
-    raise ValueError(f"unknown transport {transport!r}")
+    url = fresh_url(transport, prefix="ipcgw-exp")
+    path = url.split("://", 1)[1]
+    return url, [path] if transport in ("fifo", "unix") else []
 
 
 class _RecordingPM:
@@ -119,13 +106,13 @@ class _Probe(Policy):
         self.inner.close()
 
 
-class PolicyGateway:
+class PolicyServer:
     """Gateway + MptcpHandler(policy) on ``netns`` for one cell; see the module docstring."""
 
     def __init__(self, spec: str, args: dict[str, Any], transport: str, netns: str) -> None:
         self.spec, self.args, self.transport, self.netns = spec, args, transport, netns
         self.tag = uuid.uuid4().hex[:12]
-        self.url, self._cleanup = transport_url(transport, self.tag)
+        self.url, self._cleanup = transport_url(transport)
         self.probe = _Probe(build_policy(spec, args))
         self.gateway: Any = None
         self.seen: list[tuple[float, int, list[str]]] = []

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.experiments.runner import RESULTS
-from bench.experiments.stats import Summary, summarize
+from .runner import RESULTS
+from .stats import Summary, summarize
 
 __all__ = ["build_report", "compare", "load_results", "write_csv"]
 
@@ -134,7 +134,7 @@ def _tables(records: list[dict[str, Any]]) -> list[str]:
                   "wall clock) to the kernel's ACK of the endpoint flag change: IPC + policy + "
                   "path manager only. It leaves out both RSSI filters (client and policy), "
                   "which put the decision 0.4-1.3 s after the propagation model crossed the "
-                  "threshold; see the handover run's `chain` (ns3_side/DATAPLANE.md). *IPC* is "
+                  "threshold; see the handover run's `chain` (ns3_side/lab/DATAPLANE.md). *IPC* is "
                   "the part until the gateway had the report; *seen* is when a 2 ms poller of "
                   "the endpoint table saw it; *report delay* is the median delay of all "
                   "reports.", "",

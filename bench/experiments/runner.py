@@ -26,10 +26,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.experiments.config import Cell, Experiment
-from bench.experiments.control import PolicyGateway
-from bench.experiments.setups import make_setup, wifi_path
-from bench.experiments.workloads import ROOT, CellFailed, _Procs, agent, run_workload
+from .config import Cell, Experiment
+from .control import PolicyServer
+from .setups import make_setup, wifi_path
+from .workloads import ROOT, CellFailed, _Procs, agent, run_workload
 
 __all__ = ["RESULTS", "done_keys", "run_cell", "run_experiment", "versions"]
 
@@ -86,14 +86,14 @@ def run_cell(cell: Cell, timeout_s: float, log_dir: Path | None = None,
     deadline = started + timeout_s
     rec["started"] = time.time()
     setup = make_setup(cell.setup, f"{prefix}{uuid.uuid4().hex[:6]}", log_dir)
-    gateway: PolicyGateway | None = None
+    gateway: PolicyServer | None = None
     n_paths = len(cell.setup.paths)
     try:
         with _Procs() as procs:
             setup.build(cell.seed)
             url = None
             if cell.policy.needs_gateway:
-                gateway = PolicyGateway(cell.policy.spec or "", cell.policy.args,
+                gateway = PolicyServer(cell.policy.spec or "", cell.policy.args,
                                         cell.transport, setup.client)
                 url = gateway.start()
             setup.start(url)
@@ -149,7 +149,7 @@ def run_cell(cell: Cell, timeout_s: float, log_dir: Path | None = None,
     return rec
 
 
-def _cleanup(gateway: PolicyGateway | None, setup: Any) -> None:
+def _cleanup(gateway: PolicyServer | None, setup: Any) -> None:
     for step in ((gateway.stop if gateway is not None else None), setup.down):
         if step is None:
             continue
@@ -159,7 +159,7 @@ def _cleanup(gateway: PolicyGateway | None, setup: Any) -> None:
             log.warning("cleanup step failed: %s", exc)
 
 
-def _gateway_measures(gateway: PolicyGateway, setup: Any) -> dict[str, Any]:
+def _gateway_measures(gateway: PolicyServer, setup: Any) -> dict[str, Any]:
     reactions = gateway.reactions(setup.sim_to_mono)
     ipc = gateway.ipc_delays_ms(setup.sim_to_mono)
     out: dict[str, Any] = {"reports": len(gateway.probe.reports),

@@ -12,10 +12,10 @@ real-time miss) — so a matrix can hold both and record which one ran.
   propagation model at the station's distance maps to a loss ratio on that
   path, updated every ``step_s`` in its own nft table with a *named*
   counter, so replacing the rule keeps the count.
-* ``ns3``: :class:`ns3_side.dataplane.DataPlane` (imported only here) with
+* ``ns3``: :class:`ns3_side.lab.dataplane.DataPlane` (imported only here) with
   point-to-point / LTE-like / WiFi paths; losses are counted in the
   simulation where they happen, per cause (``loss_causes``: queue, error
-  model, WiFi MAC retry limit, WiFi PHY drop reasons; ``ns3_side.simproc``).
+  model, WiFi MAC retry limit, WiFi PHY drop reasons; ``ns3_side.lab.simproc``).
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bench.experiments.agent import rssi_at
-from bench.experiments.config import SetupSpec
 from ipcgw.testbed import NFT_TABLE, PathSpec, Testbed
 
+from .agent import rssi_at
+from .config import SetupSpec
+
 if TYPE_CHECKING:
-    from ns3_side.dataplane import DataPlane
+    from ns3_side.lab.dataplane import DataPlane
 
 __all__ = ["Ns3Setup", "PathSetup", "VethMobility", "VethSetup", "make_setup", "wifi_path"]
 
@@ -203,7 +204,7 @@ class Ns3Setup:
     reports_in_sim = True
 
     def __init__(self, spec: SetupSpec, prefix: str, log_dir: Any = None) -> None:
-        from ns3_side.paths import PathConfig
+        from ns3_side.lab.paths import PathConfig
 
         self.spec = spec
         self.prefix = prefix
@@ -231,7 +232,7 @@ class Ns3Setup:
             self._offset = off if self._offset is None else min(self._offset, off)
 
     def build(self, seed: int) -> None:
-        from ns3_side.dataplane import DataPlane
+        from ns3_side.lab.dataplane import DataPlane
 
         self.dp = DataPlane(self.paths, prefix=self.prefix, scenario=1,
                             hard_limit_ms=self.spec.hard_limit_ms, progress_s=0.1,
@@ -256,7 +257,7 @@ class Ns3Setup:
 
     def losses(self) -> list[int | None]:
         """Packets each path lost for good (queue, error model, MAC gave up), both sides."""
-        from ns3_side.paths import lost_for_good
+        from ns3_side.lab.paths import lost_for_good
 
         causes = self.loss_causes()
         return [None if c is None else lost_for_good(c) for c in causes]

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.experiments.config import Cell
-from bench.experiments.video import score
+from .config import Cell
+from .video import score
 
 __all__ = ["CellFailed", "run_workload"]
 
@@ -58,7 +58,7 @@ class _Procs:
 
 
 def agent(mode: str, *args: Any) -> list[str]:
-    return [sys.executable, "-P", "-m", "bench.experiments.agent", mode, *map(str, args)]
+    return [sys.executable, "-P", "-m", "ipcgw_bench.experiments.agent", mode, *map(str, args)]
 
 
 def _wait_ready(proc: subprocess.Popen[str], deadline: float, what: str) -> None:

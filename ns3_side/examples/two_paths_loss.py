@@ -105,7 +105,7 @@ def run(url: str, *, duration: float = 4.0, period_ms: float = 500.0,
 
     ns, _ = load()
     paths = build(ns, duration=duration)
-    with ns3_side.Gateway(url, name="two_paths_loss") as gw:
+    with ns3_side.SimClient(url, name="two_paths_loss") as gw:
         attach(gw, paths, DEFAULT_SCHEDULE if schedule is None else schedule,
                period_ms=period_ms)
         gw.run(until=duration)

@@ -120,7 +120,7 @@ def run(url: str, *, duration: float = 10.0, start_m: float = 10.0, speed: float
 
     ns, _ = load()
     scenario = build(ns, start_m=start_m, speed=speed, duration=duration)
-    with ns3_side.Gateway(url, name="wifi_rssi", lockstep=lockstep) as gw:
+    with ns3_side.SimClient(url, name="wifi_rssi", lockstep=lockstep) as gw:
         attach(gw, scenario, alpha=alpha, min_interval_ms=min_interval_ms,
                backup_below=backup_below, endpoint_id=endpoint_id)
         gw.run(until=duration)

@@ -12,7 +12,7 @@ routing table per client source address, MPTCP limits and the scenario's
 endpoints) — composing, not editing it: :class:`TapTestbed` only replaces
 its veth step by TAPs and its shaping step by nothing (ns-3 shapes). The
 TAPs are opened here (``/dev/net/tun``, ``IFF_TAP|IFF_NO_PI``), moved into
-the namespaces, and their fds handed to ``python -m ns3_side.simproc``; we
+the namespaces, and their fds handed to ``python -m ns3_side.lab.simproc``; we
 close our copies, so the TAPs live exactly as long as the simulation does.
 
 The controller is the watchdog: it reads the simulation's progress lines,
@@ -48,12 +48,12 @@ from pyroute2 import IPRoute
 
 from ipcgw.errors import IpcgwError
 from ipcgw.testbed import PathSpec, Testbed, TestbedError
-from ns3_side.paths import TAP_MTU, PathConfig
+from ns3_side.lab.paths import TAP_MTU, PathConfig
 
 __all__ = ["DataPlane", "DataplaneError", "SimulationFailed", "TapTestbed", "open_tap",
            "remove_stale_tmp", "station_copies", "station_prefixes"]
 
-log = logging.getLogger("ns3_side.dataplane")
+log = logging.getLogger("ns3_side.lab.dataplane")
 
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
@@ -312,7 +312,7 @@ class DataPlane:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
         self.proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "ns3_side.simproc", str(cfg_path)],
+            [sys.executable, "-P", "-m", "ns3_side.lab.simproc", str(cfg_path)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env,
             pass_fds=[fd for st in per for pair in st for fd in pair])
         for tb in self.testbeds:
@@ -424,8 +424,8 @@ class DataPlane:
                     self._fatal = m.group(1) if m else line.strip()
                     # ns-3 may hang after a fatal error instead of exiting
                     threading.Timer(1.0, self._kill, [self._fatal]).start()
-                elif line.startswith("ns3_side.simproc:") and self._fatal is None:
-                    self._fatal = line.removeprefix("ns3_side.simproc:").strip()
+                elif line.startswith("ns3_side.lab.simproc:") and self._fatal is None:
+                    self._fatal = line.removeprefix("ns3_side.lab.simproc:").strip()
         finally:
             if sink:
                 sink.close()

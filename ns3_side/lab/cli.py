@@ -2,10 +2,10 @@
 
 For ``ipcgw/cli.py``'s lazy group::
 
-    "dataplane": "ns3_side.cli:dataplane",
-    "experiment": "ns3_side.cli:experiment",
+    "dataplane": "ns3_side.lab.cli:dataplane",
+    "experiment": "ns3_side.lab.cli:experiment",
 
-Standalone: ``python -m ns3_side.cli dataplane run ...``. The simulation is a
+Standalone: ``python -m ns3_side.lab.cli dataplane run ...``. The simulation is a
 child of the command, and its TAPs die with it, so ``dataplane run`` stays in
 the foreground; Ctrl-C (or SIGTERM) removes everything it made.
 """
@@ -24,6 +24,7 @@ from typing import Any
 import click
 
 from ipcgw.errors import IpcgwError
+from ipcgw.transports import TRANSPORTS
 
 __all__ = ["dataplane", "experiment"]
 
@@ -79,8 +80,8 @@ def dataplane() -> None:
 def run_cmd(paths: tuple[str, ...], prefix: str, scenario: int, duration: float | None,
             hard_limit_ms: float, stations: int, station_spacing: float, quiet: bool) -> None:
     """Build the namespaces and run the simulation in the foreground."""
-    from ns3_side.dataplane import DataPlane, station_copies
-    from ns3_side.paths import PathConfig, lte, wifi
+    from ns3_side.lab.dataplane import DataPlane, station_copies
+    from ns3_side.lab.paths import PathConfig, lte, wifi
 
     try:
         configs = [PathConfig.parse(p) for p in paths] or [lte(), wifi()]
@@ -124,7 +125,7 @@ def run_cmd(paths: tuple[str, ...], prefix: str, scenario: int, duration: float 
 def down(prefix: str) -> None:
     """Remove PREFIX-cli and PREFIX-srv and the controller's temp folder left by a kill -9."""
     from ipcgw.testbed import Testbed
-    from ns3_side.dataplane import remove_stale_tmp, station_prefixes
+    from ns3_side.lab.dataplane import remove_stale_tmp, station_prefixes
 
     more = station_prefixes(prefix)
     for p in [prefix, *more]:
@@ -141,7 +142,7 @@ def experiment() -> None:
 
 
 @experiment.command()
-@click.option("--transport", "-t", type=click.Choice(["fifo", "unix", "tcp", "sysv", "posixmq"]),
+@click.option("--transport", "-t", type=click.Choice(list(TRANSPORTS)),
               default="fifo", show_default=True, help="Simulation -> ipcgw serve transport.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Results folder (default: results/handover-<policy>-<time>).")
@@ -175,8 +176,8 @@ def handover(transport: str, out: Path | None, no_policy: bool, duration: float,
 
     Writes timeline.png, timeline.csv, summary.json, config.json, versions.json.
     """
-    from ns3_side.handover import HandoverConfig
-    from ns3_side.handover import run as run_handover
+    from ns3_side.lab.handover import HandoverConfig
+    from ns3_side.lab.handover import run as run_handover
 
     try:
         detect = None if detect_dbm == "default" else float(detect_dbm)
@@ -214,7 +215,7 @@ def handover(transport: str, out: Path | None, no_policy: bool, duration: float,
               help="PNG (default: POLICY_DIR/../policy_vs_baseline.png).")
 def handover_compare(policy_dir: Path, baseline_dir: Path, out: Path | None) -> None:
     """One figure of a policy run against its baseline (two handover result folders)."""
-    from ns3_side.handover import compare_plot
+    from ns3_side.lab.handover import compare_plot
 
     out = out or policy_dir.parent / "policy_vs_baseline.png"
     compare_plot(policy_dir, baseline_dir, out)

@@ -1,4 +1,4 @@
-"""What real time costs: ``python -m ns3_side.dpbench [RATE_MBIT ...] [--wifi]``.
+"""What real time costs: ``python -m ns3_side.lab.dpbench [RATE_MBIT ...] [--wifi]``.
 
 Per total rate: two equal point-to-point paths (10 and 30 ms), one MPTCP
 bulk transfer for ``--seconds``; prints the simulation process's CPU share
@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from ns3_side.dataplane import DataPlane
-from ns3_side.paths import PathConfig, p2p, wifi
-from ns3_side.traffic import Bulk, PathSampler
+from ns3_side.lab.dataplane import DataPlane
+from ns3_side.lab.paths import PathConfig, p2p, wifi
+from ns3_side.lab.traffic import Bulk, PathSampler
 
 
 def measure(total_mbit: float, seconds: float = 8.0, use_wifi: bool = False) -> dict[str, float]:

@@ -1,8 +1,8 @@
 """What one report costs, from the trace callback to bytes on the transport.
 
-``python -m ns3_side.bench [--transports fifo,sysv,tcp] [--count 20000]``
+``python -m ns3_side.clientbench [--transports fifo,sysv,tcp] [--count 20000]``
 
-For each transport a real ``ipcgw serve`` is started, a Gateway connects, and
+For each transport a real ``ipcgw serve`` is started, a SimClient connects, and
 the C++ ``Burst`` calls a hook's ``Offer`` (what a trace source's callback
 does) ``count`` times in a row: C++ -> Python closure -> Report -> msgpack ->
 framing -> transport write. Three numbers per transport:
@@ -74,7 +74,7 @@ def measure(transport: str, count: int, tmp: str) -> dict[str, float]:
     import ns3_side
     from ns3_side.hooks import Hook
 
-    with _server(_url(transport, tmp), tmp) as url, ns3_side.Gateway(url, name="bench") as gw:
+    with _server(_url(transport, tmp), tmp) as url, ns3_side.SimClient(url, name="bench") as gw:
         emitter = gw.cpp.Emitter()
         Hook(gw, emitter, 2, 1, lambda a, b: {"rssi_dbm": a, "snr_db": b})
         _burst(gw.cpp, emitter, 200)  # warm up

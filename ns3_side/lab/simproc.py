@@ -1,6 +1,6 @@
-"""The simulation process of the data plane: ``python -m ns3_side.simproc CONFIG.json``.
+"""The simulation process of the data plane: ``python -m ns3_side.lab.simproc CONFIG.json``.
 
-Started by :class:`ns3_side.dataplane.DataPlane`, which owns the namespaces
+Started by :class:`ns3_side.lab.dataplane.DataPlane`, which owns the namespaces
 and the TAP fds (inherited here) and watches this process: it is a separate
 process because ns-3 may hang instead of exiting after a fatal error, and
 only another process can then kill it and clean up.
@@ -30,7 +30,7 @@ import sys
 import time
 from typing import Any
 
-from ns3_side.paths import ENCAP_BYTES, TAP_MTU, PathConfig
+from ns3_side.lab.paths import ENCAP_BYTES, TAP_MTU, PathConfig
 
 RELAY_SOURCE = r"""
 namespace ipcgw_dp {
@@ -393,7 +393,7 @@ def _station_gateway(sim: Sim, station: int, gcfg: dict[str, Any]) -> Any:
     station's own ns-3 node id."""
     import ns3_side
 
-    gw = ns3_side.Gateway(gcfg["url"], name=f"dataplane-s{station}")
+    gw = ns3_side.SimClient(gcfg["url"], name=f"dataplane-s{station}")
     wlan = int(gcfg["path_id"])
     w = sim.stations[station - 1][2][wlan]
     threshold = float(gcfg.get("threshold_dbm", -80.0))
@@ -458,7 +458,7 @@ def run(cfg: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        sys.exit("usage: python -m ns3_side.simproc CONFIG.json")
+        sys.exit("usage: python -m ns3_side.lab.simproc CONFIG.json")
     with open(args[0]) as f:
         cfg = json.load(f)
     _die_with_parent()
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run(cfg)
     except Exception as exc:
-        print(f"ns3_side.simproc: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        print(f"ns3_side.lab.simproc: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         os._exit(1)
 
 

@@ -9,32 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import subprocess
-import uuid
-from pathlib import Path
 
 from ipcgw.testing import ServerProcess
+from ipcgw.testing import fresh_url as _fresh_url
 from ipcgw.transports import TRANSPORTS, get_transport
 
-__all__ = ["GATEWAY_TRANSPORTS", "SYSCALL_TRANSPORTS", "GatewayServer", "Netns", "available_transports",
-           "crosses_netns", "fresh_url", "pin", "pythonpath"]
+__all__ = ["GATEWAY_TRANSPORTS", "SYSCALL_TRANSPORTS", "BenchServer", "Netns", "available_transports",
+           "crosses_netns", "fresh_url", "pin"]
 
 GATEWAY_TRANSPORTS = tuple(TRANSPORTS)
 #: The transports that wait in a syscall (everything but shm, which spins on its ring):
 #: what shm is measured against.
 SYSCALL_TRANSPORTS = tuple(t for t in TRANSPORTS if t != "shm")
-_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def crosses_netns(name: str) -> bool:
     """Whether a server of this transport can sit in another network namespace than its client."""
     return get_transport(name).crosses_netns
-
-
-def pythonpath() -> dict[str, str]:
-    """The environment a server needs to import ``bench.handler`` (it runs with ``-P``)."""
-    return {"PYTHONPATH": os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)}
 
 
 def pin(pid: int, cpu: int) -> None:
@@ -60,16 +52,7 @@ def available_transports() -> tuple[list[str], list[str]]:
 
 def fresh_url(transport: str, framing: str, tmp: str) -> str:
     """An address no other server uses (tests and other benches run beside us)."""
-    tag = uuid.uuid4().hex[:8]
-    base = {
-        "fifo": f"fifo://{tmp}/gw-{tag}",
-        "sysv": f"sysv://{random.randrange(0x10000000, 0x7FFFFFFF):#x}",
-        "posixmq": f"posixmq:///ipcgwb{tag}",
-        "tcp": "tcp://127.0.0.1:0",
-        "unix": f"unix://{tmp}/gw-{tag}.sock",
-        "shm": f"shm:///ipcgwb{tag}",
-    }[transport]
-    return f"{base}?framing={framing}"
+    return _fresh_url(transport, tmp, f"framing={framing}", prefix="ipcgwb")
 
 
 class Netns:
@@ -95,14 +78,14 @@ class Netns:
         self.close()
 
 
-class GatewayServer(ServerProcess):
-    """One ``ipcgw serve --listen URL --handler bench.handler:BenchHandler``, pinned to ``cpu``."""
+class BenchServer(ServerProcess):
+    """One ``ipcgw serve --listen URL --handler ipcgw_bench.handler:BenchHandler``, pinned to ``cpu``."""
 
     def __init__(self, url: str, cpu: int, netns: str | None = None, log_dir: str | None = None,
-                 send_timeout: float = 60.0, handler: str = "bench.handler:BenchHandler") -> None:
+                 send_timeout: float = 60.0, handler: str = "ipcgw_bench.handler:BenchHandler") -> None:
         self.cpu = cpu
         try:
-            super().__init__([url], log_dir=log_dir, netns=netns, verbose=False, env=pythonpath(),
+            super().__init__([url], log_dir=log_dir, netns=netns, verbose=False,
                              extra=["--handler", handler, "--send-timeout", str(send_timeout)])
             pin(self.pid, cpu)
         except BaseException:

@@ -1,6 +1,6 @@
 """The seed's handover experiment, end to end, on the NS-3 data plane.
 
-Path 1 is the LTE stand-in (see :mod:`ns3_side.paths`), path 2 WiFi: the
+Path 1 is the LTE stand-in (see :mod:`ns3_side.lab.paths`), path 2 WiFi: the
 station walks away from the AP. The simulation reports the station's RSSI
 (``MonitorSnifferRx``, filtered) to ``ipcgw serve --handler mptcp --policy
 ipcgw.mptcp.policy:RssiPolicy`` running *in the client namespace* over the
@@ -27,17 +27,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ipcgw.errors import ServerStartError
-from ipcgw.testing import ServerProcess
-from ns3_side.dataplane import ROOT, DataPlane, DataplaneError
-from ns3_side.paths import PathConfig, lte, wifi
-from ns3_side.traffic import Bulk, PathSampler
+from ipcgw.testing import ServerProcess, fresh_url
+from ns3_side.lab.dataplane import ROOT, DataPlane, DataplaneError
+from ns3_side.lab.paths import PathConfig, lte, wifi
+from ns3_side.lab.traffic import Bulk, PathSampler
 
 __all__ = ["HandoverConfig", "HandoverResult", "compare_plot", "plot", "run"]
 
@@ -86,19 +85,6 @@ class HandoverResult:
     out: Path
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
-
-
-def _url(transport: str, tmp: str, tag: str) -> str:
-    urls = {
-        "fifo": f"fifo://{tmp}/gw",
-        "unix": f"unix://{tmp}/gw.sock",
-        "tcp": "tcp://127.0.0.1:7700",  # inside the client namespace: never taken
-        "sysv": f"sysv://0x{int(tag[:7], 16) | 0x10000000:x}",
-        "posixmq": f"posixmq:///ipcgw-{tag}",
-    }
-    if transport not in urls:
-        raise ValueError(f"transport must be one of {sorted(urls)}")
-    return urls[transport]
 
 
 class _Server(ServerProcess):
@@ -160,7 +146,6 @@ def run(cfg: HandoverConfig, out: Path, *, echo: Printer | None = print) -> Hand
          "policy_spec": cfg.policy_spec if cfg.policy else None, "threshold_dbm": threshold},
         indent=2))
     (out / "versions.json").write_text(json.dumps(versions(), indent=2))
-    tag = uuid.uuid4().hex[:8]
     marks: list[tuple[float, dict[str, Any]]] = []  # (monotonic, sim progress)
     dp = DataPlane(cfg.paths(), prefix=cfg.prefix, scenario=1, duration=cfg.duration,
                    hard_limit_ms=cfg.hard_limit_ms, seed=cfg.seed, log_dir=out,
@@ -173,7 +158,7 @@ def run(cfg: HandoverConfig, out: Path, *, echo: Printer | None = print) -> Hand
     started = time.monotonic()
     try:
         dp.build()
-        server = _Server(dp.client, _url(cfg.transport, tmp, tag),
+        server = _Server(dp.client, fresh_url(cfg.transport, tmp),
                          cfg.policy_spec if cfg.policy else None, out / "server.log")
         if echo:
             echo(f"namespaces {dp.client} / {dp.server}; ipcgw serve on {server.url} "
@@ -272,7 +257,7 @@ def _replay(cfg: HandoverConfig, reports: list[dict[str, Any]]) -> list[float | 
 
 def _chain(threshold: float, dp: DataPlane, decisions: list[dict[str, Any]],
            sampler: PathSampler, started: float) -> dict[str, Any]:
-    from ns3_side.chain import reaction_chain
+    from ns3_side.lab.chain import reaction_chain
 
     cross = next((m for m in dp.marks if m.get("what") == "model_crossing"), None)
     first = next((d for d in decisions if d.get("backup") is True), None)

@@ -1,4 +1,4 @@
-"""``Gateway``: one ipcgw client bound to the running ns-3 simulation.
+"""``SimClient``: one ipcgw client bound to the running ns-3 simulation.
 
 Two modes:
 
@@ -18,7 +18,7 @@ Two modes:
 A failure inside the simulation (server gone, lockstep timeout, a handler
 that raised) must not unwind through ns-3's C++ event loop: it is stored,
 ``Simulator::Stop()`` ends the run after the current event, and
-:meth:`Gateway.run` (or :meth:`check`, or leaving the ``with`` block) raises
+:meth:`SimClient.run` (or :meth:`check`, or leaving the ``with`` block) raises
 it. Legacy ``codec=sspi`` URLs reach an mptcpd sspi FIFO: reports are cut to
 ``snr_db`` (the only metric the 8-byte protocol has), backup decisions become
 BACKUP_FLAG_ON / CLEAR_FLAGS, and nothing is ever read back.
@@ -37,7 +37,7 @@ from ipcgw.errors import ConnectError, Disconnected, IpcgwError, Timeout
 from ipcgw.messages import Bye, Command, Message, Report, Result
 from ns3_side import _cpp
 
-__all__ = ["Gateway", "LockstepError", "SimulationAborted"]
+__all__ = ["LockstepError", "SimClient", "SimulationAborted"]
 
 log = logging.getLogger("ns3_side")
 
@@ -57,7 +57,7 @@ class LockstepError(SimulationAborted):
 Handler = Callable[[Message], None]
 
 
-class Gateway:
+class SimClient:
     """Connect to an ipcgw server and feed it from ns-3 trace hooks.
 
     Create it after choosing the simulator implementation (real-time or not):
@@ -296,7 +296,7 @@ class Gateway:
         if self._receiver is not None and self._receiver is not threading.current_thread():
             self._receiver.join(timeout=2.0)
 
-    def __enter__(self) -> Gateway:
+    def __enter__(self) -> SimClient:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
