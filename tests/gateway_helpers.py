@@ -1,13 +1,15 @@
-"""Real gateway server processes for tests, and snapshots of IPC objects."""
+"""Real gateway server processes for tests, snapshots of IPC objects, and a threaded accept."""
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from ipcgw import testing
 from ipcgw.testing import fresh_url as _fresh_url
 from ipcgw.testing import reclaim
+from ipcgw.transports import Connection, Listener
 
 TRANSPORTS = ["fifo", "sysv", "posixmq", "tcp", "unix", "unix-abstract", "shm"]
 NETNS_CROSSING = ["fifo", "sysv", "posixmq", "unix", "shm"]
@@ -42,4 +44,18 @@ class ServerProcess(testing.ServerProcess):
         assert rc == 0, f"server exited {rc}:\n{self.log_path.read_text(errors='replace')}"
 
 
-__all__ = ["NETNS_CROSSING", "TRANSPORTS", "ServerProcess", "fresh_url", "ipc_objects", "reclaim"]
+__all__ = ["NETNS_CROSSING", "TRANSPORTS", "ServerProcess", "accept_in_thread", "fresh_url", "ipc_objects",
+           "reclaim"]
+
+
+def accept_in_thread(lst: Listener, into: list[Connection | BaseException]) -> threading.Thread:
+    """``lst.accept()`` in a daemon thread; the connection (or what it raised) lands in ``into``."""
+    def run() -> None:
+        try:
+            into.append(lst.accept())
+        except BaseException as exc:
+            into.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread

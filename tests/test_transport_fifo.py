@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from gateway_helpers import accept_in_thread
 
 from ipcgw.errors import ConnectError, Disconnected, Timeout, TransportError
 from ipcgw.transports import connect_bytes, listen
@@ -185,18 +186,6 @@ def exchange(conn: Connection, chunks: list[bytes], timeout: float = 30) -> byte
         thread.join(timeout)
     assert not errors, errors
     return bytes(got)
-
-
-def accept_in_thread(lst: Listener, into: list[Connection | BaseException]) -> threading.Thread:
-    def run() -> None:
-        try:
-            into.append(lst.accept())
-        except BaseException as exc:
-            into.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 def pair(lst: Listener, url: str) -> tuple[Connection, Connection]:

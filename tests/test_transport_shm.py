@@ -24,6 +24,7 @@ from pathlib import Path
 import posix_ipc
 import pytest
 from conftest import require_shm_c
+from gateway_helpers import accept_in_thread
 
 import ipcgw
 from ipcgw.errors import ConnectError, Disconnected, Timeout, TransportError
@@ -110,18 +111,6 @@ def in_process(url: str) -> Iterator[Listener]:
         yield lst
     finally:
         lst.close()
-
-
-def accept_in_thread(lst: Listener, into: list[Connection | BaseException]) -> threading.Thread:
-    def run() -> None:
-        try:
-            into.append(lst.accept())
-        except BaseException as exc:
-            into.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 @contextlib.contextmanager

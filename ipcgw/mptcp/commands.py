@@ -3,7 +3,9 @@
 The direct handler (netlink) and the mptcpd one share what a Command means at
 this level: an op name looked up in a table, arguments checked by name and
 type, and the failure a client caused answered in its words (``BadArguments``,
-the kernel's extack text) while only a bug is logged with a traceback.
+the kernel's extack text) while only a bug is logged with a traceback. The
+path-manager ops themselves (:func:`pm_ops`) are one table for both: their
+backends (``PathManager``, mptcpd's ``BridgePathManager``) have the same methods.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ipcgw.errors import KernelError
-from ipcgw.messages import Command, Message, Report, Result
+from ipcgw.messages import Command, Error, Message, Report, Result
 
 if TYPE_CHECKING:
     from ipcgw.mptcp.policy import Policy
 
-__all__ = ["BadArguments", "Op", "SessionLike", "args", "execute", "feed_policy", "flag"]
+__all__ = ["BadArguments", "Op", "SessionLike", "args", "execute", "feed_policy", "flag", "on_client_message",
+           "pm_ops"]
 
 log = logging.getLogger("ipcgw.mptcp")
 
@@ -92,3 +95,73 @@ def feed_policy(policy: Policy | None, session: SessionLike, report: Report) -> 
         policy.report_from(session.id, report)
     except Exception:
         log.exception("policy failed on a report")
+
+
+def on_client_message(run: Callable[[SessionLike, Command], Result | None], policy: Policy | None,
+                      session: SessionLike, msg: Message) -> Message | None:
+    """What a path-manager handler does with a client's message (the session has already
+    answered Ping and Bye): a Command runs, a Report feeds the policy, anything else is
+    the client's mistake."""
+    if isinstance(msg, Command):
+        return run(session, msg)
+    if isinstance(msg, Report):
+        feed_policy(policy, session, msg)
+        return None
+    return Error(f"unexpected {type(msg).__name__} from a client")
+
+
+def pm_ops(pm: Any, interface: Callable[[dict[str, Any], str], dict[str, Any]]) -> dict[str, Op]:
+    """The path-manager Commands, run the same way against either backend ``pm``: each
+    op's argument names and types, and the token notation, are checked here once.
+    ``interface(a, op)`` turns ``dev=`` into ``ifindex=`` (or refuses an interface
+    where the backend cannot bind to one) and returns ``a``."""
+    from ipcgw.mptcp.pm import parse_token
+
+    def token(a: dict[str, Any]) -> dict[str, Any]:
+        a["token"] = parse_token(a["token"])
+        return a
+
+    def endpoint_show(s: SessionLike, a: Mapping[str, Any]) -> Any:
+        a = args(a, [], ["id"])
+        return pm.endpoint(a["id"]) if "id" in a else pm.endpoints()
+
+    def endpoint_set_flags(s: SessionLike, a: Mapping[str, Any]) -> Any:
+        a = args(a, ["id", "backup"], ["fullmesh"])
+        return pm.set_endpoint_flags(a["id"], flag(a["backup"], "backup"),
+                                     flag(a.get("fullmesh", False), "fullmesh"))
+
+    def announce(s: SessionLike, a: Mapping[str, Any]) -> Any:
+        port = pm.announce(**interface(token(args(a, ["token", "addr", "id"],
+                                                  ["port", "ifindex", "dev"])), "announce"))
+        return None if port is None else {"port": port}  # mptcpd picks a port when none is given
+
+    def subflow_create(s: SessionLike, a: Mapping[str, Any]) -> None:
+        a = interface(token(args(a, ["token", "local_addr", "remote_addr", "remote_port"],
+                                 ["local_id", "local_port", "backup", "ifindex", "dev"])),
+                      "subflow_create")
+        if "backup" in a:
+            a["backup"] = flag(a["backup"], "backup")
+        pm.subflow_create(**a)
+
+    def set_flags(s: SessionLike, a: Mapping[str, Any]) -> None:
+        a = token(args(a, ["token", "local_addr", "local_port", "remote_addr", "remote_port",
+                           "backup"]))
+        a["backup"] = flag(a["backup"], "backup")
+        pm.set_flags(**a)
+
+    four = ["token", "local_addr", "local_port", "remote_addr", "remote_port"]
+    return {
+        "endpoint.add": lambda s, a: pm.add_endpoint(**interface(
+            args(a, ["addr"], ["id", "flags", "port", "ifindex", "dev"]), "endpoint.add")),
+        "endpoint.delete": lambda s, a: pm.delete_endpoint(**args(a, ["id"], ["addr"])),
+        "endpoint.flush": lambda s, a: pm.flush_endpoints(),
+        "endpoint.show": endpoint_show,
+        "endpoint.set_flags": endpoint_set_flags,
+        "limits.get": lambda s, a: pm.limits(),
+        "limits.set": lambda s, a: pm.set_limits(**args(a, [], ["subflows", "add_addr_accepted"])),
+        "pm.announce": announce,
+        "pm.remove": lambda s, a: pm.remove(**token(args(a, ["token", "id"]))),
+        "pm.subflow_create": subflow_create,
+        "pm.subflow_destroy": lambda s, a: pm.subflow_destroy(**token(args(a, four))),
+        "pm.set_flags": set_flags,
+    }

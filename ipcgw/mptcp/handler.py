@@ -54,15 +54,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ipcgw.messages import Command, Error, Message, Report, Result, Stats
+from ipcgw.messages import Command, Message, Result, Stats
 from ipcgw.mptcp import genl
-from ipcgw.mptcp.commands import BadArguments, SessionLike, execute, feed_policy
+from ipcgw.mptcp.commands import BadArguments, SessionLike, execute, on_client_message, pm_ops
 from ipcgw.mptcp.commands import args as _args
 from ipcgw.mptcp.commands import flag as _flag
 from ipcgw.mptcp.events import EventListener, MptcpEvent
 from ipcgw.mptcp.genl import GenlSocket, KernelError
 from ipcgw.mptcp.metrics import MetricsReader
-from ipcgw.mptcp.pm import PathManager, parse_token
+from ipcgw.mptcp.pm import PathManager
 from ipcgw.mptcp.policy import Policy
 from ipcgw.netns import run_in_netns
 
@@ -135,11 +135,6 @@ class _Subscription:
     next_stats: float = 0.0
 
 
-def _token(a: dict[str, Any]) -> dict[str, Any]:
-    a["token"] = parse_token(a["token"])
-    return a
-
-
 class MptcpHandler(_Base):
     """Executes path-manager commands, streams events and stats, runs a policy.
 
@@ -175,18 +170,7 @@ class MptcpHandler(_Base):
         if listen_events:
             self._events = EventListener(netns, self._on_event).start()
         self._ops: dict[str, Callable[[SessionLike, Mapping[str, Any]], Any]] = {
-            "endpoint.add": self._endpoint_add,
-            "endpoint.delete": self._endpoint_delete,
-            "endpoint.flush": lambda s, a: self.pm.flush_endpoints(),
-            "endpoint.show": self._endpoint_show,
-            "endpoint.set_flags": self._endpoint_set_flags,
-            "limits.get": lambda s, a: self.pm.limits(),
-            "limits.set": self._limits_set,
-            "pm.announce": self._announce,
-            "pm.remove": self._remove,
-            "pm.subflow_create": self._subflow_create,
-            "pm.subflow_destroy": self._subflow_destroy,
-            "pm.set_flags": self._set_flags,
+            **pm_ops(self.pm, lambda a, op: self._dev(a)),
             "subscribe": self._subscribe,
             "stats.get": self._stats_get,
             "run.iperf": lambda s, a: self._run_program("iperf", a),
@@ -199,12 +183,7 @@ class MptcpHandler(_Base):
         log.info("mptcp handler: session %s connected", session.id)
 
     def on_message(self, session: SessionLike, msg: Message) -> Message | None:
-        if isinstance(msg, Command):
-            return self.execute(session, msg)
-        if isinstance(msg, Report):
-            feed_policy(self.policy, session, msg)
-            return None
-        return Error(f"unexpected {type(msg).__name__} from a client")
+        return on_client_message(self.execute, self.policy, session, msg)
 
     def on_disconnect(self, session: SessionLike) -> None:
         with self._lock:
@@ -256,52 +235,6 @@ class MptcpHandler(_Base):
             where = f" in namespace {self.netns}" if self.netns else ""
             raise BadArguments(f"no such interface {dev!r}{where} (dev=)") from None
         return a
-
-    def _endpoint_add(self, session: SessionLike, args: Mapping[str, Any]) -> Any:
-        a = self._dev(_args(args, ["addr"], ["id", "flags", "port", "ifindex", "dev"]))
-        return self.pm.add_endpoint(**a)
-
-    def _endpoint_delete(self, session: SessionLike, args: Mapping[str, Any]) -> None:
-        a = _args(args, ["id"], ["addr"])
-        self.pm.delete_endpoint(a["id"], a.get("addr"))
-
-    def _endpoint_show(self, session: SessionLike, args: Mapping[str, Any]) -> Any:
-        a = _args(args, [], ["id"])
-        return self.pm.endpoint(a["id"]) if "id" in a else self.pm.endpoints()
-
-    def _endpoint_set_flags(self, session: SessionLike, args: Mapping[str, Any]) -> None:
-        a = _args(args, ["id", "backup"], ["fullmesh"])
-        self.pm.set_endpoint_flags(
-            a["id"], _flag(a["backup"], "backup"), _flag(a.get("fullmesh", False), "fullmesh")
-        )
-
-    def _limits_set(self, session: SessionLike, args: Mapping[str, Any]) -> Any:
-        return self.pm.set_limits(**_args(args, [], ["subflows", "add_addr_accepted"]))
-
-    def _announce(self, session: SessionLike, args: Mapping[str, Any]) -> None:
-        a = _args(args, ["token", "addr", "id"], ["port", "ifindex", "dev"])
-        self.pm.announce(**self._dev(_token(a)))
-
-    def _remove(self, session: SessionLike, args: Mapping[str, Any]) -> None:
-        self.pm.remove(**_token(_args(args, ["token", "id"])))
-
-    def _subflow_create(self, session: SessionLike, args: Mapping[str, Any]) -> None:
-        a = _args(args, ["token", "local_addr", "remote_addr", "remote_port"],
-                  ["local_id", "local_port", "backup", "ifindex", "dev"])
-        a = self._dev(_token(a))
-        if "backup" in a:
-            a["backup"] = _flag(a["backup"], "backup")
-        self.pm.subflow_create(**a)
-
-    def _subflow_destroy(self, session: SessionLike, args: Mapping[str, Any]) -> None:
-        self.pm.subflow_destroy(**_token(_args(
-            args, ["token", "local_addr", "local_port", "remote_addr", "remote_port"])))
-
-    def _set_flags(self, session: SessionLike, args: Mapping[str, Any]) -> None:
-        a = _token(_args(args, ["token", "local_addr", "local_port", "remote_addr",
-                                "remote_port", "backup"]))
-        a["backup"] = _flag(a["backup"], "backup")
-        self.pm.set_flags(**a)
 
     def _subscribe(self, session: SessionLike, args: Mapping[str, Any]) -> dict[str, Any]:
         a = _args(args, [], ["events", "stats_interval"])

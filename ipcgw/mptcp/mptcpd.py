@@ -52,9 +52,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipcgw.errors import IpcgwError
-from ipcgw.messages import Command, Error, Event, Message, Ping, Pong, Report, Result
+from ipcgw.messages import Command, Error, Event, Message, Ping, Pong, Result
 from ipcgw.mptcp import genl
-from ipcgw.mptcp.commands import BadArguments, SessionLike, execute, feed_policy
+from ipcgw.mptcp.commands import BadArguments, SessionLike, execute, on_client_message, pm_ops
 from ipcgw.mptcp.commands import args as _args
 from ipcgw.mptcp.commands import flag as _flag
 from ipcgw.mptcp.events import MptcpEvent
@@ -318,22 +318,10 @@ class MptcpdHandler(BaseHandler):
                                               daemon=True)
         self._event_thread.start()
         self._ops: dict[str, Callable[[SessionLike, Mapping[str, Any]], Any]] = {
-            "endpoint.add": self._endpoint_add,
-            "endpoint.delete": lambda s, a: self.pm.delete_endpoint(
-                **_args(a, ["id"], ["addr"])),
-            "endpoint.flush": lambda s, a: self.pm.flush_endpoints(),
-            "endpoint.show": self._endpoint_show,
-            "endpoint.set_flags": self._endpoint_set_flags,
-            "limits.get": lambda s, a: self.pm.limits(),
-            "limits.set": lambda s, a: self.pm.set_limits(
-                **_args(a, [], ["subflows", "add_addr_accepted"])),
-            "pm.announce": self._announce,
+            **pm_ops(self.pm, self._interface),
+            # mptcpd's remove names the address: give it, or announce through this gateway
             "pm.remove": lambda s, a: self.pm.remove(
                 **self._token(_args(a, ["token", "id"], ["addr"]))),
-            "pm.subflow_create": self._subflow_create,
-            "pm.subflow_destroy": lambda s, a: self.pm.subflow_destroy(**self._token(_args(
-                a, ["token", "local_addr", "local_port", "remote_addr", "remote_port"]))),
-            "pm.set_flags": self._set_flags,
             "subscribe": self._subscribe,
             "stats.get": self._stats_get,
         }
@@ -361,12 +349,7 @@ class MptcpdHandler(BaseHandler):
     def on_message(self, session: SessionLike, msg: Message) -> Message | None:
         if session is self._bridge:
             return self._from_bridge(msg)
-        if isinstance(msg, Command):
-            return self.execute(session, msg)
-        if isinstance(msg, Report):
-            feed_policy(self.policy, session, msg)
-            return None
-        return Error(f"unexpected {type(msg).__name__} from a client")
+        return on_client_message(self.execute, self.policy, session, msg)
 
     def on_disconnect(self, session: SessionLike) -> None:
         if self.policy is not None and session is not self._bridge:
@@ -569,14 +552,17 @@ class MptcpdHandler(BaseHandler):
         a["token"] = parse_token(a["token"])
         return a
 
-    def _endpoint_add(self, session: SessionLike, args: Mapping[str, Any]) -> Any:
-        a = _args(args, ["addr"], ["id", "flags", "port", "ifindex", "dev"])
+    def _interface(self, a: dict[str, Any], op: str) -> dict[str, Any]:
+        """``dev=`` -> ``ifindex=`` for an endpoint; mptcpd binds no subflow or announce to one."""
+        if op != "endpoint.add":
+            _no_interface(a, op)
+            return a
         if "dev" in a:
             dev = a.pop("dev")
             if "ifindex" in a:
                 raise BadArguments("give dev or ifindex, not both")
             a["ifindex"] = self._ifindex(dev)
-        return self.pm.add_endpoint(**a)
+        return a
 
     def _ifindex(self, dev: Any) -> int:
         if not isinstance(dev, str) or not dev:
@@ -585,34 +571,6 @@ class MptcpdHandler(BaseHandler):
             return run_in_netns(self.netns, lambda: socket.if_nametoindex(dev))
         except (OSError, ValueError):
             raise BadArguments(f"no such interface {dev!r} (dev=)") from None
-
-    def _endpoint_show(self, session: SessionLike, args: Mapping[str, Any]) -> Any:
-        a = _args(args, [], ["id"])
-        return self.pm.endpoint(a["id"]) if "id" in a else self.pm.endpoints()
-
-    def _endpoint_set_flags(self, session: SessionLike, args: Mapping[str, Any]) -> int:
-        a = _args(args, ["id", "backup"], ["fullmesh"])
-        return self.pm.set_endpoint_flags(a["id"], _flag(a["backup"], "backup"),
-                                          _flag(a.get("fullmesh", False), "fullmesh"))
-
-    def _announce(self, session: SessionLike, args: Mapping[str, Any]) -> dict[str, int]:
-        a = self._token(_args(args, ["token", "addr", "id"], ["port", "ifindex", "dev"]))
-        _no_interface(a, "announce")
-        return {"port": self.pm.announce(**a)}
-
-    def _subflow_create(self, session: SessionLike, args: Mapping[str, Any]) -> None:
-        a = self._token(_args(args, ["token", "local_addr", "remote_addr", "remote_port"],
-                              ["local_id", "local_port", "backup", "ifindex", "dev"]))
-        _no_interface(a, "add_subflow")
-        if "backup" in a:
-            a["backup"] = _flag(a["backup"], "backup")
-        self.pm.subflow_create(**a)
-
-    def _set_flags(self, session: SessionLike, args: Mapping[str, Any]) -> None:
-        a = self._token(_args(args, ["token", "local_addr", "local_port", "remote_addr",
-                                     "remote_port", "backup"]))
-        a["backup"] = _flag(a["backup"], "backup")
-        self.pm.set_flags(**a)
 
     def _subscribe(self, session: SessionLike, args: Mapping[str, Any]) -> dict[str, Any]:
         a = _args(args, [], ["events", "stats_interval"])
