@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -31,6 +30,7 @@ from typing import Any
 from ipcgw.errors import ServerStartError
 from ipcgw.messages import Command, Result
 from ipcgw.mptcp.handler import MptcpHandler
+from ipcgw.testing import provenance
 
 from .servers import BenchServer, Netns
 
@@ -284,11 +284,10 @@ def _inprocess(cfg: PmConfig, ns: PmNetns) -> dict[str, dict[str, list[int]]]:
 
 def _conditions(load_before: list[float], load_after: list[float], seconds: float,
                 cfg: PmConfig) -> list[str]:
-    from .system import _cpu_model
-
+    m = provenance()
     return [
-        f"- {time.strftime('%Y-%m-%d %H:%M %Z')}, kernel {platform.release()}, "
-        f"{_cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        f"- {m['date']}, kernel {m['kernel']}, {m['cpu_model']}, {m['cores']} CPUs, "
+        f"Python {m['python']}, ipcgw {m['ipcgw_commit']}",
         f"- load average before {' '.join(map(str, load_before))}, after "
         f"{' '.join(map(str, load_after))} (other engineers share this machine: "
         "absolute figures are noisy; lean and pyroute2 alternate in rounds, so they share the noise)",

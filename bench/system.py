@@ -9,15 +9,12 @@ next to the numbers it disturbed.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
-import platform
 import resource
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+
+from ipcgw.testing import provenance
 
 __all__ = [
     "PLACEMENTS",
@@ -131,70 +128,9 @@ def ipc_limits() -> dict[str, int | None]:
     return out
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _version(module: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(module)
-    except Exception:
-        return None
-
-
-def _git_commit() -> str | None:
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists() or shutil.which("git") is None:
-        return None
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5)
-        commit = out.stdout.strip()
-        if not commit:
-            return None
-        # Uncommitted changes to the measured code make the commit a lie: say so.
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "ipcgw",
-                                "bench"], capture_output=True, text=True, timeout=5).stdout.strip()
-        return f"{commit}-dirty" if dirty else commit
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _cc_version() -> str | None:
-    cc = shutil.which(os.environ.get("CC", "cc"))
-    if cc is None:
-        return None
-    try:
-        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=10)
-        return out.stdout.splitlines()[0] if out.stdout else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def machine_info() -> dict[str, Any]:
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "cpu_model": _cpu_model(),
-        "cores": os.cpu_count(),
-        "usable_cpus": sorted(os.sched_getaffinity(0)),
-        "kernel": platform.release(),
-        "python": sys.version.split()[0],
-        "python_impl": platform.python_implementation(),
-        "msgpack": _version("msgpack"),
-        "pyzmq": _version("pyzmq"),
-        "sysv_ipc": _version("sysv_ipc"),
-        "posix_ipc": _version("posix_ipc"),
-        "cc": _cc_version(),
-        "ipcgw_commit": _git_commit(),
-        "ipc_limits": ipc_limits(),
-        "loadavg_start": loadavg(),
-    }
+    cc = os.environ.get("CC", "cc")
+    info = provenance(packages=("msgpack", "pyzmq", "sysv_ipc", "posix_ipc"), tools=(cc,))
+    info["cc"] = info.pop(cc)
+    info["ipc_limits"] = ipc_limits()
+    return info

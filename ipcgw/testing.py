@@ -1,5 +1,6 @@
 """``ServerProcess``: the one way to run ``ipcgw serve`` in a child process;
-``fresh_url``: the one way to name a server no other one on this host uses.
+``fresh_url``: the one way to name a server no other one on this host uses;
+``provenance``: the one record of what produced a set of numbers.
 
 The demo, the benchmarks, the ns-3 side's experiments and the tests all need
 the same thing: start a real server (optionally inside a network namespace),
@@ -10,7 +11,9 @@ up — or kill it and let a fresh server reclaim what it left. Written once here
 
 from __future__ import annotations
 
+import datetime
 import os
+import platform
 import secrets
 import select
 import signal
@@ -18,12 +21,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from ipcgw.errors import ServerStartError
 
-__all__ = ["ServerProcess", "fresh_url", "reclaim"]
+__all__ = ["ServerProcess", "fresh_url", "provenance", "reclaim"]
 
 LISTENING = b"listening on "
 
@@ -211,3 +216,68 @@ def _state(pid: int) -> str:
             return f.read().rsplit(b") ", 1)[1][:1].decode()
     except (OSError, IndexError):
         return "?"
+
+
+def provenance(packages: Iterable[str] = (), tools: Iterable[str] = ()) -> dict[str, Any]:
+    """What produced the numbers — machine, kernel, interpreter, the versions of
+    ``packages`` (None: not installed), the first line of each tool's ``--version``, and
+    the commit (``-dirty`` when the measured code has uncommitted changes, because then
+    the commit is a lie). The benchmark, the handover run and the experiment matrix all
+    write this one record, so their reports can be compared field by field."""
+    out: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cpus": sorted(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "python_impl": platform.python_implementation(),
+        "loadavg_start": list(os.getloadavg()),
+        "ipcgw_commit": _git_commit(),
+    }
+    for pkg in ("ipcgw", *packages):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    for tool in tools:
+        out[tool] = _tool_version(tool)
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+        if not commit:
+            return None
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "ipcgw", "ns3_side", "bench"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{commit}-dirty" if dirty else commit
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _tool_version(tool: str) -> str | None:
+    try:
+        proc = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = (proc.stdout or proc.stderr).splitlines()
+    return lines[0].strip() if lines else None

@@ -31,6 +31,26 @@ def exact_percentile(values: list[int], p: float) -> int:
 # ---------------------------------------------------------------- histogram
 
 
+def test_provenance_is_one_record_with_packages_tools_and_an_honest_commit() -> None:
+    """The benchmark, the handover run and the experiment matrix all write this record."""
+    import subprocess
+    from importlib import metadata
+
+    from ipcgw.testing import provenance
+
+    m = provenance(("msgpack", "no-such-package-ipcgw"), ("no-such-tool-ipcgw", "python3"))
+    assert m["msgpack"] == metadata.version("msgpack") and m["no-such-package-ipcgw"] is None
+    assert m["no-such-tool-ipcgw"] is None and m["python3"].startswith("Python 3")
+    assert m["cores"] == os.cpu_count() and m["kernel"] == os.uname().release
+    root = Path(__file__).resolve().parent.parent
+    if (root / ".git").exists():
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "ipcgw",
+                                "ns3_side", "bench"], capture_output=True, text=True).stdout.strip()
+        assert m["ipcgw_commit"] == (f"{head}-dirty" if dirty else head)
+
+
 def test_buckets_cover_every_value_once() -> None:
     rng = random.Random(1)
     values = [0, 1, 255, 256, 257, 511, 512, 2**40 + 12345, 2**63 - 1]

@@ -15,52 +15,29 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import statistics
-import subprocess
 import time
 import traceback
 import uuid
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from ipcgw.testing import provenance
 
 from .config import Cell, Experiment
 from .control import PolicyServer
 from .setups import make_setup, wifi_path
-from .workloads import ROOT, CellFailed, _Procs, agent, run_workload
+from .workloads import CellFailed, _Procs, agent, run_workload
 
-__all__ = ["RESULTS", "done_keys", "run_cell", "run_experiment", "versions"]
+__all__ = ["RESULTS", "done_keys", "run_cell", "run_experiment"]
 
 log = logging.getLogger(__name__)
 
 RESULTS = "results.jsonl"
 LEAD_S = 0.5  # reporter, mobility and workload start together this long after setup
-
-
-def versions() -> dict[str, Any]:
-    """What produced the numbers: a report without this cannot be compared honestly."""
-    out: dict[str, Any] = {"kernel": os.uname().release, "python": platform.python_version(),
-                           "machine": platform.machine(), "cpus": os.cpu_count(),
-                           "loadavg_at_start": os.getloadavg()}
-    for pkg in ("ipcgw", "ns3", "pyroute2", "matplotlib"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    try:
-        out["git"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                    capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        out["git"] = None
-    for prog, flag in (("iperf3", "--version"), ("mptcpize", "--version")):
-        try:
-            text = subprocess.run([prog, flag], capture_output=True, text=True, timeout=5).stdout
-            out[prog] = text.splitlines()[0].strip() if text else None
-        except (OSError, subprocess.SubprocessError):
-            out[prog] = None
-    return out
+PACKAGES = ("ns3", "cppyy", "pyroute2", "msgpack", "matplotlib")  # recorded with every run
+TOOLS = ("iperf3", "mptcpize")
 
 
 def done_keys(out_dir: Path) -> set[str]:
@@ -229,7 +206,7 @@ def run_experiment(exp: Experiment, out_dir: Path, resume: bool = False,
         (out_dir / "config.toml").write_text(Path(exp.source).read_text())
     meta_path = out_dir / "meta.json"
     meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    meta.setdefault("runs", []).append({"versions": versions(), "started": time.time()})
+    meta.setdefault("runs", []).append({"versions": provenance(PACKAGES, TOOLS), "started": time.time()})
     meta["experiment"] = exp.to_json()
     meta_path.write_text(json.dumps(meta, indent=2))
     skip = done_keys(out_dir) if resume else set()

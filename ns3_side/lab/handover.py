@@ -22,9 +22,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ipcgw.errors import ServerStartError
-from ipcgw.testing import ServerProcess, fresh_url
+from ipcgw.testing import ServerProcess, fresh_url, provenance
 from ns3_side.lab.dataplane import ROOT, DataPlane, DataplaneError
 from ns3_side.lab.paths import PathConfig, lte, wifi
 from ns3_side.lab.traffic import Bulk, PathSampler
@@ -44,6 +41,7 @@ LTE, WLAN = 1, 2
 WLAN_ENDPOINT = 2
 POLICY = "ipcgw.mptcp.policy:RssiPolicy"
 THRESHOLD_DBM = -80.0
+PACKAGES = ("ns3", "cppyy", "pyroute2", "msgpack", "matplotlib", "click")  # in versions.json
 
 
 @dataclass
@@ -105,25 +103,6 @@ class _Server(ServerProcess):
                 self.log_path = log_path
 
 
-def versions() -> dict[str, Any]:
-    """What produced the numbers: interpreter, kernel, packages, commit."""
-    from importlib import metadata
-
-    out: dict[str, Any] = {"python": sys.version.split()[0], "kernel": platform.release(),
-                           "machine": platform.machine(), "cpus": os.cpu_count()}
-    for pkg in ("ipcgw", "ns3", "cppyy", "pyroute2", "msgpack", "matplotlib", "click"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    try:
-        out["git"] = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-                                    capture_output=True, text=True, timeout=5).stdout.strip()
-    except OSError:
-        out["git"] = None
-    return out
-
-
 def _cpu_share(progress: list[dict[str, Any]]) -> float:
     """CPU seconds per wall second of the simulation process since it started running."""
     if len(progress) < 2:
@@ -145,7 +124,7 @@ def run(cfg: HandoverConfig, out: Path, *, echo: Printer | None = print) -> Hand
         {**asdict(cfg), "paths": [p.to_json() for p in cfg.paths()],
          "policy_spec": cfg.policy_spec if cfg.policy else None, "threshold_dbm": threshold},
         indent=2))
-    (out / "versions.json").write_text(json.dumps(versions(), indent=2))
+    (out / "versions.json").write_text(json.dumps(provenance(PACKAGES), indent=2))
     marks: list[tuple[float, dict[str, Any]]] = []  # (monotonic, sim progress)
     dp = DataPlane(cfg.paths(), prefix=cfg.prefix, scenario=1, duration=cfg.duration,
                    hard_limit_ms=cfg.hard_limit_ms, seed=cfg.seed, log_dir=out,
