@@ -469,3 +469,51 @@ def test_lockstep_needs_nothing_of_the_handler(sim: Any, tmp_path: Path) -> None
         gw.run(until=1.05)
         assert gw.steps == 10
         gw.close()
+
+
+def test_client_time_constant_filter_does_not_depend_on_traffic(sim: Any, tmp_path: Path) -> None:
+    """The station hears ~10 beacons/s idle and ~1000 frames/s loaded. At t = 1 s it jumps
+    from 10 m to 40 m (~18 dB weaker): 300 ms later ``tau_ms=300`` has closed 1 - 1/e of
+    the step in both runs, while ``alpha=0.3`` per frame lags idle and is raw loaded."""
+    import ns3_side
+    from ns3_side.examples import wifi_rssi
+
+    ns = sim
+
+    def step_fraction(rows: list[list[Any]], path: int, before: float, after: float) -> float:
+        at = [m["rssi_dbm"] for t, p, m, _ in rows if p == path and t <= 1.3]
+        return float((at[-1] - after) / (before - after))
+
+    got: dict[float, tuple[float, float]] = {}
+    for pps in (0.0, 1000.0):
+        with Server(url_for("unix", tmp_path), tmp_path) as server:
+            scenario = wifi_rssi.build(ns, start_m=10.0, speed=0.0, traffic_pps=pps,
+                                       duration=2.0)
+            ap_mac = scenario.ap_device.GetAddress()
+            with ns3_side.SimClient(server.url, name=f"tau-{pps:g}") as gw:
+                raw: list[tuple[float, float]] = []
+                truth = gw.own(gw.cpp.WifiSignal())
+                truth.FilterFrom(ap_mac)
+                truth.fn = lambda t, a, b, raw=raw: raw.append((t, a))
+                assert truth.Attach(scenario.sta_device.GetPhy())
+                ns3_side.wifi_signal(gw, scenario.sta_device, 2, tau_ms=300, from_address=ap_mac)
+                ns3_side.wifi_signal(gw, scenario.sta_device, 3, alpha=0.3, from_address=ap_mac)
+                mob = scenario.sta_mobility
+                gw.schedule(1.0, lambda mob=mob: mob.SetPosition(ns.Vector(40, 0, 0)))
+                gw.run(until=2.0, close=False)
+                gw.client.ping(b"")
+            rows = dump_reports(server.url)
+        ns.Simulator.Destroy()  # the next run starts at sim time 0 again
+        before = [a for t, a in raw if t < 1.0][-1]
+        after = [a for t, a in raw if t > 1.0][-1]
+        assert before - after > 15, (before, after)
+        frames_per_s = sum(1 for t, _ in raw if 1.0 < t <= 2.0)
+        assert (frames_per_s < 20) if pps == 0 else (frames_per_s > 500), frames_per_s
+        got[pps] = (step_fraction(rows, 2, before, after), step_fraction(rows, 3, before, after))
+    tau_idle, alpha_idle = got[0.0]
+    tau_loaded, alpha_loaded = got[1000.0]
+    e = 1 / 2.718281828459045
+    # idle, beacons are 102.4 ms apart: the filter's clock starts at the last beacon before
+    # the jump and stops at the last one before 1.3 s, each up to 0.1 s early (e^±0.1/0.3)
+    assert tau_loaded == pytest.approx(e, abs=0.02) and e * 0.7 < tau_idle < e * 1.45
+    assert alpha_loaded < 1e-6 < 0.1 < alpha_idle  # per-frame weights: the traffic decides
