@@ -49,6 +49,10 @@ class Channel:
         self._encode, self._frame, self._decode = self.codec.encode, self.framer.encode, self.codec.decode
         self._feed = self._decoder.feed
         self._conn_send, self._conn_recv = conn.send, conn.recv
+        # a large frame is read straight into its own buffer where both sides can
+        self._get_buffer = (getattr(self._decoder, "get_buffer", None)
+                            if conn.reads_into else None)
+        self._recycle = getattr(self._decoder, "recycle", lambda frame: None)
 
     def send(self, msg: Message) -> None:
         payload = self._encode(msg)
@@ -72,12 +76,18 @@ class Channel:
     def recv(self, timeout: float | None = None) -> Message:
         frames = self._frames
         if frames:
-            return self._decode(frames.popleft())
+            return self._decode_once(frames.popleft())
         got = self._read(timeout)
         if len(got) == 1:  # the request/reply case: one read, one frame
-            return self._decode(got[0])
+            return self._decode_once(got[0])
         frames.extend(got)
-        return self._decode(frames.popleft())
+        return self._decode_once(frames.popleft())
+
+    def _decode_once(self, frame: bytes | bytearray) -> Message:
+        msg = self._decode(frame)
+        if type(frame) is bytearray:  # a large frame's own buffer: every codec copies out
+            self._recycle(frame)
+        return msg
 
     def recv_frame(self, timeout: float | None = None) -> bytes:
         """Next frame; Disconnected at end of stream, Timeout, or FramingError."""
@@ -88,7 +98,6 @@ class Channel:
 
     def _read(self, timeout: float | None) -> list[bytes]:
         """Read until the decoder completes at least one frame; those frames."""
-        recv, feed = self._conn_recv, self._feed
         deadline = None if timeout is None else time.monotonic() + timeout
         left = timeout
         started = None  # deadline of a frame whose first byte is here
@@ -96,18 +105,15 @@ class Channel:
             started = time.monotonic() + self.frame_timeout
         while True:
             if started is None:
-                data = recv(left)
+                got = self._read_once(left)
             else:
                 try:
-                    data = recv(self._until_frame_due(started, left))
+                    got = self._read_once(self._until_frame_due(started, left))
                 except Timeout:
                     if time.monotonic() < started:
                         raise
                     self._until_frame_due(started, left)  # raises FrameTimeout
                     raise
-            if not data:
-                self._eof()
-            got = feed(data)
             if got:
                 return got
             if started is None and self.frame_timeout is not None:
@@ -116,6 +122,20 @@ class Channel:
                 left = deadline - time.monotonic()
                 if left <= 0.0:
                     raise Timeout(f"no complete frame from {self.conn.peer} within {timeout} s")
+
+    def _read_once(self, timeout: float | None) -> list[bytes]:
+        """One read from the connection: into a large frame's own buffer when one is
+        under way and the transport can, else a chunk fed to the decoder."""
+        into = self._get_buffer() if self._get_buffer is not None else None
+        if into is not None:
+            n = self.conn.recv_into(into, timeout)
+            if not n:
+                self._eof()
+            return self._decoder.buffer_updated(n)  # type: ignore[attr-defined, no-any-return]
+        data = self._conn_recv(timeout)
+        if not data:
+            self._eof()
+        return self._feed(data)
 
     def _until_frame_due(self, due: float, left: float | None) -> float:
         """The recv timeout while a frame is under way; raises once it is overdue."""

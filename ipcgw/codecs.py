@@ -43,8 +43,8 @@ class Codec:
         return fn
 
     @property
-    def decode(self) -> Callable[[bytes], Message]:
-        fn: Callable[[bytes], Message] = importlib.import_module(self.module).decode
+    def decode(self) -> Callable[[bytes | bytearray], Message]:
+        fn: Callable[[bytes | bytearray], Message] = importlib.import_module(self.module).decode
         return fn
 
     def binary_safe_on(self, framing: str) -> bool:

@@ -48,6 +48,9 @@ DEFAULT_MAX_FRAME = 16 * 1024 * 1024 + 64
 _VALID_SPECS = "length, length:1|2|4|8, delimited:nul, delimited:lf, fixed:N, read:N (N >= 1)"
 # Compact the buffer once the consumed prefix is this large (and more than half).
 _COMPACT_AT = 64 * 1024
+# A length-prefixed frame at least this large gets its own buffer as soon as its
+# header is read, and the transport reads the rest straight into it (get_buffer).
+BIG_FRAME = 64 * 1024
 
 
 class Decoder(Protocol):
@@ -131,7 +134,14 @@ class LengthFramer:
 
 
 class LengthDecoder(_Buffer):
-    __slots__ = ("_hdr", "_max", "_need", "_size")
+    """Cuts ``length:N`` frames. Small frames are copied out of one shared buffer; a
+    frame of :data:`BIG_FRAME` bytes or more gets a buffer of its exact size when its
+    header arrives, which :meth:`get_buffer` exposes so the transport can read the rest
+    of the frame straight into it (the asyncio ``BufferedProtocol`` shape, still
+    sans-IO): the frame is then that buffer, a ``bytearray``, copied by nobody. Memory
+    stays bounded as before: at most ``max_frame`` per decoder."""
+
+    __slots__ = ("_big", "_big_at", "_hdr", "_max", "_need", "_size", "_spare")
 
     def __init__(self, header: int, max_frame: int) -> None:
         super().__init__()
@@ -139,14 +149,59 @@ class LengthDecoder(_Buffer):
         self._max = max_frame
         self._need = -1  # payload length of the frame being assembled, -1 = header unknown
         self._size = _HEADER_STRUCTS[header].unpack_from
+        self._big: bytearray | None = None  # a large frame being filled in place
+        self._big_at = 0
+        self._spare: bytearray | None = None  # a decoded large frame's buffer, to reuse
 
     @property
     def pending(self) -> int:
         held = len(self._buf) - self._off
+        if self._big is not None:
+            return self._hdr + self._big_at + held
         return held + self._hdr if self._need >= 0 else held
+
+    def get_buffer(self) -> memoryview | None:
+        """Where the next bytes of a large frame go (the unfilled rest of it), or None
+        when there is no large frame under way: then use :meth:`feed`."""
+        big = self._big
+        return None if big is None else memoryview(big)[self._big_at:]
+
+    def buffer_updated(self, n: int) -> list[bytes]:
+        """``n`` bytes were written at the start of :meth:`get_buffer`'s view."""
+        assert self._big is not None and 0 < n <= len(self._big) - self._big_at
+        self._big_at += n
+        if self._big_at < len(self._big):
+            return []
+        frame, self._big = self._big, None
+        return [frame]  # type: ignore[list-item]  # a bytearray: frames are bytes-like
+
+    def recycle(self, frame: bytes | bytearray) -> None:
+        """The caller is done with ``frame`` (decoded into new objects): a large one's
+        buffer may carry the next frame of the same size, saving its allocation (a
+        fresh 1 MiB costs as much as copying it: the kernel zero-fills its pages)."""
+        if type(frame) is bytearray and len(frame) >= BIG_FRAME:
+            self._spare = frame
+
+    def _start_big(self, view: memoryview, pos: int, size: int) -> int:
+        """A large frame's header is read at ``pos``: give it its own buffer with the
+        bytes already here; returns where ``view`` is used up."""
+        spare, self._spare = self._spare, None
+        big = spare if spare is not None and len(spare) == size else bytearray(size)
+        have = min(size, len(view) - pos)
+        big[:have] = view[pos:pos + have]
+        self._big, self._big_at = big, have
+        return pos + have
 
     def feed(self, data: bytes) -> list[bytes]:
         hdr = self._hdr
+        if self._big is not None:  # a transport without recv_into: copy into the frame
+            room = len(self._big) - self._big_at
+            view = memoryview(data)
+            self._big[self._big_at:self._big_at + min(room, len(data))] = view[:room]
+            done = self.buffer_updated(min(room, len(data)))
+            if len(data) > room:
+                done += self.feed(bytes(view[room:]))
+            return done
         if self._need < 0 and not self._buf:  # nothing held (the buffer is cleared when drained)
             end = len(data)
             if end > hdr:  # the request/response case: exactly one whole frame
@@ -162,6 +217,8 @@ class LengthDecoder(_Buffer):
                 if size > self._max:
                     raise FrameTooLarge(size, self._max)
                 if end - pos - hdr < size:
+                    if size >= BIG_FRAME:
+                        pos = self._start_big(view, pos + hdr, size)
                     break
                 pos += hdr
                 frames.append(bytes(view[pos : pos + size]))
@@ -187,6 +244,10 @@ class LengthDecoder(_Buffer):
                     raise FrameTooLarge(need, self._max)
                 off += hdr
             if end - off < need:
+                if need >= BIG_FRAME:
+                    with memoryview(buf) as view:
+                        off = self._start_big(view, off, need)
+                    need = -1
                 break
             with memoryview(buf) as view:  # one copy, not two; released before any resize
                 frames.append(bytes(view[off : off + need]))

@@ -176,6 +176,66 @@ def test_large_frames_many_chunks():
     assert frames == [payload] * 3
 
 
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), cuts=st.lists(st.integers(min_value=0), max_size=30),
+       into=st.lists(st.booleans(), min_size=1, max_size=30))
+def test_big_frames_read_into_their_own_buffer_give_the_same_frames(
+        data: st.DataObject, cuts: list[int], into: list[bool]) -> None:
+    """Large frames get their own buffer at the header; a reader may fill it in place
+    (get_buffer / buffer_updated, what a socket's recv_into does) or keep feeding
+    chunks: any mix, any chunking, the same frames and the same ``pending``."""
+    old = framing.BIG_FRAME
+    framing.BIG_FRAME = 40  # small, so hypothesis makes many big frames
+    try:
+        framer = make_framer("length:4", max_frame=MAX)
+        payloads = data.draw(st.lists(st.binary(max_size=200), max_size=10))
+        stream = b"".join(framer.encode(p) for p in payloads)
+        decoder = framer.decoder()
+        frames: list[bytes] = []
+        fed = 0
+        for k, chunk in enumerate(chunked(stream, cuts)):
+            view = memoryview(chunk)
+            while view:
+                room = decoder.get_buffer()
+                if room is not None and into[k % len(into)]:
+                    n = min(len(room), len(view))
+                    room[:n] = view[:n]
+                    frames += decoder.buffer_updated(n)
+                else:
+                    n = len(view)
+                    frames += decoder.feed(bytes(view))
+                view, fed = view[n:], fed + n
+                done = sum(len(f) + 4 for f in frames)
+                assert decoder.pending == fed - done
+        assert [bytes(f) for f in frames] == payloads
+        assert decoder.pending == 0 and decoder.get_buffer() is None
+    finally:
+        framing.BIG_FRAME = old
+
+
+def test_a_big_frame_split_across_reads_lands_in_one_buffer_read_into_in_place() -> None:
+    framer = make_framer("length:4")
+    payload = os.urandom(1 << 20)
+    stream = framer.encode(payload)
+    decoder = framer.decoder()
+    assert decoder.feed(stream[:65536]) == []
+    room = decoder.get_buffer()
+    assert room is not None and len(room) == len(stream) - 65536  # exactly the rest
+    room[:] = stream[65536:]
+    (frame,) = decoder.buffer_updated(len(room))
+    assert type(frame) is bytearray and frame == payload
+    decoder.recycle(frame)  # decoded: the next frame of that size reuses the buffer
+    assert decoder.feed(stream[:100]) == [] and decoder.get_buffer() is not None
+    assert decoder.feed(stream[100:]) == [frame] and decoder.pending == 0
+
+
+def test_a_big_frame_is_refused_at_its_header_not_allocated() -> None:
+    decoder = make_framer("length:4", max_frame=1 << 20).decoder()
+    with pytest.raises(FrameTooLarge):
+        decoder.feed((2 << 20).to_bytes(4, "big") + b"x")
+    assert decoder.get_buffer() is None  # nothing was allocated for it
+
+
 # ---------------------------------------------------------------- COBS: C and its Python twin (#13.2)
 
 COBS_PAIRS = [("python", framing.cobs_encode_py, framing.cobs_decode_py)]

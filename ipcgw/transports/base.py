@@ -95,6 +95,15 @@ class Connection(ABC):
     def recv(self, timeout: float | None = None) -> bytes:
         """Some bytes (at least one), ``b""`` at an orderly end of stream."""
 
+    #: True when :meth:`recv_into` reads without a copy (stream transports): the
+    #: channel then lets a large frame's bytes land in the frame's own buffer.
+    reads_into: bool = False
+
+    def recv_into(self, buf: memoryview, timeout: float | None = None) -> int:
+        """Like :meth:`recv`, into ``buf``: how many bytes (at least one), 0 at an
+        orderly end of stream. Only called when :attr:`reads_into` is True."""
+        raise NotImplementedError(f"{type(self).__name__} cannot recv_into")
+
     @abstractmethod
     def close(self) -> None:
         """Release OS objects; idempotent; wakes a recv blocked in another thread."""

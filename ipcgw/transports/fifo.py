@@ -254,31 +254,34 @@ class FifoConnection(_Closable, Connection):
             self._wpoll.register(wfd, _OUT)
 
     def recv(self, timeout: float | None = None) -> bytes:
+        return self._view[:self.recv_into(self._view, timeout)].tobytes()
+
+    reads_into = True
+
+    def recv_into(self, buf: memoryview, timeout: float | None = None) -> int:
         self._enter()
         try:
             if self.closed:
-                return b""
+                return 0
             if self._rfd >= 0:
                 try:  # hot path: data is often there already, no poll needed
-                    n = os.readv(self._rfd, (self._buf,))
-                    return self._view[:n].tobytes()
+                    return os.readv(self._rfd, (buf,))
                 except BlockingIOError:
                     pass
             deadline = deadline_after(timeout)
             while True:
                 events = self._rpoll.poll(_ms(deadline))
                 if self.closed:
-                    return b""
+                    return 0
                 if not events:
                     raise Timeout(f"nothing from {self.peer} within {timeout} s")
                 if self._rfd >= 0:
                     try:
-                        n = os.readv(self._rfd, (self._buf,))
-                        return self._view[:n].tobytes()
+                        return os.readv(self._rfd, (buf,))
                     except BlockingIOError:
                         pass
                 if any(fd == self._wfd and ev & _GONE for fd, ev in events):
-                    return b""  # peer died before (or without) opening its write end
+                    return 0  # peer died before (or without) opening its write end
         except OSError as exc:
             raise Disconnected(f"fifo read from {self.peer}: {exc}") from exc
         finally:

@@ -127,23 +127,26 @@ class SocketConnection(Connection):
             raise Disconnected(f"{self.peer}: {exc.strerror}") from None
 
     def recv(self, timeout: float | None = None) -> bytes:
+        return bytes(self._view[:self.recv_into(self._view, timeout)])
+
+    reads_into = True
+
+    def recv_into(self, buf: memoryview, timeout: float | None = None) -> int:
         try:
             if timeout is not None and timeout <= 0:
-                n = self.sock.recv_into(self._buf, 0, socket.MSG_DONTWAIT)
-            else:
-                current = self._rcvtimeo
-                if timeout != current and (timeout is None or current is None
-                                           or abs(timeout - current) > _SLACK * timeout):
-                    self._kernel_timeout(socket.SO_RCVTIMEO, timeout)
-                    self._rcvtimeo = timeout
-                n = self.sock.recv_into(self._buf)
+                return self.sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+            current = self._rcvtimeo
+            if timeout != current and (timeout is None or current is None
+                                       or abs(timeout - current) > _SLACK * timeout):
+                self._kernel_timeout(socket.SO_RCVTIMEO, timeout)
+                self._rcvtimeo = timeout
+            return self.sock.recv_into(buf)
         except BlockingIOError:  # SO_RCVTIMEO passed, or nothing there for timeout 0
             raise Timeout(f"nothing from {self.peer} within {timeout} s") from None
         except OSError as exc:
             if is_disconnect(exc):
-                return b""
+                return 0
             raise Disconnected(f"{self.peer}: {exc.strerror}") from None
-        return bytes(self._view[:n])
 
     def close(self) -> None:
         # shutdown wakes a recv blocked in another thread; close alone would not.
