@@ -38,6 +38,7 @@ __all__ = [
     "drops",
     "link_state",
     "loss",
+    "lte_signal",
     "queue_drops",
     "tcp_cwnd",
     "tcp_rtt",
@@ -143,16 +144,37 @@ struct WifiSignalTau : ipcgw_ns3::WifiSignal {
                                                MakeCallback(&WifiSignalTau::RxTau, this));
     }
 };
+// An LTE UE's serving-cell RSRP (W per resource element -> dBm) and SINR (linear -> dB)
+// from its PHY's ReportCurrentCellRsrpSinr; tau > 0 filters in sim time like WifiSignalTau.
+struct LteSignal : ipcgw_ns3::Emitter {
+    double tau = 0.0;  // s
+    double last = -1.0;
+    void Report(uint16_t, uint16_t, double rsrpW, double sinr, uint8_t) {
+        if (stopped || rsrpW <= 0.0 || sinr <= 0.0) return;
+        double now = Simulator::Now().GetSeconds();
+        if (tau > 0.0) alpha = last < 0.0 ? 1.0 : 1.0 - std::exp(-(now - last) / tau);
+        last = now;
+        Offer(10.0 * std::log10(rsrpW) + 30.0, 10.0 * std::log10(sinr));
+    }
+    bool Attach(Ptr<LteUePhy> phy) {
+        return phy->TraceConnectWithoutContext("ReportCurrentCellRsrpSinr",
+                                               MakeCallback(&LteSignal::Report, this));
+    }
+};
 }  // namespace ipcgw_hooks
 """
 
 
-def _tau_signal() -> Any:
+def _hooks() -> Any:
     import cppyy
 
     if not hasattr(cppyy.gbl, "ipcgw_hooks"):
         cppyy.cppdef(TAU_SOURCE)
-    return cppyy.gbl.ipcgw_hooks.WifiSignalTau()
+    return cppyy.gbl.ipcgw_hooks
+
+
+def _tau_signal() -> Any:
+    return _hooks().WifiSignalTau()
 
 
 def wifi_signal(gw: SimClient, device: Any, path_id: int, *, node_id: int | None = None,
@@ -181,6 +203,28 @@ def wifi_signal(gw: SimClient, device: Any, path_id: int, *, node_id: int | None
     _configure(emitter, 1.0 if tau_ms > 0 else alpha, min_interval_ms, period_ms, fresh_only)
     if tau_ms > 0:
         emitter.tau = tau_ms / 1000.0
+    return hook
+
+
+def lte_signal(gw: SimClient, device: Any, path_id: int, *, node_id: int | None = None,
+               alpha: float = 1.0, tau_ms: float = 0.0, min_interval_ms: float = 0.0,
+               period_ms: float = 0.0, fresh_only: bool = True, stamp: bool = False) -> Hook:
+    """An LTE UE's serving-cell RSRP and SINR (``LteUePhy`` ``ReportCurrentCellRsrpSinr``,
+    every ``ns3::LteUePhy::RsrpSinrSamplePeriod`` TTIs): metrics ``rsrp_dbm`` and
+    ``sinr_db``, filtered like :func:`wifi_signal` (``alpha`` per sample or ``tau_ms``)."""
+    if tau_ms < 0:
+        raise ValueError(f"tau_ms must be >= 0, got {tau_ms}")
+    ns = gw.ns
+    ue = ns.DynamicCast[ns.LteUeNetDevice](device)
+    if not ue:
+        raise TypeError(f"expected an LteUeNetDevice, got {device!r}")
+    emitter = _hooks().LteSignal()
+    if not emitter.Attach(ue.GetPhy()):
+        raise ValueError("ReportCurrentCellRsrpSinr not found on the UE PHY")
+    hook = Hook(gw, emitter, path_id, _node_id(ue) if node_id is None else node_id,
+                lambda a, b: {"rsrp_dbm": a, "sinr_db": b}, stamp)
+    _configure(emitter, 1.0 if tau_ms > 0 else alpha, min_interval_ms, period_ms, fresh_only)
+    emitter.tau = tau_ms / 1000.0
     return hook
 
 

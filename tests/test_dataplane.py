@@ -22,7 +22,7 @@ import pytest
 from conftest import require_netns
 
 from ns3_side.lab.dataplane import DataPlane, SimulationFailed
-from ns3_side.lab.paths import PathConfig, lte, p2p, wifi
+from ns3_side.lab.paths import PathConfig, cell, p2p, wifi
 
 
 def require_ns3_wheel() -> None:
@@ -77,7 +77,7 @@ def test_path_specs_parse_and_queues_are_deliberate() -> None:
     assert (pc.kind, pc.rate_mbit, pc.delay_ms, pc.loss, pc.queue) == ("p2p", 5, 10, 0.01, 30)
     assert PathConfig.parse("wifi:start=20,speed=2,mode=OfdmRate24Mbps").wifi_mode == \
         "OfdmRate24Mbps"
-    assert PathConfig.parse("lte").kind == "lte"
+    assert PathConfig.parse("cell").kind == "cell" and PathConfig.parse("lte").kind == "lte"
     # default queue: the larger of one BDP and 100 ms at the rate, in 1514-byte frames
     assert p2p(100, 50).queue == 826 and p2p(5, 10).queue == 42
     for bad in ("ppp", "p2p:rate", "p2p:colour=red", "p2p:loss=1.5", "p2p:speed=2",
@@ -85,7 +85,7 @@ def test_path_specs_parse_and_queues_are_deliberate() -> None:
         with pytest.raises(ValueError):
             PathConfig.parse(bad)
     assert PathConfig.from_json(wifi(5, 1).to_json()) == wifi(5, 1)
-    assert lte().delay_ms == 25 and lte().queue >= 50
+    assert cell().delay_ms == 25 and cell().queue >= 50  # the stand-in, a p2p link
 
 
 def test_cli_reads_like_its_help_and_rejects_bad_paths() -> None:

@@ -8,9 +8,12 @@ wheel unless IPCGW_REQUIRE_NS3=1.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 import os
 import re
 import signal
+import statistics
 import subprocess
 import threading
 import time
@@ -517,3 +520,44 @@ def test_client_time_constant_filter_does_not_depend_on_traffic(sim: Any, tmp_pa
     # the jump and stops at the last one before 1.3 s, each up to 0.1 s early (e^±0.1/0.3)
     assert tau_loaded == pytest.approx(e, abs=0.02) and e * 0.7 < tau_idle < e * 1.45
     assert alpha_loaded < 1e-6 < 0.1 < alpha_idle  # per-frame weights: the traffic decides
+
+
+def test_lte_ue_reports_rsrp_and_sinr_like_wifi_rssi(sim: Any, tmp_path: Path) -> None:
+    """A UE walking away from its eNB (LENA, no EPC needed for the PHY): ``lte_signal``
+    reports its serving cell's RSRP and SINR, rate-limited, and RSRP falls as it goes
+    (Friis, LteHelper's default: 6 dB per doubling of the distance)."""
+    import ns3_side
+
+    ns = sim
+    ns.Config.SetDefault("ns3::LteUePhy::RsrpSinrSamplePeriod", ns.UintegerValue(10))
+    lte = ns.CreateObject[ns.LteHelper]()
+    enb_nodes, ue_nodes = ns.NodeContainer(), ns.NodeContainer()
+    enb_nodes.Create(1)
+    ue_nodes.Create(1)
+    mobility = ns.MobilityHelper()
+    mobility.SetMobilityModel("ns3::ConstantPositionMobilityModel")
+    mobility.Install(enb_nodes)
+    mobility.SetMobilityModel("ns3::ConstantVelocityMobilityModel")
+    mobility.Install(ue_nodes)
+    ue_mob = ue_nodes.Get(0).GetObject[ns.ConstantVelocityMobilityModel]()
+    ue_mob.SetPosition(ns.Vector(100, 0, 0))
+    ue_mob.SetVelocity(ns.Vector(100, 0, 0))  # 100 m -> 200 m in the second
+    enb_devs = lte.InstallEnbDevice(enb_nodes)
+    ue_devs = lte.InstallUeDevice(ue_nodes)
+    lte.Attach(ue_devs, enb_devs.Get(0))
+    with Server(url_for("unix", tmp_path), tmp_path) as server:
+        with ns3_side.SimClient(server.url, name="test-lte") as gw:
+            hook = ns3_side.lte_signal(gw, ue_devs.Get(0), 5, min_interval_ms=50)
+            with pytest.raises(TypeError, match="expected an LteUeNetDevice"):
+                ns3_side.lte_signal(gw, enb_devs.Get(0), 5)
+            gw.run(until=1.0, close=False)
+            gw.client.ping(b"")
+        rows = [(t, m) for t, p, m, _ in dump_reports(server.url) if p == 5]
+    assert hook.samples > len(rows) >= 15, (hook.samples, len(rows))
+    times = [t for t, _ in rows]
+    assert all(b - a >= 0.05 - 1e-9 for a, b in itertools.pairwise(times))
+    first = statistics.mean(m["rsrp_dbm"] for t, m in rows if t < 0.3)
+    last = statistics.mean(m["rsrp_dbm"] for t, m in rows if t > 0.7)
+    assert -140 < last < first < -30, (first, last)
+    assert first - last == pytest.approx(20 * math.log10(190 / 120), abs=1.5)
+    assert all(m["sinr_db"] > 0 for _, m in rows), rows[:3]

@@ -143,3 +143,44 @@ def test_matrix_on_a_local_dask_cluster_gives_the_sequential_report(tmp_path: Pa
     assert "nowhere" in b  # the failed cells' reasons
     after = {n for n in netns.listnetns() if n.startswith(prefix)}
     assert after <= before, f"namespaces left behind: {sorted(after - before)}"
+
+
+@pytest.mark.netns
+@pytest.mark.ns3
+@pytest.mark.slow
+def test_matrix_cell_with_two_stations_reports_each_station(tmp_path: Path) -> None:
+    """An experiment setup with ``stations = 2``: one simulation, two namespace pairs,
+    a policy server and a transfer per station; the record has both stations' own
+    transfer, losses and handover, station 2 (5 m further out) handing over later."""
+    require_netns()
+    require_ns3_wheel()
+    from ipcgw_bench.experiments.config import parse
+    from ipcgw_bench.experiments.report import build_report
+    from ipcgw_bench.experiments.runner import run_experiment
+    from pyroute2 import netns
+
+    prefix = "ixs"
+    before = {n for n in netns.listnetns() if n.startswith(prefix)}
+    exp = parse({
+        "name": "two-stations", "repetitions": 1, "timeout_s": 90, "policies": ["rssi"],
+        "transports": ["unix"],
+        "setup": [{"name": "ns3x2", "dataplane": "ns3", "stations": 2, "station_spacing_m": 6,
+                   "hold_s": 12, "paths": ["cell:rate=5,delay=10", "wifi:start=34,speed=2"]}],
+        "workload": [{"kind": "file", "sizes": ["2M"]}]})
+    out = tmp_path / "exp"
+    run_experiment(exp, out, prefix=prefix)
+    rec = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert rec["status"] == "ok", rec["reason"]
+    one, two = rec["stations"]
+    assert (one["station"], two["station"]) == (1, 2)
+    for st in (one, two):
+        assert st["time_s"] > 0 and st["bytes"] == 2 * 1024 * 1024, st
+        assert st["p2_lost_pkts"] is not None and st["lost_pkts"] is not None, st
+    assert rec["time_s"] == one["time_s"]  # station 1 at the top level
+    # 34 m -> -80 dBm at ~44 m: station 1 at ~5 s, station 2 (40 m) ~3 s earlier
+    assert one["handover_sim_s"] is not None and two["handover_sim_s"] is not None, rec
+    assert two["handover_sim_s"] < one["handover_sim_s"] - 1.5, (one, two)
+    md = build_report(out).read_text()
+    assert "## Per station" in md and "| ns3x2 | file:2M | rssi/unix | 2 | 1 |" in md
+    after = {n for n in netns.listnetns() if n.startswith(prefix)}
+    assert after <= before, f"namespaces left behind: {sorted(after - before)}"

@@ -17,6 +17,15 @@
     hold_s = 3   # with a policy: run at least this long (sim time), so the
                  # handover happens and its reaction time is measured
 
+    [[setup]]
+    name = "ns3"
+    dataplane = "ns3"        # paths: PathConfig.parse strings or tables of its fields
+    paths = ["cell", {kind = "wifi", start_m = 30, speed_mps = 2, mobility = "bounce",
+             end_m = 50, rate_manager = "minstrel", extra = {"phy.RxNoiseFigure" = "9"}}]
+    ns3_defaults = {"ns3::WifiMacQueue::MaxDelay" = "200ms"}   # Config::SetDefault
+    stations = 2             # each: own namespaces, policy server and workload;
+    station_spacing_m = 5    # station k walks from start_m + (k-1) x 5 m
+
     [[workload]]
     kind = "file"            # "iperf3", "video"
     sizes = ["64K", "1M"]
@@ -93,6 +102,9 @@ class SetupSpec:
     mobility: dict[str, Any] | None = None
     hard_limit_ms: float = 500.0
     hold_s: float = 0.0
+    ns3_defaults: dict[str, str] = field(default_factory=dict)
+    stations: int = 1  # ns3: stations in the one simulation, each its own namespaces
+    station_spacing_m: float = 5.0  # station k's WiFi starts (k-1) x this further out
 
 
 @dataclass(frozen=True)
@@ -202,7 +214,7 @@ def _setup(item: dict[str, Any], i: int) -> SetupSpec:
     dp = item.get("dataplane", "veth")
     if dp not in DATAPLANES:
         raise ConfigError(f"setup {i}: dataplane must be one of {DATAPLANES}, got {dp!r}")
-    paths = item.get("paths") or ([{}, {}] if dp == "veth" else ["lte", "wifi"])
+    paths = item.get("paths") or ([{}, {}] if dp == "veth" else ["cell", "wifi"])
     if not 1 <= len(paths) <= 9:
         raise ConfigError(f"setup {i}: 1 to 9 paths")
     if dp == "veth" and not all(isinstance(p, dict) for p in paths):
@@ -210,9 +222,28 @@ def _setup(item: dict[str, Any], i: int) -> SetupSpec:
     mob = item.get("mobility")
     if mob is not None and dp != "veth":
         raise ConfigError(f"setup {i}: mobility is the veth emulation; ns3 paths move "
-                          "themselves (wifi:start=..,speed=..)")
+                          "themselves (wifi:start=..,speed=..,mobility=bounce|waypoints|...)")
+    defaults = item.get("ns3_defaults") or {}
+    if (defaults and dp != "ns3") or not isinstance(defaults, dict) or not all(
+            str(k).startswith("ns3::") and str(k).count("::") >= 2 for k in defaults):
+        raise ConfigError(f"setup {i}: ns3_defaults is a table of ns3::Type::Attribute = "
+                          "value, for dataplane = \"ns3\"")
+    if dp == "ns3":
+        from ns3_side.lab.paths import PathConfig
+
+        for k, p in enumerate(paths, 1):
+            try:
+                PathConfig.parse(p) if isinstance(p, str) else PathConfig(**p)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"setup {i} path {k}: {exc}") from None
+    stations = item.get("stations", 1)
+    if not isinstance(stations, int) or not 1 <= stations <= 16 or (stations > 1 and dp != "ns3"):
+        raise ConfigError(f"setup {i}: stations is 1 to 16, and more than 1 only with "
+                          "dataplane = \"ns3\" (one simulation, a namespace pair per station)")
     return SetupSpec(str(item.get("name", f"{dp}{i}")), dp, list(paths), mob,
-                     float(item.get("hard_limit_ms", 500.0)), float(item.get("hold_s", 0.0)))
+                     float(item.get("hard_limit_ms", 500.0)), float(item.get("hold_s", 0.0)),
+                     {str(k): str(v) for k, v in defaults.items()}, stations,
+                     float(item.get("station_spacing_m", 5.0)))
 
 
 def _workloads(item: dict[str, Any], i: int) -> list[WorkloadSpec]:

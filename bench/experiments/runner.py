@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import statistics
+import threading
 import time
 import traceback
 import uuid
@@ -27,7 +28,7 @@ from ipcgw.testing import provenance
 
 from .config import Cell, Experiment
 from .control import PolicyServer
-from .setups import make_setup, wifi_path
+from .setups import Station, make_setup, wifi_path
 from .workloads import CellFailed, _Procs, agent, run_workload
 
 __all__ = ["RESULTS", "done_keys", "run_cell", "run_experiment"]
@@ -63,17 +64,20 @@ def run_cell(cell: Cell, timeout_s: float, log_dir: Path | None = None,
     deadline = started + timeout_s
     rec["started"] = time.time()
     setup = make_setup(cell.setup, f"{prefix}{uuid.uuid4().hex[:6]}", log_dir)
-    gateway: PolicyServer | None = None
+    gateways: list[PolicyServer] = []  # one per station, in its client namespace
     n_paths = len(cell.setup.paths)
     try:
         with _Procs() as procs:
             setup.build(cell.seed)
-            url = None
+            stations = setup.stations()
             if cell.policy.needs_gateway:
-                gateway = PolicyServer(cell.policy.spec or "", cell.policy.args,
-                                        cell.transport, setup.client)
-                url = gateway.start()
-            setup.start(url)
+                for st in stations:
+                    gateways.append(PolicyServer(cell.policy.spec or "", cell.policy.args,
+                                                 cell.transport, st.client))
+                    gateways[-1].start()
+            urls = [g.url for g in gateways]
+            url = urls[0] if urls else None
+            setup.start(url, urls[1:])
             t0 = time.monotonic() + LEAD_S
             mob = cell.setup.mobility
             reporter = None
@@ -84,8 +88,9 @@ def run_cell(cell: Cell, timeout_s: float, log_dir: Path | None = None,
                     "--duration", timeout_s, "--seed", cell.seed))
             setup.begin(t0)
             time.sleep(max(0.0, t0 - time.monotonic()))
-            rec.update(run_workload(cell, setup, deadline, n_paths))
-            if gateway is not None and cell.setup.hold_s:
+            results = _each_station(stations, lambda st: run_workload(cell, st, deadline,
+                                                                      n_paths))
+            if gateways and cell.setup.hold_s:
                 # let the walk reach the handover, so its reaction time is measured
                 # even when the workload ended first
                 time.sleep(max(0.0, min(t0 + cell.setup.hold_s, deadline) - time.monotonic()))
@@ -95,17 +100,16 @@ def run_cell(cell: Cell, timeout_s: float, log_dir: Path | None = None,
                 err = reporter.stderr.read() if reporter.stderr else ""
                 raise CellFailed(f"reporter exited with status {reporter.returncode}: "
                                  f"{' | '.join(err.strip().splitlines()[-2:])}")
-            losses = setup.losses()
-            for i, n in enumerate(losses, 1):
-                rec[f"p{i}_lost_pkts"] = n
-            rec["lost_pkts"] = (sum(n for n in losses if n is not None)
-                                if any(n is not None for n in losses) else None)
-            causes = getattr(setup, "loss_causes", None)
-            for i, by_cause in enumerate(causes() if causes else [], 1):
-                for cause, n in sorted((by_cause or {}).items()):
-                    rec[f"p{i}_loss_{cause}"] = n
-            if gateway is not None:
-                rec.update(_gateway_measures(gateway, setup))
+            per = []
+            for st, result in zip(stations, results, strict=True):
+                m = {**result, **_loss_measures(setup, st.k)}
+                if gateways:
+                    m.update(_gateway_measures(gateways[st.k - 1], setup))
+                per.append(m)
+            rec.update(per[0])  # station 1 at the top level: the same columns as one station
+            if len(per) > 1:
+                rec["stations"] = [{"station": st.k, **m} for st, m in zip(stations, per,
+                                                                           strict=True)]
             mobility = getattr(setup, "mobility", None)
             if mobility is not None:
                 rec["mobility_trace"] = mobility.trace[::4]
@@ -116,7 +120,7 @@ def run_cell(cell: Cell, timeout_s: float, log_dir: Path | None = None,
                          str(exc) if isinstance(exc, CellFailed) else f"{type(exc).__name__}: {exc}")
         log.debug("cell %s failed:\n%s", cell.key, traceback.format_exc())
     finally:
-        _cleanup(gateway, setup)
+        _cleanup(gateways, setup)
     info = setup.info
     rec["dataplane_ran"] = info.get("dataplane")
     last = getattr(setup, "last_progress", None)
@@ -126,14 +130,53 @@ def run_cell(cell: Cell, timeout_s: float, log_dir: Path | None = None,
     return rec
 
 
-def _cleanup(gateway: PolicyServer | None, setup: Any) -> None:
-    for step in ((gateway.stop if gateway is not None else None), setup.down):
-        if step is None:
-            continue
+def _cleanup(gateways: list[PolicyServer], setup: Any) -> None:
+    for step in (*(g.stop for g in gateways), setup.down):
         try:
             step()
         except Exception as exc:  # keep cleaning
             log.warning("cleanup step failed: %s", exc)
+
+
+def _each_station(stations: list[Station], fn: Callable[[Station], dict[str, Any]],
+                  ) -> list[dict[str, Any]]:
+    """``fn`` for every station at once (they share one simulation's real time); the
+    first failure is the cell's."""
+    if len(stations) == 1:
+        return [fn(stations[0])]
+    out: list[dict[str, Any] | BaseException] = [RuntimeError("did not run")] * len(stations)
+
+    def one(i: int) -> None:
+        try:
+            out[i] = fn(stations[i])
+        except BaseException as exc:  # handed to the caller below
+            out[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,), name=f"station-{st.k}")
+               for i, st in enumerate(stations)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for st, r in zip(stations, out, strict=True):
+        if isinstance(r, BaseException):
+            raise CellFailed(f"station {st.k}: {r}") from r
+    return [r for r in out if isinstance(r, dict)]
+
+
+def _loss_measures(setup: Any, station: int) -> dict[str, Any]:
+    """What the paths lost for good (``p<i>_lost_pkts``, ``lost_pkts``) and, where the
+    setup counts them, by cause (``p<i>_loss_<cause>``)."""
+    args = (station,) if station > 1 else ()
+    losses = setup.losses(*args)
+    out: dict[str, Any] = {f"p{i}_lost_pkts": n for i, n in enumerate(losses, 1)}
+    out["lost_pkts"] = (sum(n for n in losses if n is not None)
+                        if any(n is not None for n in losses) else None)
+    causes = getattr(setup, "loss_causes", None)
+    for i, by_cause in enumerate(causes(*args) if causes else [], 1):
+        for cause, n in sorted((by_cause or {}).items()):
+            out[f"p{i}_loss_{cause}"] = n
+    return out
 
 
 def _gateway_measures(gateway: PolicyServer, setup: Any) -> dict[str, Any]:

@@ -25,6 +25,8 @@ import re
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ipcgw.testbed import NFT_TABLE, PathSpec, Testbed
@@ -35,11 +37,26 @@ from .config import SetupSpec
 if TYPE_CHECKING:
     from ns3_side.lab.dataplane import DataPlane
 
-__all__ = ["Ns3Setup", "PathSetup", "VethMobility", "VethSetup", "make_setup", "wifi_path"]
+__all__ = ["Ns3Setup", "PathSetup", "Station", "VethMobility", "VethSetup", "make_setup",
+           "wifi_path"]
 
 log = logging.getLogger(__name__)
 
 MOBILITY_TABLE = "ipcgwmob"
+
+
+@dataclass(frozen=True)
+class Station:
+    """One station's namespaces: a workload and a policy server run per station. All
+    stations of a setup have the same addresses (each pair has its own kernel)."""
+
+    k: int
+    client: str
+    server: str
+    setup: Any
+
+    def server_addr(self, path: int) -> str:
+        return str(self.setup.server_addr(path))
 
 
 class PathSetup(Protocol):
@@ -48,8 +65,9 @@ class PathSetup(Protocol):
     info: dict[str, Any]
 
     def server_addr(self, path: int) -> str: ...
+    def stations(self) -> list[Station]: ...
     def build(self, seed: int) -> None: ...
-    def start(self, gateway_url: str | None) -> None: ...
+    def start(self, gateway_url: str | None, more_urls: Sequence[str] = ()) -> None: ...
     def begin(self, start: float) -> None: ...
     def down(self) -> None: ...
     def check(self) -> None: ...
@@ -170,10 +188,13 @@ class VethSetup:
     def server_addr(self, path: int) -> str:
         return self.testbed.server_addr(path)
 
+    def stations(self) -> list[Station]:
+        return [Station(1, self.client, self.server, self)]
+
     def build(self, seed: int) -> None:
         self.testbed.up()
 
-    def start(self, gateway_url: str | None) -> None:
+    def start(self, gateway_url: str | None, more_urls: Sequence[str] = ()) -> None:
         """The reporter stands in for the simulation; the runner starts it."""
 
     def begin(self, start: float) -> None:
@@ -231,18 +252,30 @@ class Ns3Setup:
             off = now - float(msg.get("sim", 0.0))
             self._offset = off if self._offset is None else min(self._offset, off)
 
-    def build(self, seed: int) -> None:
-        from ns3_side.lab.dataplane import DataPlane
+    def stations(self) -> list[Station]:
+        """Station 1 is this setup's own namespaces; more (``stations`` in the setup) are
+        the data plane's ``<prefix>s<k>-cli/-srv``, walking ``station_spacing_m`` further."""
+        dp = self._built()
+        return [Station(1, self.client, self.server, self), *(
+            Station(k, dp.station(k).client, dp.station(k).server, self)
+            for k in range(2, dp.n_stations + 1))]
 
-        self.dp = DataPlane(self.paths, prefix=self.prefix, scenario=1,
+    def build(self, seed: int) -> None:
+        from ns3_side.lab.dataplane import DataPlane, station_copies
+
+        more = station_copies(self.paths, self.spec.stations, self.spec.station_spacing_m)
+        self.dp = DataPlane(self.paths, prefix=self.prefix, scenario=1, more_stations=more,
                             hard_limit_ms=self.spec.hard_limit_ms, progress_s=0.1,
-                            on_progress=self._progress, log_dir=self.log_dir, seed=seed)
+                            on_progress=self._progress, log_dir=self.log_dir, seed=seed,
+                            ns3_defaults=self.spec.ns3_defaults)
         self.dp.build()
 
-    def start(self, gateway_url: str | None) -> None:
+    def start(self, gateway_url: str | None, more_urls: Sequence[str] = ()) -> None:
+        """``gateway_url`` gets station 1's reports, ``more_urls[k-2]`` station k's."""
         wlan = wifi_path(self.spec)
         gateway = ({"url": gateway_url, "path_id": wlan} if gateway_url and wlan else None)
-        self._built().start(gateway)
+        more = [{"url": url, "path_id": wlan} for url in more_urls] if gateway else []
+        self._built().start(gateway, station_gateways=more)
 
     def begin(self, start: float) -> None:
         """The simulation's clock started when it became ready."""
@@ -255,16 +288,20 @@ class Ns3Setup:
         if self.dp is not None:
             self.dp.check()
 
-    def losses(self) -> list[int | None]:
+    def losses(self, station: int = 1) -> list[int | None]:
         """Packets each path lost for good (queue, error model, MAC gave up), both sides."""
         from ns3_side.lab.paths import lost_for_good
 
-        causes = self.loss_causes()
+        causes = self.loss_causes(station)
         return [None if c is None else lost_for_good(c) for c in causes]
 
-    def loss_causes(self) -> list[dict[str, int] | None]:
-        """Per path, ``{cause: n}`` summed over both sides, as the simulation counted them."""
+    def loss_causes(self, station: int = 1) -> list[dict[str, int] | None]:
+        """Per path, ``{cause: n}`` summed over both sides, as the simulation counted them
+        (for ``station``: the progress line's ``stations`` entry)."""
         last = self.dp.last if self.dp is not None else None
+        if last and station > 1:
+            per = last.get("stations") or []
+            last = per[station - 1] if station <= len(per) else None
         if not last:
             return [None] * len(self.paths)
         per_path = last.get("losses") or []

@@ -97,8 +97,20 @@ def _result(proc: subprocess.Popen[str], deadline: float, what: str) -> dict[str
     return result
 
 
-def subflow_measures(stats: dict[str, Any], n_paths: int) -> dict[str, Any]:
-    """Per path (by the subflow's address, 10.0.<path>.x): bytes, retransmissions."""
+def client_paths(setup: Any, n_paths: int) -> dict[str, int]:
+    """Client address -> path of a setup whose addresses are not all 10.0.<path>.1: an
+    ns-3 lte path's client address is the UE's (7.0.0.2). ``setup`` is a setup or one
+    of its stations (``.setup``); only station 1 can have an lte path."""
+    dp = getattr(getattr(setup, "setup", setup), "dp", None)
+    if dp is None or not hasattr(dp, "client_addr"):
+        return {}
+    return {dp.client_addr(i): i for i in range(1, n_paths + 1)}
+
+
+def subflow_measures(stats: dict[str, Any], n_paths: int,
+                     addr_paths: dict[str, int] | None = None) -> dict[str, Any]:
+    """Per path (by the subflow's client address: ``addr_paths``, else 10.0.<path>.x):
+    bytes, retransmissions."""
     out: dict[str, Any] = {}
     subflows = stats.get("subflows") or []
     for i in range(1, n_paths + 1):
@@ -110,7 +122,7 @@ def subflow_measures(stats: dict[str, Any], n_paths: int) -> dict[str, Any]:
         # address, so the *client's* address (10.0.<path>.1) names the path.
         addr = sf.get("daddr") or ""
         try:
-            path = int(addr.split(".")[2])
+            path = (addr_paths or {}).get(addr) or int(addr.split(".")[2])
         except (IndexError, ValueError):
             continue
         if path < 1 or path > n_paths:
@@ -142,7 +154,8 @@ def run_file(cell: Cell, setup: Any, deadline: float, n_paths: int) -> dict[str,
         raise CellFailed("checksum mismatch")
     return {"bytes": got["received"], "checksum_ok": True,
             "time_s": got["t_last_recv"] - sent["t_first_sent"],
-            **subflow_measures(sent, n_paths), "kernel": sent.get("connection"),
+            **subflow_measures(sent, n_paths, client_paths(setup, n_paths)),
+            "kernel": sent.get("connection"),
             "subflow_stats": sent.get("subflows")}
 
 
@@ -169,7 +182,8 @@ def run_video(cell: Cell, setup: Any, deadline: float, n_paths: int) -> dict[str
     return {"bytes": got["received"], "time_s": (max(done) - got["t0"]) if done else None,
             "frames": s.frames, "frames_on_time": s.on_time, "on_time_ratio": s.on_time_ratio,
             "stalls": s.stalls, "stall_time_s": s.stall_time_s, "max_late_s": s.max_late_s,
-            "late_sends": sent.get("late_sends"), **subflow_measures(sent, n_paths),
+            "late_sends": sent.get("late_sends"),
+            **subflow_measures(sent, n_paths, client_paths(setup, n_paths)),
             "subflow_stats": sent.get("subflows")}
 
 

@@ -59,11 +59,32 @@ def dataplane() -> None:
     require_root("ipcgw dataplane (namespaces, TAP devices, the path manager)")
 
 
+def parse_defaults(items: tuple[str, ...]) -> dict[str, str]:
+    """``ns3::Type::Attr=VALUE`` options; ns-3 itself checks names and values when the
+    simulation starts (ns3_side.lab.options)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("ns3::") or key.count("::") < 2:
+            raise click.BadParameter(f"{item!r}: write ns3::Type::Attribute=VALUE",
+                                     param_hint="--ns3-default")
+        out[key] = value
+    return out
+
+
 @dataplane.command("run")
 @click.option("--path", "paths", multiple=True, metavar="KIND[:k=v,...]",
               help="One per path: p2p:rate=5,delay=10,loss=0.01,queue=50 | "
-                   "wifi:start=10,speed=2,mode=OfdmRate12Mbps | lte[:rate=..,delay=..]. "
-                   "Default: lte and wifi.")
+                   "wifi:start=10,speed=2,mode=OfdmRate12Mbps | cell[:rate=..,delay=..] | "
+                   "lte[:distance=M,rb=6|15|25|50|75|100,delay=..]. Default: cell and wifi. "
+                   "wifi also takes mobility=line|bounce|waypoints|random_walk, end=M, "
+                   "way=T/X/Y;T/X/Y, rate_manager=constant|ideal|minstrel|minstrel_ht|aarf; "
+                   "any kind takes OBJECT.Attribute=VALUE for an ns-3 attribute of its "
+                   "objects (wifi: phy, sta_phy, ap_phy, mac, sta_mac, ap_mac, manager, "
+                   "queue, device, mobility; p2p/cell: device, channel, queue, error_model).")
+@click.option("--ns3-default", "ns3_defaults", multiple=True, metavar="ns3::Type::Attr=VALUE",
+              help="An ns-3 default (Config::SetDefault) set before the topology is built; "
+                   "repeatable, e.g. ns3::WifiMacQueue::MaxDelay=200ms.")
 @click.option("--prefix", default="ipcgw", show_default=True,
               help="Namespaces are PREFIX-cli and PREFIX-srv.")
 @click.option("--scenario", type=click.IntRange(1, 2), default=1, show_default=True,
@@ -77,26 +98,30 @@ def dataplane() -> None:
                    "out per station.")
 @click.option("--station-spacing", type=float, default=5.0, show_default=True, metavar="M")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-def run_cmd(paths: tuple[str, ...], prefix: str, scenario: int, duration: float | None,
-            hard_limit_ms: float, stations: int, station_spacing: float, quiet: bool) -> None:
+def run_cmd(paths: tuple[str, ...], ns3_defaults: tuple[str, ...], prefix: str, scenario: int,
+            duration: float | None, hard_limit_ms: float, stations: int, station_spacing: float,
+            quiet: bool) -> None:
     """Build the namespaces and run the simulation in the foreground."""
     from ns3_side.lab.dataplane import DataPlane, station_copies
-    from ns3_side.lab.paths import PathConfig, lte, wifi
+    from ns3_side.lab.paths import PathConfig, cell, wifi
 
     try:
-        configs = [PathConfig.parse(p) for p in paths] or [lte(), wifi()]
+        configs = [PathConfig.parse(p) for p in paths] or [cell(), wifi()]
     except (ValueError, TypeError) as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise click.BadParameter(str(exc), param_hint="--path") from None
+    defaults = parse_defaults(ns3_defaults)
 
     def show(m: dict[str, Any]) -> None:
         if not quiet and int(m["sim"] * 2) % 4 == 0:  # every 2 s
             frames = " ".join(f"p{i}:{a}/{b}" for i, (a, b) in enumerate(m["to_link"], 1))
             rssi = " ".join(f"p{k}:{v} dBm" for k, v in m["rssi"].items())
+            rssi += "".join(f" p{k}:RSRP {v} dBm SINR {m['sinr_db'][k]} dB"
+                            for k, v in m.get("rsrp_dbm", {}).items())
             click.echo(f"sim {m['sim']:7.1f} s  lag {m['lag'] * 1000:5.0f} ms  "
                        f"frames {frames}  {rssi}")
 
     dp = DataPlane(configs, prefix=prefix, scenario=scenario, duration=duration,
-                   hard_limit_ms=hard_limit_ms, on_progress=show,
+                   hard_limit_ms=hard_limit_ms, on_progress=show, ns3_defaults=defaults,
                    more_stations=station_copies(configs, stations, station_spacing))
     try:
         with _interrupt_on_term():
@@ -168,10 +193,16 @@ def experiment() -> None:
               help="Client-side filter time constant instead (does not depend on traffic).")
 @click.option("--detect-dbm", default="-92", show_default=True,
               help="Station's preamble detection threshold; 'default': ns-3's (deaf near -82).")
+@click.option("--wifi", "wifi_options", multiple=True, metavar="KEY=VALUE",
+              help="More WiFi path options, as in 'dataplane run --path wifi:...': "
+                   "rate_manager=minstrel, mobility=bounce, end=60, phy.RxNoiseFigure=9.")
+@click.option("--ns3-default", "ns3_defaults", multiple=True, metavar="ns3::Type::Attr=VALUE",
+              help="An ns-3 default set before the topology is built (repeatable).")
 def handover(transport: str, out: Path | None, no_policy: bool, duration: float, start_m: float,
              speed_mps: float, wifi_mode: str, lte_rate: float, lte_delay: float,
              hard_limit_ms: float, seed: int, prefix: str | None, policy_spec: str,
-             report_alpha: float, report_tau_ms: float, detect_dbm: str) -> None:
+             report_alpha: float, report_tau_ms: float, detect_dbm: str,
+             wifi_options: tuple[str, ...], ns3_defaults: tuple[str, ...]) -> None:
     """A station walks away from its AP while MPTCP sends; RssiPolicy moves the traffic.
 
     Writes timeline.png, timeline.csv, summary.json, config.json, versions.json.
@@ -189,11 +220,16 @@ def handover(transport: str, out: Path | None, no_policy: bool, duration: float,
                          lte_rate_mbit=lte_rate, lte_delay_ms=lte_delay,
                          hard_limit_ms=hard_limit_ms, seed=seed, prefix=prefix,
                          policy_spec=policy_spec, report_alpha=report_alpha,
-                         report_tau_ms=report_tau_ms, detect_dbm=detect)
+                         report_tau_ms=report_tau_ms, detect_dbm=detect,
+                         wifi_options=wifi_options, ns3_defaults=parse_defaults(ns3_defaults))
     try:
         cfg.build_policy()
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--policy") from None
+    try:
+        cfg.paths()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--wifi") from None
     if out is None:
         out = Path("results") / (f"handover-{'policy' if cfg.policy else 'baseline'}-"
                                  f"{time.strftime('%Y%m%d-%H%M%S')}")

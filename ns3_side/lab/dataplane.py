@@ -3,8 +3,14 @@
 ::
 
     <prefix>-cli                 simulation process (real time)              <prefix>-srv
-    eth1 10.0.1.1 ═TAP═ FdNetDevice ─relay─ path 1 (p2p/lte) ─relay─ FdNetDevice ═TAP═ eth1 10.0.1.2
+    eth1 10.0.1.1 ═TAP═ FdNetDevice ─relay─ path 1 (p2p/cell) ─relay─ FdNetDevice ═TAP═ eth1 10.0.1.2
     eth2 10.0.2.1 ═TAP═ FdNetDevice ─relay─ path 2 (WiFi STA→AP) ─relay─ FdNetDevice ═TAP═ eth2 10.0.2.2
+    eth3 7.0.0.2  ═TAP═ FdNetDevice ─IP─ UE ~ eNB─EPC─PGW ─SGi─ host ─IP─ FdNetDevice ═TAP═ eth3 10.0.3.2
+
+An ``lte`` path is L3 (:mod:`ns3_side.lab.lte`): the client's ``eth<i>`` has the
+UE's EPC address (``7.0.0.2/8``), both TAPs are NOARP, the client's table
+``100+i`` routes ``default via 7.0.0.1`` (the PGW) and the server routes
+``7.0.0.0/8`` out of its ``eth<i>``.
 
 This process (the controller) never imports ns-3. It builds the namespaces
 with :class:`ipcgw.testbed.Testbed` (sysctls incl. ``rp_filter=0``, one
@@ -45,10 +51,11 @@ from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from ipcgw.errors import IpcgwError
 from ipcgw.testbed import PathSpec, Testbed, TestbedError
-from ns3_side.lab.paths import TAP_MTU, PathConfig
+from ns3_side.lab.paths import LTE_GATEWAY, LTE_UE_ADDR, TAP_MTU, PathConfig
 
 __all__ = ["DataPlane", "DataplaneError", "SimulationFailed", "TapTestbed", "open_tap",
            "remove_stale_tmp", "station_copies", "station_prefixes"]
@@ -58,6 +65,7 @@ log = logging.getLogger("ns3_side.lab.dataplane")
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_NOARP = 0x80
 ROOT = Path(__file__).resolve().parent.parent
 # ns-3's fatal-error text (NS_FATAL_ERROR / NS_ASSERT) and C++ aborts
 _FATAL = re.compile(r"NS_FATAL_ERROR|NS_ASSERT|msg=|terminate called|Aborted")
@@ -126,10 +134,25 @@ def open_tap(name: str) -> int:
 class TapTestbed(Testbed):
     """A :class:`Testbed` whose paths are TAP pairs (for ns-3) instead of veths.
 
-    ``tap_fds[i-1] = (client fd, server fd)`` after :meth:`up`.
+    ``tap_fds[i-1] = (client fd, server fd)`` after :meth:`up`. Paths in
+    ``lte_paths`` (1-based) are L3 through the EPC: see the module docstring.
     """
 
     tap_fds: list[tuple[int, int]] = field(default_factory=list)
+    lte_paths: tuple[int, ...] = ()
+
+    def client_addr(self, path: int) -> str:
+        """An lte path's client address is the UE's: the PGW delivers only to it."""
+        return LTE_UE_ADDR if path in self.lte_paths else super().client_addr(path)
+
+    def tap_macs(self, path: int) -> list[str]:
+        """[client, server] ``eth<path>`` MAC: an lte path's relays write frames to them."""
+        out = []
+        for ns in (self.client, self.server):
+            with IPRoute(netns=ns) as ipr:
+                idx = ipr.link_lookup(ifname=self.ifname(path))[0]
+                out.append(str(ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")))
+        return out
 
     def up(self) -> TapTestbed:
         if self.exists():
@@ -156,10 +179,34 @@ class TapTestbed(Testbed):
                     with IPRoute(netns=ns) as ipr:
                         idx = ipr.link_lookup(ifname=tmp)[0]
                         ipr.link("set", index=idx, ifname=self.ifname(i), mtu=TAP_MTU)
-                        ipr.addr("add", index=idx, address=addr, prefixlen=24)
+                        lte = i in self.lte_paths
+                        if lte:  # no neighbour to ask on an L3 path
+                            ipr.link("set", index=idx, flags=IFF_NOARP, change=IFF_NOARP)
+                        ipr.addr("add", index=idx, address=addr,
+                                 prefixlen=8 if lte and side == "c" else 24)
                         ipr.link("set", index=idx, state="up")
                         ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
                 self.tap_fds.append((pair[0], pair[1]))
+
+    def _client_routes(self) -> None:
+        """:class:`Testbed`'s per-source tables (``from <client addr> lookup 100+i``), but an
+        lte path's goes via the PGW (the server is not on its link), and the server
+        reaches the UE's 7.0.0.0/8 out of that path's ``eth<i>``."""
+        with IPRoute(netns=self.client) as cli:
+            for i, _ in enumerate(self.paths, 1):
+                table = 100 + i
+                idx = cli.link_lookup(ifname=self.ifname(i))[0]
+                try:
+                    cli.rule("add", src=self.client_addr(i), src_len=32, table=table,
+                             priority=1000 + i)
+                except NetlinkError as exc:
+                    if exc.code != 17:  # EEXIST: up() again
+                        raise
+                gateway = LTE_GATEWAY if i in self.lte_paths else self.server_addr(i)
+                cli.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=idx, table=table)
+        with IPRoute(netns=self.server) as srv:
+            for i in self.lte_paths:
+                srv.route("replace", dst="7.0.0.0/8", oif=srv.link_lookup(ifname=self.ifname(i))[0])
 
     def _shaping(self) -> None:
         """Rate, delay, loss and queues are the simulation's."""
@@ -193,17 +240,27 @@ class DataPlane:
                  progress_s: float = 0.5, heartbeat_s: float = 10.0,
                  start_timeout: float = 90.0, on_progress: ProgressFn | None = None,
                  log_dir: Path | None = None, seed: int = 1,
-                 more_stations: Sequence[Sequence[PathConfig]] = ()) -> None:
+                 more_stations: Sequence[Sequence[PathConfig]] = (),
+                 ns3_defaults: dict[str, Any] | None = None) -> None:
         self.paths = list(paths)
+        # {"ns3::Type::Attribute": value}: Config::SetDefault before the topology exists
+        self.ns3_defaults = dict(ns3_defaults or {})
         self.prefix = prefix or f"ipdp{uuid.uuid4().hex[:6]}"
         # station 1 = paths, namespaces <prefix>-cli/-srv; station k >= 2 = more_stations[k-2],
         # namespaces <prefix>s<k>-cli/-srv: its own kernel, endpoints and server
         self.station_paths = [self.paths, *(list(p) for p in more_stations)]
+        # the EPC has one UE address to give and the stations' servers share addresses
+        n_lte = [sum(p.kind == "lte" for p in st) for st in self.station_paths]
+        if n_lte[0] > 1 or any(n_lte[1:]):
+            raise DataplaneError("at most one lte path per simulation, in station 1 "
+                                 "(more stations: give them a cell path)")
         self.testbeds: list[TapTestbed] = []
         for k, st_paths in enumerate(self.station_paths, start=1):
             kw: dict[str, Any] = {"prefix": self.prefix if k == 1 else f"{self.prefix}s{k}",
                                   "paths": [PathSpec() for _ in st_paths],
-                                  "client_pm": client_pm, "server_pm": server_pm}
+                                  "client_pm": client_pm, "server_pm": server_pm,
+                                  "lte_paths": tuple(i for i, p in enumerate(st_paths, 1)
+                                                     if p.kind == "lte")}
             # a scenario's endpoint sits on path 2: a one-path data plane has none
             use = scenario if len(st_paths) >= 2 else None
             self.testbeds.append(TapTestbed.scenario(use, **kw) if use  # type: ignore[arg-type]
@@ -299,8 +356,11 @@ class DataPlane:
         per = [[list(pair) for pair in tb.tap_fds] for tb in self.testbeds]
         fds = per[0]
         cfg = {"paths": [p.to_json() for p in self.paths], "fds": fds, "duration": self.duration,
+               # an lte path's IP relays address the frames they write to these TAPs
+               "lte_tap_macs": {str(i): self.testbed.tap_macs(i) for i in self.testbed.lte_paths},
                "hard_limit_ms": self.hard_limit_ms, "progress_s": self.progress_s,
                "gateway": gateway, "stall": stall, "seed": self.seed, "netns": self.client,
+               "ns3_defaults": self.ns3_defaults,
                "stations": [{"paths": [p.to_json() for p in paths], "fds": f}
                             for paths, f in zip(self.station_paths[1:], per[1:], strict=True)],
                "station_gateways": list(station_gateways)}

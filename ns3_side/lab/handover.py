@@ -25,14 +25,14 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ipcgw.errors import ServerStartError
 from ipcgw.testing import ServerProcess, fresh_url, provenance
 from ns3_side.lab.dataplane import ROOT, DataPlane, DataplaneError
-from ns3_side.lab.paths import PathConfig, lte, wifi
+from ns3_side.lab.paths import PathConfig, cell, wifi
 from ns3_side.lab.traffic import Bulk, PathSampler
 
 __all__ = ["HandoverConfig", "HandoverResult", "compare_plot", "plot", "run"]
@@ -65,11 +65,16 @@ class HandoverConfig:
     hard_limit_ms: float = 500.0
     seed: int = 1
     prefix: str | None = None
+    # the WiFi path's further options, PathConfig.parse's keys: "rate_manager=minstrel",
+    # "mobility=bounce,end=60", "phy.RxNoiseFigure=9" (applied after the fields above)
+    wifi_options: tuple[str, ...] = ()
+    ns3_defaults: dict[str, str] = field(default_factory=dict)  # ns3::Type::Attr -> value
 
     def paths(self) -> list[PathConfig]:
-        return [lte(self.lte_rate_mbit, self.lte_delay_ms),
-                wifi(self.start_m, self.speed_mps, wifi_mode=self.wifi_mode,
-                     detect_dbm=self.detect_dbm)]
+        station = wifi(self.start_m, self.speed_mps, wifi_mode=self.wifi_mode,
+                       detect_dbm=self.detect_dbm)
+        return [cell(self.lte_rate_mbit, self.lte_delay_ms),
+                station.with_options(",".join(self.wifi_options))]
 
     def build_policy(self) -> Any:
         """The policy as the server builds it (also for the threshold and to replay its filter)."""
@@ -128,6 +133,7 @@ def run(cfg: HandoverConfig, out: Path, *, echo: Printer | None = print) -> Hand
     marks: list[tuple[float, dict[str, Any]]] = []  # (monotonic, sim progress)
     dp = DataPlane(cfg.paths(), prefix=cfg.prefix, scenario=1, duration=cfg.duration,
                    hard_limit_ms=cfg.hard_limit_ms, seed=cfg.seed, log_dir=out,
+                   ns3_defaults=cfg.ns3_defaults,
                    progress_s=min(0.25, cfg.sample_s),
                    on_progress=lambda m: marks.append((time.monotonic(), m)))
     server: _Server | None = None

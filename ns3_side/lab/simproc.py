@@ -12,7 +12,8 @@ The ghost nodes have no IP stack: a small C++ relay carries whole Ethernet
 frames across the link (header inside the payload, as the link devices
 cannot "send from" another MAC), so the kernels see one Ethernet segment per
 path, ARP included, and ns-3 never parses IP. The link's device queue is the
-path's bottleneck queue.
+path's bottleneck queue. An ``lte`` path is L3 (UE, eNB, EPC, an IP relay per
+side) and is built by :mod:`ns3_side.lab.lte` instead.
 
 Output (stdout, one JSON object per line): ``{"type": "ready", ...}`` once
 built, ``{"type": "progress", "sim", "wall", "lag", "rssi", ...}`` every
@@ -30,6 +31,7 @@ import sys
 import time
 from typing import Any
 
+from ns3_side.lab.options import apply_defaults, install_mobility, rate_manager, set_attributes
 from ns3_side.lab.paths import ENCAP_BYTES, TAP_MTU, PathConfig
 
 RELAY_SOURCE = r"""
@@ -148,6 +150,7 @@ class Sim:
         self.relays: list[tuple[Any, Any]] = []
         self.drops: list[list[Any]] = []
         self.wifi: dict[int, dict[str, Any]] = {}  # path id -> sta/ap devices, mobility, rssi
+        self.lte: dict[int, Any] = {}  # path id -> ipcgw_lte::LteLink (station 1 only, at most 1)
         ns.GlobalValue.Bind("SimulatorImplementationType",
                             ns.StringValue("ns3::RealtimeSimulatorImpl"))
         ns.GlobalValue.Bind("ChecksumEnabled", ns.BooleanValue(True))
@@ -158,6 +161,7 @@ class Sim:
             ns.Config.SetDefault("ns3::RealtimeSimulatorImpl::HardLimit",
                                  ns.TimeValue(ns.MilliSeconds(hard)))
         ns.RngSeedManager.SetSeed(int(cfg.get("seed", 1)))
+        apply_defaults(ns, cfg.get("ns3_defaults") or {})  # before anything is created
         # station 1 is cfg's paths/fds; more stations (cfg["stations"]) get their own
         # ghost nodes, links and channels (one BSS each: stations do not contend)
         self.stations: list[tuple[list[Any], list[Any], dict[int, dict[str, Any]]]] = []
@@ -199,7 +203,16 @@ class Sim:
         nodes.Create(2)
         cli, srv = nodes.Get(0), nodes.Get(1)
         cfd, sfd = self._fd_device(cli, fds[0]), self._fd_device(srv, fds[1])
-        if pc.kind in ("p2p", "lte"):
+        if pc.kind == "lte":  # L3: its own relays and topology (ns3_side.lab.lte)
+            from ns3_side.lab import lte
+
+            if self.lte or self.stations:
+                raise ValueError("one lte path per simulation, in station 1")
+            crelay, srelay, pair, link = lte.build(self, i, pc, cli, srv, cfd, sfd)
+            self.lte[i] = link
+            self.drops.append(pair)
+            cdev, sdev = link.ueDev, link.rhDev
+        elif pc.kind in ("p2p", "cell"):
             p2p = ns.PointToPointHelper()
             p2p.SetDeviceAttribute("DataRate", ns.StringValue(f"{pc.rate_mbit * 1e6:.0f}bps"))
             p2p.SetDeviceAttribute("Mtu", ns.UintegerValue(TAP_MTU + ENCAP_BYTES))
@@ -208,13 +221,19 @@ class Sim:
                          "MaxSize", ns.QueueSizeValue(ns.QueueSize(f"{pc.queue}p")))
             devs = p2p.Install(cli, srv)
             cdev, sdev = devs.Get(0), devs.Get(1)
+            models = []
             if pc.loss > 0:
                 for dev in (cdev, sdev):
                     model = ns.CreateObject[ns.RateErrorModel]()
                     model.SetUnit(ns.RateErrorModel.ERROR_UNIT_PACKET)
                     model.SetRate(pc.loss)
                     dev.SetAttribute("ReceiveErrorModel", ns.PointerValue(model))
+                    models.append(model)
                     self.keep.append(model)
+            ends = [ns.DynamicCast[ns.PointToPointNetDevice](d) for d in (cdev, sdev)]
+            set_attributes(ns, f"path {i}", {
+                "device": ends, "channel": [cdev.GetChannel()],
+                "queue": [d.GetQueue() for d in ends], "error_model": models}, pc.extra)
             bcast = ns.Mac48Address.GetBroadcast().ConvertTo()
             crelay = self._relay(cfd, cdev, bcast)
             srelay = self._relay(sfd, sdev, bcast)
@@ -244,9 +263,7 @@ class Sim:
         ns = self.ns
         wifi = ns.WifiHelper()
         wifi.SetStandard(ns.WIFI_STANDARD_80211a)
-        wifi.SetRemoteStationManager("ns3::ConstantRateWifiManager",
-                                     "DataMode", ns.StringValue(pc.wifi_mode),
-                                     "ControlMode", ns.StringValue("OfdmRate6Mbps"))
+        rate_manager(ns, wifi, pc)
         phy = ns.YansWifiPhyHelper()
         phy.SetChannel(ns.YansWifiChannelHelper.Default().Create())
         phy.Set("TxPowerStart", ns.DoubleValue(pc.tx_power_dbm))
@@ -270,11 +287,15 @@ class Sim:
         mobility = ns.MobilityHelper()
         mobility.SetMobilityModel("ns3::ConstantPositionMobilityModel")
         mobility.Install(srv)
-        mobility.SetMobilityModel("ns3::ConstantVelocityMobilityModel")
-        mobility.Install(cli)
-        sta_mob = cli.GetObject[ns.ConstantVelocityMobilityModel]()
-        sta_mob.SetPosition(ns.Vector(pc.start_m, 0, 0))
-        sta_mob.SetVelocity(ns.Vector(pc.speed_mps, 0, 0))
+        sta_mob = install_mobility(ns, cli, pc, float(self.cfg.get("duration") or 86400.0))
+        wdevs = [ns.DynamicCast[ns.WifiNetDevice](d) for d in (sta, ap)]
+        phys, macs = [d.GetPhy() for d in wdevs], [d.GetMac() for d in wdevs]
+        set_attributes(ns, f"path {i}", {
+            "device": wdevs, "phy": phys, "sta_phy": phys[:1], "ap_phy": phys[1:],
+            "mac": macs, "sta_mac": macs[:1], "ap_mac": macs[1:],
+            "manager": [d.GetRemoteStationManager() for d in wdevs],
+            "queue": [m.GetTxopQueue(ns.AC_BE_NQOS) for m in macs], "mobility": [sta_mob]},
+            pc.extra)
         ap_mob = srv.GetObject[ns.MobilityModel]()
         crelay = self._relay(cfd, sta, ap.GetAddress())
         srelay = self._relay(sfd, ap, sta.GetAddress())
@@ -303,6 +324,10 @@ class Sim:
             per.append(self._station_progress())
         self.relays, self.drops, self.wifi = self.stations[0]
         out.update(per[0])
+        if self.lte:
+            from ns3_side.lab import lte
+
+            out.update(lte.progress(self.lte))
         if len(per) > 1:
             out["stations"] = per
         return out
@@ -389,8 +414,8 @@ def _watch_crossing(sim: Sim, path: int, threshold: float, step_s: float = 0.01,
 
 
 def _station_gateway(sim: Sim, station: int, gcfg: dict[str, Any]) -> Any:
-    """Station ``station``'s WiFi RSSI and link state to its server; reports carry the
-    station's own ns-3 node id."""
+    """Station ``station``'s WiFi RSSI and link state to its server (station 1 also its
+    LTE path's RSRP/SINR); reports carry the station's own ns-3 node id."""
     import ns3_side
 
     gw = ns3_side.SimClient(gcfg["url"], name=f"dataplane-s{station}")
@@ -405,6 +430,10 @@ def _station_gateway(sim: Sim, station: int, gcfg: dict[str, Any]) -> Any:
         from_address=w["ap"].GetAddress(), stamp=True)
     ns3_side.link_state(gw, w["sta"], wlan, stamp=True)
     _watch_crossing(sim, wlan, threshold, station=station)
+    if station == 1:  # the LTE path's UE reports its RSRP/SINR the same way (at most 10/s)
+        for i, link in sim.lte.items():
+            ns3_side.lte_signal(gw, link.ueDev, i, stamp=True,
+                                min_interval_ms=float(gcfg.get("min_interval_ms", 100.0)))
     return gw
 
 
