@@ -150,6 +150,7 @@ def test_a_moving_ue_reports_rsrp_and_sinr_through_the_gateway(
     from ns3_helpers import Server, dump_reports
 
     from ipcgw.testing import fresh_url
+    from ns3_side.lab.probe import ping
 
     dp = DataPlane([lte(distance_m=100, rb=6, speed_mps=60), wifi(10)], scenario=1,
                    duration=6.0)
@@ -157,8 +158,12 @@ def test_a_moving_ue_reports_rsrp_and_sinr_through_the_gateway(
     dp.build()
     with Server(fresh_url("unix", tmp_path), tmp_path, netns=dp.client) as server:
         dp.start({"url": server.url, "path_id": 2})
+        # lte as path 1: a socket bound to no address reaches path 1's server through the
+        # EPC (the main table's route), as a connection to server_addr(1) starts there
+        unbound = ping(dp.client, "0.0.0.0", dp.server_addr(1), count=4, interval=0.2)
         dp.wait(20)
         rows = dump_reports(server.url)
+    assert len(unbound) >= 3, unbound
     lte_rows = [(t, m) for t, p, m, _ in rows if p == 1]
     assert len(lte_rows) >= 30, len(lte_rows)  # ~10/s over 6 s
     assert all("host_mono" in m and m["sinr_db"] > 0 for _, m in lte_rows)

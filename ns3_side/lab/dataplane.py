@@ -190,8 +190,10 @@ class TapTestbed(Testbed):
 
     def _client_routes(self) -> None:
         """:class:`Testbed`'s per-source tables (``from <client addr> lookup 100+i``), but an
-        lte path's goes via the PGW (the server is not on its link), and the server
-        reaches the UE's 7.0.0.0/8 out of that path's ``eth<i>``."""
+        lte path's goes via the PGW (the server is not on its link), as does the main
+        table's route to that path's server subnet (a connection to ``server_addr(i)``
+        starts on path i, as on every kind), and the server reaches the UE's 7.0.0.0/8
+        out of that path's ``eth<i>``."""
         with IPRoute(netns=self.client) as cli:
             for i, _ in enumerate(self.paths, 1):
                 table = 100 + i
@@ -204,6 +206,9 @@ class TapTestbed(Testbed):
                         raise
                 gateway = LTE_GATEWAY if i in self.lte_paths else self.server_addr(i)
                 cli.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=idx, table=table)
+                if i in self.lte_paths:  # the path's server subnet is not on its link either
+                    cli.route("replace", dst=f"{self.server_addr(i).rsplit('.', 1)[0]}.0/24",
+                              gateway=LTE_GATEWAY, oif=idx)
         with IPRoute(netns=self.server) as srv:
             for i in self.lte_paths:
                 srv.route("replace", dst="7.0.0.0/8", oif=srv.link_lookup(ifname=self.ifname(i))[0])
