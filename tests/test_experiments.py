@@ -374,6 +374,41 @@ def test_experiment_run_exits_non_zero_when_a_cell_failed(tmp_path: Path, no_lef
     assert (out / "report.md").exists()  # the report is still written
 
 
+@pytest.mark.netns
+def test_sigterm_during_a_cell_removes_its_namespaces_and_says_how_to_resume(
+        tmp_path: Path, no_leftovers: None) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pyroute2 import netns
+
+    config = tmp_path / "long.toml"
+    config.write_text(
+        'name = "long"\nrepetitions = 1\nseed = 1\ntimeout_s = 60\n'
+        'policies = ["kernel"]\ntransports = ["unix"]\n'
+        '[[setup]]\nname = "s"\npaths = [{rate_mbit = 2}, {rate_mbit = 2}]\n'
+        '[[workload]]\nkind = "file"\nsizes = ["16M"]\n')  # ~30 s at 4 Mbit/s
+    proc = subprocess.Popen([sys.executable, "-m", "ipcgw", "experiment", "run", str(config),
+                             "--out", str(tmp_path / "out"), "--prefix", PREFIX],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(n.startswith(PREFIX) for n in netns.listnetns()):
+            assert time.monotonic() < deadline and proc.poll() is None, "no cell started"
+            time.sleep(0.1)
+        time.sleep(2.0)  # the transfer is under way
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1 and "interrupted" in err and "--resume" in err, err
+    assert "Traceback" not in err, err
+
+
 def test_error_bars_stay_inside_what_the_measure_can_be_and_say_n() -> None:
     from ipcgw_bench.experiments.report import _bounded_err, _n_label
     from ipcgw_bench.experiments.stats import summarize

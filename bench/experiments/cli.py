@@ -88,10 +88,16 @@ def run(config: Path, out: Path | None, resume: bool, logs: bool, prefix: str,
         click.echo(f"[{i}/{n} {time.monotonic() - t0:5.0f}s] {rec['key']}: {what}")
 
     logging.getLogger("ipcgw").setLevel(logging.WARNING)
+    from ns3_side.lab.cli import interrupt_on_term
+
     try:
-        run_experiment(exp, out, resume=resume, progress=progress,
-                       log_dir=(out / "logs") if logs else None, prefix=prefix,
-                       scheduler=scheduler)
+        with interrupt_on_term():  # SIGTERM, like ^C, still removes the cell's namespaces
+            run_experiment(exp, out, resume=resume, progress=progress,
+                           log_dir=(out / "logs") if logs else None, prefix=prefix,
+                           scheduler=scheduler)
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted; the running cell was cleaned up, "
+                                   f"--resume continues ({out})") from None
     except (FileExistsError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"report: {build_report(out)}")

@@ -26,11 +26,11 @@ import click
 from ipcgw.errors import IpcgwError
 from ipcgw.transports import TRANSPORTS
 
-__all__ = ["dataplane", "experiment"]
+__all__ = ["dataplane", "experiment", "interrupt_on_term"]
 
 
 @contextlib.contextmanager
-def _interrupt_on_term() -> Iterator[None]:
+def interrupt_on_term() -> Iterator[None]:
     """SIGTERM unwinds like Ctrl-C while the block runs, so its cleanup runs.
 
     Only in this process: pyroute2 forks helpers (``netns.create``) that
@@ -124,7 +124,7 @@ def run_cmd(paths: tuple[str, ...], ns3_defaults: tuple[str, ...], prefix: str, 
                    hard_limit_ms=hard_limit_ms, on_progress=show, ns3_defaults=defaults,
                    more_stations=station_copies(configs, stations, station_spacing))
     try:
-        with _interrupt_on_term():
+        with interrupt_on_term():
             click.echo(f"building {dp.client} / {dp.server}; starting ns-3 (~10 s)...")
             dp.up()
             click.echo(json.dumps({"client": dp.client, "server": dp.server, "paths": [
@@ -234,7 +234,7 @@ def handover(transport: str, out: Path | None, no_policy: bool, duration: float,
         out = Path("results") / (f"handover-{'policy' if cfg.policy else 'baseline'}-"
                                  f"{time.strftime('%Y%m%d-%H%M%S')}")
     try:
-        with _interrupt_on_term():
+        with interrupt_on_term():
             result = run_handover(cfg, out, echo=click.echo)
     except KeyboardInterrupt:
         raise click.ClickException("interrupted; namespaces and processes removed") from None
