@@ -267,7 +267,9 @@ def _git_commit() -> str | None:
                                 text=True, timeout=5).stdout.strip()
         if not commit:
             return None
-        dirty = subprocess.run([*git, "status", "--porcelain", "--", "ipcgw", "ns3_side", "bench"],
+        # the measured code, not the results being written (bench/results)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "ipcgw", "ns3_side", "bench",
+                                ":(exclude)bench/results"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return f"{commit}-dirty" if dirty else commit
     except (OSError, subprocess.SubprocessError):

@@ -47,7 +47,8 @@ def test_provenance_is_one_record_with_packages_tools_and_an_honest_commit() -> 
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "ipcgw",
-                                "ns3_side", "bench"], capture_output=True, text=True).stdout.strip()
+                                "ns3_side", "bench", ":(exclude)bench/results"],
+                               capture_output=True, text=True).stdout.strip()
         assert m["ipcgw_commit"] == (f"{head}-dirty" if dirty else head)
 
 
