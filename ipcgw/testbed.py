@@ -215,8 +215,17 @@ class Testbed:
                 except NetlinkError as exc:
                     if exc.code != 17:  # EEXIST: up() again
                         raise
-                cli.route("replace", dst="0.0.0.0/0", gateway=self.server_addr(i), oif=idx,
+                cli.route("replace", dst="0.0.0.0/0", gateway=self.next_hop(i), oif=idx,
                           table=table)
+                self._path_routes(cli, i, idx)
+
+    def next_hop(self, path: int) -> str:
+        """Where path ``path``'s per-source table sends everything: the server's
+        address on it (a subclass whose path is routed, not a link, says otherwise)."""
+        return self.server_addr(path)
+
+    def _path_routes(self, cli: IPRoute, path: int, oif: int) -> None:
+        """More client routes for ``path`` (none on a plain link)."""
 
     def _shaping(self) -> None:
         rules = []

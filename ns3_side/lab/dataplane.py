@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from ipcgw.errors import IpcgwError
 from ipcgw.testbed import PathSpec, Testbed, TestbedError
@@ -188,27 +187,21 @@ class TapTestbed(Testbed):
                         ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
                 self.tap_fds.append((pair[0], pair[1]))
 
+    def next_hop(self, path: int) -> str:
+        """An lte path's per-source table goes via the PGW (the server is not on its link)."""
+        return LTE_GATEWAY if path in self.lte_paths else super().next_hop(path)
+
+    def _path_routes(self, cli: IPRoute, path: int, oif: int) -> None:
+        """So does the main table's route to an lte path's server subnet: a connection to
+        ``server_addr(i)`` starts on path i, as on every kind."""
+        if path in self.lte_paths:
+            cli.route("replace", dst=f"{self.server_addr(path).rsplit('.', 1)[0]}.0/24",
+                      gateway=LTE_GATEWAY, oif=oif)
+
     def _client_routes(self) -> None:
-        """:class:`Testbed`'s per-source tables (``from <client addr> lookup 100+i``), but an
-        lte path's goes via the PGW (the server is not on its link), as does the main
-        table's route to that path's server subnet (a connection to ``server_addr(i)``
-        starts on path i, as on every kind), and the server reaches the UE's 7.0.0.0/8
-        out of that path's ``eth<i>``."""
-        with IPRoute(netns=self.client) as cli:
-            for i, _ in enumerate(self.paths, 1):
-                table = 100 + i
-                idx = cli.link_lookup(ifname=self.ifname(i))[0]
-                try:
-                    cli.rule("add", src=self.client_addr(i), src_len=32, table=table,
-                             priority=1000 + i)
-                except NetlinkError as exc:
-                    if exc.code != 17:  # EEXIST: up() again
-                        raise
-                gateway = LTE_GATEWAY if i in self.lte_paths else self.server_addr(i)
-                cli.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=idx, table=table)
-                if i in self.lte_paths:  # the path's server subnet is not on its link either
-                    cli.route("replace", dst=f"{self.server_addr(i).rsplit('.', 1)[0]}.0/24",
-                              gateway=LTE_GATEWAY, oif=idx)
+        """:class:`Testbed`'s, and the server reaches the UE's 7.0.0.0/8 out of the lte
+        path's ``eth<i>``."""
+        super()._client_routes()
         with IPRoute(netns=self.server) as srv:
             for i in self.lte_paths:
                 srv.route("replace", dst="7.0.0.0/8", oif=srv.link_lookup(ifname=self.ifname(i))[0])
