@@ -46,6 +46,7 @@ def test_wifi_options_parse_from_the_cli_syntax_and_onto_a_config() -> None:
     ("p2p:rate_manager=ideal", "bad path option 'rate_manager=ideal'"),
     ("p2p:phy.RxNoiseFigure=9", "OBJECT one of device, channel, queue, error_model"),
     ("wifi:radio.TxPowerStart=3", "OBJECT one of device, phy,"),
+    ("lte:phy.TxPower=40", "a lte path takes no per-object ns-3 attributes"),
 ])
 def test_bad_options_are_refused_naming_them(spec: str, words: str) -> None:
     with pytest.raises(ValueError, match=re.escape(words)):

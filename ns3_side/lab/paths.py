@@ -226,6 +226,10 @@ def _check_options(pc: PathConfig) -> None:
         raise ValueError(f"mobility={pc.mobility} needs speed_mps > 0 and end_m > 0"
                          + (" (and end_m != start_m)" if pc.mobility == "bounce" else ""))
     objects = ATTRIBUTE_OF[pc.kind]
+    if pc.extra and not objects:
+        raise ValueError(f"a {pc.kind} path takes no per-object ns-3 attributes (its objects "
+                         "are built in C++): set defaults instead, e.g. --ns3-default "
+                         "ns3::LteEnbPhy::TxPower=40")
     for key in pc.extra:
         obj, dot, attr = str(key).partition(".")
         if not dot or obj not in objects or not attr.isidentifier():
