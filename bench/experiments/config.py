@@ -224,13 +224,13 @@ def _setup(item: dict[str, Any], i: int) -> SetupSpec:
         raise ConfigError(f"setup {i}: mobility is the veth emulation; ns3 paths move "
                           "themselves (wifi:start=..,speed=..,mobility=bounce|waypoints|...)")
     defaults = item.get("ns3_defaults") or {}
+    from ns3_side.lab.paths import PathConfig, is_ns3_default
+
     if (defaults and dp != "ns3") or not isinstance(defaults, dict) or not all(
-            str(k).startswith("ns3::") and str(k).count("::") >= 2 for k in defaults):
+            is_ns3_default(str(k)) for k in defaults):
         raise ConfigError(f"setup {i}: ns3_defaults is a table of ns3::Type::Attribute = "
                           "value, for dataplane = \"ns3\"")
     if dp == "ns3":
-        from ns3_side.lab.paths import PathConfig
-
         for k, p in enumerate(paths, 1):
             try:
                 PathConfig.parse(p) if isinstance(p, str) else PathConfig(**p)

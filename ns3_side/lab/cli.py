@@ -62,10 +62,12 @@ def dataplane() -> None:
 def parse_defaults(items: tuple[str, ...]) -> dict[str, str]:
     """``ns3::Type::Attr=VALUE`` options; ns-3 itself checks names and values when the
     simulation starts (ns3_side.lab.options)."""
+    from ns3_side.lab.paths import is_ns3_default
+
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key.startswith("ns3::") or key.count("::") < 2:
+        if not sep or not is_ns3_default(key):
             raise click.BadParameter(f"{item!r}: write ns3::Type::Attribute=VALUE",
                                      param_hint="--ns3-default")
         out[key] = value

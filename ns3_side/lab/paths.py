@@ -42,8 +42,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-__all__ = ["KINDS", "LTE_GATEWAY", "LTE_UE_ADDR", "PathConfig", "cell", "lost_for_good", "lte",
-           "p2p", "wifi"]
+__all__ = ["KINDS", "LTE_GATEWAY", "LTE_UE_ADDR", "PathConfig", "cell", "is_ns3_default",
+           "lost_for_good", "lte", "p2p", "wifi"]
 
 KINDS = ("p2p", "wifi", "cell", "lte")
 # the EPC gives its first UE 7.0.0.2 and its PGW 7.0.0.1: the client namespace
@@ -190,6 +190,12 @@ def _options(kind: str, rest: str) -> dict[str, Any]:
             wants = "T/X/Y;T/X/Y (s, m, m)" if name == "waypoints" else "a number"
             raise ValueError(f"bad path option {item!r}: {key} wants {wants}") from None
     return kw
+
+
+def is_ns3_default(name: str) -> bool:
+    """``ns3::Type::Attribute``, the shape ``Config::SetDefault`` takes (ns-3 checks the
+    rest when the simulation starts)."""
+    return name.startswith("ns3::") and name.count("::") >= 2
 
 
 def _waypoints(text: str) -> list[list[float]]:
