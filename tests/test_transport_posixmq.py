@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 
 import posix_ipc
@@ -17,9 +19,9 @@ import pytest
 from conftest import unique
 from test_transport_sysv import MqContract, pair
 
-from ipcgw.errors import ConnectError
+from ipcgw.errors import ConnectError, Disconnected, Timeout
 from ipcgw.transports import connect_bytes, listen
-from ipcgw.transports.base import ServerLock
+from ipcgw.transports.base import ListenerClosed, ServerLock
 
 MQUEUE = "/dev/mqueue"
 
@@ -91,3 +93,58 @@ class TestPosixMq(MqContract):
         for bad in ("posixmq:///a/b", "posixmq:///"):
             with pytest.raises(ValueError):
                 connect_bytes(bad, 1)
+        with pytest.raises(ValueError, match="maxmsg must be 2"):
+            connect_bytes(self.url + "?maxmsg=1", 1)
+
+    def test_data_sent_right_after_accept_cannot_overtake_the_welcome(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A refused client gets its Error right after the welcome (CI saw "bad
+        welcome" instead of "server busy"): a client slow to read must still find
+        the welcome first, since a queue hands out its highest priority first."""
+        from ipcgw.transports import posixmq
+
+        held = posixmq.call_holding_signals
+
+        def slow_receive(fn, *args):  # type: ignore[no-untyped-def]
+            if getattr(fn, "__name__", "") == "receive":
+                time.sleep(0.3)  # the server sends welcome and data meanwhile
+            return held(fn, *args)
+
+        monkeypatch.setattr(posixmq, "call_holding_signals", slow_receive)
+        lst = listen(self.url)
+        try:
+            def accept_and_talk() -> None:
+                with contextlib.suppress(ListenerClosed):
+                    lst.accept().send(b"first words")
+
+            t = threading.Thread(target=accept_and_talk, daemon=True)
+            t.start()
+            client = connect_bytes(self.url, 5)
+            assert client.recv(2) == b"first words"
+            client.close()
+            t.join(2)
+        finally:
+            lst.close()
+
+    def test_a_full_read_queue_does_not_feed_a_blocked_peer(self) -> None:
+        """A client that never reads, blocked sending, must not take chunks off its
+        full read queue (that let a server blocked on it trickle on past its
+        send_timeout); the server's close then empties the queue and resets it."""
+        lst = listen(self.url)
+        try:
+            client, srv = pair(lst, self.url)
+            srv.send_timeout = 0.3
+            with pytest.raises(Timeout):
+                while True:  # fill the client's read queue until the server blocks
+                    srv.send(b"s" * 8192)
+            client.send_timeout = 1.2
+            with pytest.raises(Timeout):
+                while True:  # fill the server's; blocked, the client must not read
+                    client.send(b"c" * 8192)
+            assert client._rq.current_messages == client._rq.max_messages  # type: ignore[attr-defined]
+            srv.close(0)
+            with pytest.raises(Disconnected, match="reset"):
+                client.recv(2)
+            client.close()
+        finally:
+            lst.close()

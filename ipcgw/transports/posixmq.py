@@ -15,14 +15,19 @@ Features
   nothing else is queued) and RESET (priority 3, read first).
 - Waits are timed calls of at most 0.5 s, after which the pid of the peer is
   checked: a ``kill -9`` is seen within about 0.5 s, at no cost on the hot
-  path. ``close()`` sends END (waiting up to 1 s for room; else it discards
-  the oldest queued chunk and sends RESET) and a WAKE into its own queue to
-  release a reader blocked in another thread.
+  path. ``close()`` sends END (waiting up to 1 s for room; else it empties
+  the queue, whose data nobody reads, and sends RESET) and a WAKE into its
+  own queue to release a reader blocked in another thread.
 - A peer that closes leaves END (or RESET) in the other's read queue, but
   closing a queue wakes no sender: a sender blocked for a whole slice on a
   peer that lives on takes the next message of its own read queue (kept in
   order for ``recv``) and gives up with ``Disconnected`` once it is the
-  peer's END or RESET, so a client whose server dropped it never hangs.
+  peer's END or RESET, so a client whose server dropped it never hangs. It
+  never takes from a full queue: that would feed a peer blocked on it (a
+  client that never reads would trickle on past the server's send_timeout),
+  and a closing peer leaves its queue with room.
+- The server's welcome goes above data priority, so a refusal's Error sent
+  right after it cannot overtake it.
 - ``ServerLock("posixmq", NAME)``; a new server unlinks a stale ``/NAME``
   (and, when ``/dev/mqueue`` is mounted, any ``NAME.*`` a client left in the
   instant between creating its queues and saying hello). A serving server
@@ -45,7 +50,7 @@ costs about 66 KB, so some twelve clients of one user fit; beyond that
 URL
 ===
 ``posixmq:///ipcgw`` (one path component); ``?maxmsg=4&msgsize=8192`` size the
-client's queues; ``?mode=0600`` sets their permissions.
+client's queues (``maxmsg`` at least 2); ``?mode=0600`` sets their permissions.
 """
 
 from __future__ import annotations
@@ -95,7 +100,10 @@ __all__ = ["PosixMqTransport"]
 log = logging.getLogger(__name__)
 
 _P_WAKE, _P_END, _P_DATA, _P_RESET = 0, 1, 2, 3
-_P_HELLO = 1
+_P_HELLO = 1  # client → server, on the rendezvous queue
+#: The server's welcome travels above data: the Error of a refused client may
+#: follow it at once, and a queue hands out its highest priority first.
+_P_WELCOME = _P_RESET
 _KINDS = {_P_WAKE: WAKE, _P_END: END, _P_DATA: DATA, _P_RESET: RESET}
 _RENDEZVOUS_MSGSIZE = 256
 _DEFAULT_MAXMSG, _DEFAULT_MSGSIZE = 4, 8192
@@ -209,6 +217,12 @@ class PosixMqConnection(MqConnection):
         if not self._reading.acquire(blocking=False):
             return False
         try:
+            if self._rq.current_messages >= self._rq.max_messages:
+                # A full queue may hold back a peer blocked sending to us: taking
+                # from it would feed a client that never reads at one chunk per
+                # slice and keep the server's send_timeout from firing. A peer
+                # that ends leaves room (see close), so a full queue is no end.
+                return False
             payload, priority = self._rq.receive(0)
             kind = _KINDS.get(priority, DATA)
             self._stash.append((payload, kind))
@@ -226,10 +240,11 @@ class PosixMqConnection(MqConnection):
         if self.peer_alive() and not self._eof:
             try:
                 self._wq.send(b"", grace, _P_END)
-            except posix_ipc.BusyError:  # peer not reading: make room, then reset
+            except posix_ipc.BusyError:  # peer not reading: its data is lost; reset
                 with contextlib.suppress(posix_ipc.Error):
-                    self._wq.receive(0)
-                    self._wq.send(b"", 0, _P_RESET)
+                    while True:  # empty it, so a sender blocked there sees room and looks
+                        self._wq.receive(0)
+                _poke(self._wq, _P_RESET)
             except posix_ipc.Error:
                 pass
         _poke(self._rq, _P_WAKE)  # a reader blocked in another thread
@@ -348,7 +363,7 @@ class PosixMqListener(Listener):
             _unlink(up_name)
             _unlink(down_name)
             try:
-                down.send(pack_hello(os.getpid()), 0, _P_HELLO)
+                down.send(pack_hello(os.getpid()), 0, _P_WELCOME)
             except posix_ipc.Error:
                 _close(up)
                 _close(down)
@@ -417,9 +432,10 @@ class PosixMqTransport(Transport):
         deadline = time.monotonic() + timeout
         maxmsg = int(endpoint.params.get("maxmsg", _DEFAULT_MAXMSG))
         msgsize = int(endpoint.params.get("msgsize", _DEFAULT_MSGSIZE))
-        if not (1 <= maxmsg <= _sysctl("msg_max", 10)
+        if not (2 <= maxmsg <= _sysctl("msg_max", 10)
                 and 1 <= msgsize <= _sysctl("msgsize_max", 8192)):
-            raise ValueError(f"{where}: maxmsg must be 1..fs.mqueue.msg_max and msgsize "
+            # 2: a queue of one message, full, cannot tell a peer's RESET from its data
+            raise ValueError(f"{where}: maxmsg must be 2..fs.mqueue.msg_max and msgsize "
                              "1..fs.mqueue.msgsize_max")
         try:
             rz = _MQ(name, read=False)
