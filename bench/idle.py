@@ -20,6 +20,12 @@ lives through the window (the connection stays open), so none takes its time awa
 At a rate, the client child paces ``Client.ping`` of 64 B round trips on the
 clock (``time.sleep`` to the next slot, no catching up in bursts) and reports
 how many it made when asked on stdin, so the achieved rate is measured too.
+
+The floor at a rate (``measure_wake_floor``): the same pacing child with no
+connection, whose ping does nothing. Its CPU per slot is what one bare wake-up
+from ``time.sleep`` costs here (~20-90 us on this VM, more the rarer it is), and
+a round trip needs at least two: the client's timer and the server's wait for
+data. No transport can beat it, so the report gives each rate against it.
 """
 
 from __future__ import annotations
@@ -35,11 +41,15 @@ from typing import Any
 
 from .system import proc_cpu
 
-__all__ = ["IDLE_TARGET_PCT", "RATES", "main", "measure_idle", "measure_rate", "stat_cpu"]
+__all__ = ["IDLE_TARGET_PCT", "RATES", "main", "measure_idle", "measure_rate",
+           "measure_wake_floor", "stat_cpu"]
 
 IDLE_TARGET_PCT = 2.0
 RATES = (100, 1_000, 10_000)  # messages (round trips) per second
 SETTLE = 0.3  # seconds after "connected" before the window: the handshake's spin is not idle
+NO_SERVER = "-"  # the client's URL for the wake-up floor: pace, send nothing
+#: Wake-ups a paced round trip needs at least: the client's timer, the server's data.
+WAKES_PER_ROUND_TRIP = 2
 
 
 def stat_cpu(pid: int) -> float:
@@ -144,6 +154,31 @@ def measure_rate(url: str, server_pid: int, rate: float, seconds: float,
     }
 
 
+def measure_wake_floor(rate: float, seconds: float, cpu: int | None = None) -> dict[str, Any]:
+    """CPU of the pacing child with no connection at ``rate`` slots/s: per slot one
+    bare wake-up; a round trip's floor is ``WAKES_PER_ROUND_TRIP`` of them."""
+    proc = _spawn_client(NO_SERVER, cpu, seconds + 60, rate)
+    try:
+        _wait_connected(proc, 20.0)
+        time.sleep(SETTLE)
+        n0 = _count(proc)
+        t0, c0 = time.monotonic(), proc_cpu(proc.pid)
+        time.sleep(seconds)
+        t1, c1 = time.monotonic(), proc_cpu(proc.pid)
+        n1 = _count(proc)
+    finally:
+        _stop(proc)
+    window, n = t1 - t0, n1 - n0
+    wake = (c1 - c0) / n if n else None
+    return {
+        "rate": rate, "seconds": round(window, 3), "achieved": round(n / window, 1),
+        "wake_us": round(wake * 1e6, 1) if wake else None,
+        "us_per_msg": round(wake * WAKES_PER_ROUND_TRIP * 1e6, 1) if wake else None,
+        "cpu_percent": round((c1 - c0) * WAKES_PER_ROUND_TRIP / window * 100, 2),
+        "client_cpu": cpu, "source": "schedstat",
+    }
+
+
 def _pace(client: Any, rate: float, stop: threading.Event, counter: list[int]) -> None:
     """64 B round trips on a clock of ``rate`` per second until ``stop``."""
     payload = os.urandom(64)
@@ -164,10 +199,12 @@ def main(argv: list[str]) -> int:
     """The client: connect, ping once, report; then either wait in recv (rate 0) or
     ping at the rate, until stdin closes. At a rate, each stdin line "n" is
     answered with the round trips made so far."""
-    import ipcgw
-
     url, timeout = argv[0], float(argv[1])
     rate = float(argv[2]) if len(argv) > 2 else 0.0
+    if url == NO_SERVER:
+        return _pace_alone(rate)
+    import ipcgw
+
     with ipcgw.connect(url, timeout=10.0, name="ipcgw-bench-idle") as client:
         if client.ping(b"idle") != b"idle":
             print("Pong payload differs", file=sys.stderr)
@@ -193,6 +230,25 @@ def main(argv: list[str]) -> int:
         print("connected", flush=True)
         with contextlib.suppress(ipcgw.IpcgwError):
             client.recv(timeout=timeout)  # blocked in recv: the worst case for idling
+    return 0
+
+
+def _pace_alone(rate: float) -> int:
+    """The wake-up floor's child: the pacing loop of a client whose ping does nothing."""
+    stop, counter = threading.Event(), [0]
+
+    class _Nothing:
+        def ping(self, payload: bytes) -> bytes:
+            return payload
+
+    def answer() -> None:
+        for _ in sys.stdin.buffer:
+            print(counter[0], flush=True)
+        stop.set()
+
+    threading.Thread(target=answer, daemon=True).start()
+    print("connected", flush=True)
+    _pace(_Nothing(), rate, stop, counter)
     return 0
 
 

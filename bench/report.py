@@ -455,6 +455,8 @@ def _targets(rows: list[dict[str, Any]], cfg: dict[str, Any]) -> str:
 def _rates_section(items: list[dict[str, Any]]) -> str:
     if not items:
         return "Not measured (`rate_time` 0, or no server ran).\n"
+    floors = {i["rate"]: i for i in items if i["transport"] == "floor" and "error" not in i}
+    items = [i for i in items if i["transport"] != "floor"]
     ok = [i for i in items if "error" not in i]
     transports = sorted({i["transport"] for i in items})
     rates = sorted({i["rate"] for i in items})
@@ -471,9 +473,15 @@ def _rates_section(items: list[dict[str, Any]]) -> str:
                 cells.append(i["error"].replace("|", "/")[:60])
             else:
                 lag = "" if i["achieved"] >= 0.95 * r else f" (only {_int(i['achieved'])}/s)"
+                floor = floors.get(r, {}).get("us_per_msg")
+                vs = f" = {i['us_per_msg'] / floor:.1f}\u00d7 floor" if floor and i["us_per_msg"] else ""
                 cells.append(f"{i['cpu_percent']:.1f} % ({i['server_percent']:.1f} + "
-                             f"{i['client_percent']:.1f}) · {_us(i['us_per_msg'])}{lag}")
+                             f"{i['client_percent']:.1f}) · {_us(i['us_per_msg'])}{vs}{lag}")
         lines.append(cells)
+    if floors:
+        lines.append(["floor: 2 bare wake-ups", *(
+            f"{floors[r]['cpu_percent']:.1f} % · {_us(floors[r]['us_per_msg'])} "
+            f"(one wake-up {_us(floors[r]['wake_us'])})" if r in floors else "-" for r in rates)])
     first = ok[0] if ok else items[0]
     text = (f"One client pings the run's `ipcgw serve` (framing `{first.get('framing')}`) with "
             "64 B round trips paced on the clock, across CPUs (server on CPU "
@@ -481,7 +489,12 @@ def _rates_section(items: list[dict[str, Any]]) -> str:
             f"{first.get('seconds', 0):.1f} s per rate; CPU of both processes from "
             "`/proc/PID/task/*/schedstat` (ns, not ticks). µs/msg is the CPU of both sides per "
             "round trip: at low rates it is dominated by how each side waits (spinning, "
-            "sleeping, waking up), not by the message.\n\n")
+            "sleeping, waking up), not by the message. The floor is the same pacing child with "
+            "no connection (its ping does nothing): the CPU of one bare wake-up from "
+            "`time.sleep` on this machine, twice, since a round trip wakes the client's timer "
+            "and the server's wait; no transport can beat it. shm's reader spin adapts: it "
+            "halves while data comes long after the spin gave up, so at low rates neither "
+            "side spins.\n\n")
     return text + _table(head, lines)
 
 

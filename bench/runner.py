@@ -25,7 +25,7 @@ from typing import Any
 from .cfloor import C_TRANSPORTS, WORK_US, CFloor
 from .handler import SINK_OP
 from .hist import Histogram
-from .idle import RATES, measure_idle, measure_rate
+from .idle import RATES, measure_idle, measure_rate, measure_wake_floor
 from .interleave import interleaved_p50
 from .measure import Record, batch_for, latency_loop, merge_rounds, throughput_loop, warm_up
 from .refs import PEER_KINDS, RAW_TRANSPORTS, SkipCase, make_ref
@@ -119,7 +119,7 @@ def estimate(cfg: Config, cases: list[Case], servers: int) -> float:
     sweep = sum(cfg.lat_time * 1.2 * (len(WORK_US) - 1) for c in cases
                 if c.kind == "c" and c.placement == "cross")
     transports = {c.transport for c in cases if c.kind == "ipcgw"}
-    rates = len(transports) * len(RATES) * (cfg.rate_time + 0.6) if cfg.rate_time > 0 else 0
+    rates = (len(transports) + 1) * len(RATES) * (cfg.rate_time + 0.6) if cfg.rate_time else 0
     interleaved = len(cfg.placements) * len(transports) * (7 * 0.25 + 0.3) if "shm" in transports else 0
     return (sum(per_case + _OVERHEAD[c.kind] * cfg.rounds for c in cases) + sweep
             + servers * 0.4 + 3.0 + idle + rates + interleaved)
@@ -271,6 +271,10 @@ def _interleaved_case(cfg: Config, servers: dict[tuple[str, str], BenchServer],
         return {"error": f"{type(exc).__name__}: {exc}"[:400]}
 
 
+#: The ``transport`` of the wake-up floor's rows in ``cpu_at_rates``.
+FLOOR = "floor"
+
+
 def _rates_case(cfg: Config, servers: dict[tuple[str, str], BenchServer]
                 ) -> list[dict[str, Any]]:
     """CPU of server and client at a few message rates, per transport (bench/idle.py):
@@ -292,6 +296,14 @@ def _rates_case(cfg: Config, servers: dict[tuple[str, str], BenchServer]
                 item = {"error": f"{type(exc).__name__}: {exc}"[:300], "rate": rate}
             item.update(transport=transport, framing=fr, server_cpu=server.cpu)
             out.append(item)
+    if out:
+        for rate in RATES:
+            try:
+                floor = measure_wake_floor(rate, cfg.rate_time, client_n)
+            except Exception as exc:
+                floor = {"error": f"{type(exc).__name__}: {exc}"[:300], "rate": rate}
+            floor.update(transport=FLOOR, framing="")
+            out.append(floor)
     return out
 
 

@@ -547,6 +547,9 @@ def _report_doc() -> dict:
               "server_percent": 1.0, "client_percent": 2.0, "cpu_percent": 3.0,
               "us_per_msg": 300.0, "server_cpu": 0, "client_cpu": 1}
              for t in ("unix", "shm") for r in (100, 1000, 10000)]
+    rates += [{"transport": "floor", "framing": "", "rate": r, "seconds": 2.0, "achieved": r,
+               "wake_us": 50.0, "us_per_msg": 100.0, "cpu_percent": 1.0, "client_cpu": 1}
+              for r in (100, 1000, 10000)]
     return {"machine": {"date": "d", "cores": 2, "loadavg_start": [2.0, 1, 1],
                         "loadavg_end": [2.0, 1, 1],
                         "others_cpu": {"cpu_s": 300.0, "cores": 2, "percent_of_machine": 30.0}},
@@ -582,6 +585,8 @@ def test_report_opens_with_the_figure_and_explains_the_targets(tmp_path: Path) -
     assert not re.search(r"\d\.\d\dx", targets)  # ratios carry the times sign
     assert "20.57\u00d7" in targets  # across CPUs p50 \u00f7 C is against the floor (123.4 / 6.0)
     assert "## CPU at realistic message rates" in md and "10,000 msg/s" in md
+    assert "| floor: 2 bare wake-ups | 1.0 % · 100 (one wake-up 50.0) |" in md
+    assert "300 = 3.0\u00d7 floor" in md and "| floor |" not in md
     assert "2^" not in md and "2\u2076" not in md
 
 
@@ -629,6 +634,17 @@ def test_cpu_at_a_rate_of_a_real_server(tmp_path: Path) -> None:
     assert r["rate"] == 100 and r["achieved"] > 0 and r["source"] == "schedstat"
     assert r["cpu_percent"] == pytest.approx(r["server_percent"] + r["client_percent"], abs=0.02)
     assert r["us_per_msg"] > 0
+
+
+def test_the_wake_up_floor_is_the_pacing_child_alone() -> None:
+    """The floor at a rate: the same pacing child, no connection; a round trip is two
+    of its wake-ups (the client's timer, the server's wait)."""
+    from ipcgw_bench.idle import WAKES_PER_ROUND_TRIP, measure_wake_floor
+
+    r = measure_wake_floor(200, 0.4, 1 if _placement() == "cross" else 0)
+    assert r["rate"] == 200 and r["achieved"] > 100 and r["source"] == "schedstat"
+    assert r["wake_us"] > 0
+    assert r["us_per_msg"] == pytest.approx(r["wake_us"] * WAKES_PER_ROUND_TRIP, rel=0.01)
 
 
 def test_raw_shm_ref_runs_on_ipcgw_rings_and_names_nothing() -> None:

@@ -565,3 +565,25 @@ def test_healing_never_takes_over_a_name_another_live_server_holds(name: str, tm
         first.kill()
         if second is not None:
             second.kill()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: shm never spins here")
+def test_the_spin_halves_when_data_comes_late_and_comes_back_when_it_comes_soon(name: str) -> None:
+    """#16.4(d): a reader whose spin keeps expiring long before the data (a simulation
+    reporting 100 times a second) stops burning CPU in it; a peer whose data comes
+    soon after the spin gave up gets the full spin again. Waits are chosen far from
+    the bounds (0.4 s against a 0.1 s spin; 40 ms against 25 ms), so load cannot
+    change the outcome."""
+    with pair(f"shm:///{name}?spin_us=100000") as (client, server):
+        def later(delay: float) -> bytes:
+            threading.Timer(delay, server.send, (b"x",)).start()
+            return client.recv(5)
+
+        assert later(0.0) == b"x"
+        assert client._spin_ns == 100_000_000  # type: ignore[attr-defined]
+        assert later(0.4) == b"x"
+        assert client._spin_ns == 50_000_000  # type: ignore[attr-defined]
+        assert later(0.4) == b"x"
+        assert client._spin_ns == 25_000_000  # type: ignore[attr-defined]
+        assert later(0.04) == b"x"  # 15 ms after the 25 ms spin gave up: within 100 ms
+        assert client._spin_ns == 100_000_000  # type: ignore[attr-defined]

@@ -66,6 +66,10 @@ client learns it from the server. ``spin_us`` (each side its own) bounds the
 busy wait before sleeping: it must cover the peer's turnaround (a Ping costs
 the gateway ~3 us, a kernel path-manager command ~40 us) or every round trip
 pays two sleep/wake-ups (an eventfd write and a poll, ~30 us each here).
+The spin adapts: a reader whose data came long after its spin gave up halves
+its next spin (down to none), and spins fully again once data comes within
+``spin_us`` of its going to sleep. So a steady round-trip stream keeps the
+full spin and a peer that writes 100 times a second costs no spinning.
 
 Handshake: the client connects to the socket; the server creates the segment
 and four eventfds (``{c2s,s2c}.{data,space}``) and sends
@@ -163,6 +167,9 @@ def _poster(fd: int) -> Callable[[], None]:
 #: The longest one-off spin for an expected reply: a kernel path-manager command
 #: through the gateway turns around in 20-250 us (bench --pm); past that, sleep.
 MAX_REPLY_SPIN_NS = 250_000
+
+#: Below this an adaptive spin is not worth its clock reads: stop spinning.
+_SPIN_MIN_NS = 2_000
 
 
 def _check_platform() -> None:
@@ -262,7 +269,8 @@ class ShmConnection(CloseOnce, Connection):
             (oh, ot, osleep_r, ih, it, isleep_w, self._peer_closed), chunk,
             _poster(events[f"{o}.data"]), _poster(events[f"{i}.space"]))
         self._put, self._get, self._fence = self._rings.put, self._rings.get, self._rings.fence
-        self._spin_ns = spin_us * 1000
+        self._spin_max = spin_us * 1000  # what the URL allows; 0 when pinned with the peer
+        self._spin_ns = self._spin_max  # a reader's spin now: adapts to the peer's pace
         self._spin_once = 0  # one longer spin for a reply that takes the peer a while
         self._mask = _cpu_mask()
         self._q[W_CPUS + int(server)] = self._mask
@@ -280,9 +288,11 @@ class ShmConnection(CloseOnce, Connection):
         try:
             if self.closed:
                 return b""
-            spin = self._spin_ns if self._spin_checked else self._spin_budget()
+            if not self._spin_checked:
+                self._spin_budget()
+            spin = self._spin_ns
             if self._spin_once:
-                spin, self._spin_once = (max(spin, self._spin_once) if spin else 0), 0
+                spin, self._spin_once = (max(spin, self._spin_once) if self._spin_max else 0), 0
             data: bytes | None = self._get(spin)
             return self._sleep_for_data(timeout) if data is None else data
         finally:
@@ -296,6 +306,7 @@ class ShmConnection(CloseOnce, Connection):
         q = self._q
         get: Callable[[int], bytes | None] = self._get
         deadline = deadline_after(timeout)
+        slept_at = time.perf_counter_ns()
         while True:
             q[self._isleep_r] = 1
             self._fence()  # the flag is seen before we re-check the head
@@ -308,6 +319,7 @@ class ShmConnection(CloseOnce, Connection):
                 data = get(0)
             q[self._isleep_r] = 0
             if data is not None:
+                self._adapt_spin(time.perf_counter_ns() - slept_at)
                 return data
             if closed or self.closed:
                 return b""
@@ -318,6 +330,18 @@ class ShmConnection(CloseOnce, Connection):
     def expect_reply(self, within: float) -> None:
         self._spin_once = min(int(within * 1e9), MAX_REPLY_SPIN_NS)
 
+    def _adapt_spin(self, late_ns: int) -> None:
+        """After a sleep, data came ``late_ns`` after the spin gave up. Sooner than a
+        full spin: the peer keeps a pace a spin catches, spin fully again. Later:
+        this spin was burnt CPU, halve it — a server that a simulation reports to
+        100 times a second then idles without spinning (the adaptive mutex's rule,
+        as glibc's PTHREAD_MUTEX_ADAPTIVE_NP). Costs nothing on the spinning path."""
+        if late_ns < self._spin_max:
+            self._spin_ns = self._spin_max
+        else:
+            half = self._spin_ns >> 1
+            self._spin_ns = half if half >= _SPIN_MIN_NS else 0
+
     def _spin_budget(self) -> int:
         """Spinning while the peer is pinned to our only CPU just delays it: don't.
         (Decided once the peer has written its CPU mask; until then, spin.)"""
@@ -325,8 +349,8 @@ class ShmConnection(CloseOnce, Connection):
             self._spin_checked = True
             both = peer | self._mask
             if both.bit_count() == 1 and both != 1 << 63:
-                self._spin_ns = 0
-        return self._spin_ns
+                self._spin_max = self._spin_ns = 0
+        return self._spin_max
 
     def _check_peer(self) -> None:
         if self._poll.poll(0):
