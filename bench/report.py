@@ -304,6 +304,10 @@ def _markdown(doc: dict[str, Any], rows: list[dict[str, Any]], notes: list[str],
 
     md.append("\n## Targets\n\n")
     md.append(_targets(rows, cfg))
+    misses = _misses(rows, cfg, doc.get("micro") or [])
+    if misses:
+        md.append("\n### Where the missed targets' time goes\n\n")
+        md.append(misses)
     md.append("\n## shm targets\n\n")
     md.append(_shm_section(shm, rows, cfg))
     md.append("\n## CPU at realistic message rates\n\n")
@@ -410,6 +414,68 @@ _TARGET_COLUMNS: tuple[tuple[str, int, str, Callable[[float, str], bool]], ...] 
      lambda v, p: v <= (1.2 if p == "cross" else 2.5)),
     ("MB/s 1 MiB ÷ C (≥ 0.5\u00d7)", 1 << 20, "tp_vs_c", lambda v, p: v >= 0.5),
 )
+
+
+def _cpu_pair(row: dict[str, Any], unit: str) -> tuple[float, float] | None:
+    """(client, server) CPU µs of a row per round trip (``rtt``) or per message (``msg``)."""
+    c, srv = row.get(f"cpu_client_us_per_{unit}"), row.get(f"cpu_server_us_per_{unit}")
+    return (c, srv) if c is not None and srv is not None else None
+
+
+def _micro_us(micro: list[dict[str, Any]], name: str, op: str, size: int) -> float | None:
+    for m in micro:
+        if m["name"] == name and m["op"] == op and m["size"] == size and m["per_s"]:
+            return 1e6 / float(m["per_s"])
+    return None
+
+
+def _misses(rows: list[dict[str, Any]], cfg: dict[str, Any], micro: list[dict[str, Any]]) -> str:
+    """Each missed target with its measured reason, from the same run: the CPU ipcgw
+    spends per round trip (or per message) on each side against the reference's.
+    On one CPU the two sides run in turn, so extra CPU is extra latency; across
+    CPUs the gap also holds wake-ups, which the CPU figures count as well."""
+    framing = _framing(cfg)
+    index = {(r["kind"], r["transport"], r["placement"], r["size"], r["framing"] if r["kind"] ==
+              "ipcgw" else ""): r for r in _ok(rows)}
+    lines = []
+    for transport in cfg["transports"]:
+        for placement in cfg["placements"]:
+            for column, size, name, ok in _TARGET_COLUMNS:
+                gw = index.get(("ipcgw", transport, placement, size, framing))
+                if gw is None or (v := gw.get(name)) is None or ok(v, placement):
+                    continue
+                ref_kind = "raw" if name.endswith("raw") else "c"
+                ref = index.get((ref_kind, transport, placement, size, ""))
+                unit = "rtt" if name.startswith("p50") else "msg"
+                mine, theirs = _cpu_pair(gw, unit), _cpu_pair(ref, unit) if ref else None
+                if mine is None or theirs is None:
+                    continue
+                extra = sum(mine) - sum(theirs)
+                what = "per round trip" if unit == "rtt" else f"per {_size(size)} message"
+                lines.append(
+                    f"- {transport} {placement}, {column.split(' (')[0]} = {_xr(v)}: ipcgw "
+                    f"{_us(sum(mine))} µs of CPU {what} (client {_us(mine[0])} + server "
+                    f"{_us(mine[1])}), {'raw Python' if ref_kind == 'raw' else 'C'} "
+                    f"{_us(sum(theirs))} ({_us(theirs[0])} + {_us(theirs[1])}): "
+                    f"{'+' if extra >= 0 else ''}{_us(extra)} µs in ipcgw's layers\n")
+    if not lines:
+        return ""
+    enc, dec = (_micro_us(micro, "msgpack Ping", op, 64) for op in ("encode", "decode"))
+    fenc, fdec = (_micro_us(micro, framing, op, 64) for op in ("encode", "decode"))
+    parts = [f"msgpack Ping encode {enc:.2f} µs, decode {dec:.2f} µs" if enc and dec else "",
+             f"`{framing}` framing encode {fenc:.2f} µs, decode {fdec:.2f} µs" if fenc and fdec
+             else ""]
+    layers = "; ".join(p for p in parts if p)
+    return ("Each missed target against the CPU both processes spent in the same run "
+            "(`CPU µs/rtt` and `CPU µs/msg` in the tables below). On one CPU the two sides run "
+            "in turn, so the extra CPU *is* the extra latency: it is ipcgw's Python per "
+            "message on each side (framing, codec, channel, the client's request bookkeeping, "
+            "the session loop), not the transport. Across CPUs the gap is also wake-ups, which "
+            "these CPU figures include. For 1 MiB the extra is the copies around the payload "
+            "(the sender's msgpack buffer, and on the queue transports and shm the receiver's "
+            "copy into the frame). bench/results/ANALYSIS.md takes a round trip apart layer by "
+            f"layer{f' (micro-bench in this run: {layers})' if layers else ''}.\n\n"
+            + "".join(lines))
 
 
 def _targets(rows: list[dict[str, Any]], cfg: dict[str, Any]) -> str:

@@ -559,7 +559,11 @@ def _report_doc() -> dict:
 def test_report_opens_with_the_figure_and_explains_the_targets(tmp_path: Path) -> None:
     from ipcgw_bench.report import write_report
 
-    written = write_report(_report_doc(), tmp_path)
+    doc = _report_doc()
+    for rec in doc["records"]:
+        if rec.kind == "ipcgw":
+            rec.cpu_client_rtt = 0.003  # 30 µs a round trip against the references' 10
+    written = write_report(doc, tmp_path)
     md = (tmp_path / "report.md").read_text()
     head, targets = md.split("\n## Targets\n", 1)
     targets = targets.split("\n## ", 1)[0]
@@ -585,6 +589,11 @@ def test_report_opens_with_the_figure_and_explains_the_targets(tmp_path: Path) -
     assert not re.search(r"\d\.\d\dx", targets)  # ratios carry the times sign
     assert "20.57\u00d7" in targets  # across CPUs p50 \u00f7 C is against the floor (123.4 / 6.0)
     assert "## CPU at realistic message rates" in md and "10,000 msg/s" in md
+    # a missed target says where the time went, from the same run's CPU figures
+    assert "### Where the missed targets' time goes" in targets
+    assert ("- unix same, p50 64 B ÷ raw Python = 10.00\u00d7: ipcgw 50.0 µs of CPU per round "
+            "trip (client 30.0 + server 20.0), raw Python 30.0 (10.0 + 20.0): +20.0 µs in "
+            "ipcgw's layers") in targets
     assert "| floor: 2 bare wake-ups | 1.0 % · 100 (one wake-up 50.0) |" in md
     assert "300 = 3.0\u00d7 floor" in md and "| floor |" not in md
     assert "2^" not in md and "2\u2076" not in md
