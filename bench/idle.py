@@ -210,17 +210,7 @@ def main(argv: list[str]) -> int:
             print("Pong payload differs", file=sys.stderr)
             return 1
         if rate > 0:
-            stop, counter = threading.Event(), [0]
-
-            def answer() -> None:
-                for _ in sys.stdin.buffer:
-                    print(counter[0], flush=True)
-                stop.set()
-
-            threading.Thread(target=answer, daemon=True).start()
-            print("connected", flush=True)
-            _pace(client, rate, stop, counter)
-            return 0
+            return _paced(client, rate)
 
         def close_at_eof() -> None:
             sys.stdin.buffer.read()
@@ -233,13 +223,21 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+class _Nothing:
+    """The wake-up floor's client: its ping does nothing."""
+
+    def ping(self, payload: bytes) -> bytes:
+        return payload
+
+
 def _pace_alone(rate: float) -> int:
     """The wake-up floor's child: the pacing loop of a client whose ping does nothing."""
-    stop, counter = threading.Event(), [0]
+    return _paced(_Nothing(), rate)
 
-    class _Nothing:
-        def ping(self, payload: bytes) -> bytes:
-            return payload
+
+def _paced(client: Any, rate: float) -> int:
+    """Ping at ``rate`` until stdin closes, answering each stdin line with the count."""
+    stop, counter = threading.Event(), [0]
 
     def answer() -> None:
         for _ in sys.stdin.buffer:
@@ -248,7 +246,7 @@ def _pace_alone(rate: float) -> int:
 
     threading.Thread(target=answer, daemon=True).start()
     print("connected", flush=True)
-    _pace(_Nothing(), rate, stop, counter)
+    _pace(client, rate, stop, counter)
     return 0
 
 
