@@ -127,23 +127,31 @@ def _count(proc: subprocess.Popen[bytes]) -> int:
     return int(line)
 
 
-def measure_rate(url: str, server_pid: int, rate: float, seconds: float,
-                 client_cpu: int | None = None) -> dict[str, Any]:
-    """CPU of the server and of one client pinging at ``rate`` round trips/s over
-    ``seconds``: % of one CPU for each and their sum, and CPU us per round trip."""
+def _paced_window(url: str, rate: float, seconds: float, client_cpu: int | None,
+                  server_pid: int | None) -> tuple[float, int, float, float]:
+    """Run the pacing child at ``rate`` for ``seconds`` after it settled: (window s,
+    round trips made, server CPU s, client CPU s); server CPU 0 without a server."""
     proc = _spawn_client(url, client_cpu, seconds + 60, rate)
     try:
         _wait_connected(proc, 20.0)
         time.sleep(SETTLE)
         n0 = _count(proc)
-        t0, s0, c0 = time.monotonic(), proc_cpu(server_pid), proc_cpu(proc.pid)
+        t0, c0 = time.monotonic(), proc_cpu(proc.pid)
+        s0 = proc_cpu(server_pid) if server_pid else 0.0
         time.sleep(seconds)
-        t1, s1, c1 = time.monotonic(), proc_cpu(server_pid), proc_cpu(proc.pid)
+        t1, c1 = time.monotonic(), proc_cpu(proc.pid)
+        s1 = proc_cpu(server_pid) if server_pid else 0.0
         n1 = _count(proc)
     finally:
         _stop(proc)
-    window, n = t1 - t0, n1 - n0
-    server, client = s1 - s0, c1 - c0
+    return t1 - t0, n1 - n0, s1 - s0, c1 - c0
+
+
+def measure_rate(url: str, server_pid: int, rate: float, seconds: float,
+                 client_cpu: int | None = None) -> dict[str, Any]:
+    """CPU of the server and of one client pinging at ``rate`` round trips/s over
+    ``seconds``: % of one CPU for each and their sum, and CPU us per round trip."""
+    window, n, server, client = _paced_window(url, rate, seconds, client_cpu, server_pid)
     return {
         "rate": rate, "seconds": round(window, 3), "achieved": round(n / window, 1),
         "server_percent": round(server / window * 100, 2),
@@ -157,24 +165,13 @@ def measure_rate(url: str, server_pid: int, rate: float, seconds: float,
 def measure_wake_floor(rate: float, seconds: float, cpu: int | None = None) -> dict[str, Any]:
     """CPU of the pacing child with no connection at ``rate`` slots/s: per slot one
     bare wake-up; a round trip's floor is ``WAKES_PER_ROUND_TRIP`` of them."""
-    proc = _spawn_client(NO_SERVER, cpu, seconds + 60, rate)
-    try:
-        _wait_connected(proc, 20.0)
-        time.sleep(SETTLE)
-        n0 = _count(proc)
-        t0, c0 = time.monotonic(), proc_cpu(proc.pid)
-        time.sleep(seconds)
-        t1, c1 = time.monotonic(), proc_cpu(proc.pid)
-        n1 = _count(proc)
-    finally:
-        _stop(proc)
-    window, n = t1 - t0, n1 - n0
-    wake = (c1 - c0) / n if n else None
+    window, n, _, cpu_s = _paced_window(NO_SERVER, rate, seconds, cpu, None)
+    wake = cpu_s / n if n else None
     return {
         "rate": rate, "seconds": round(window, 3), "achieved": round(n / window, 1),
         "wake_us": round(wake * 1e6, 1) if wake else None,
         "us_per_msg": round(wake * WAKES_PER_ROUND_TRIP * 1e6, 1) if wake else None,
-        "cpu_percent": round((c1 - c0) * WAKES_PER_ROUND_TRIP / window * 100, 2),
+        "cpu_percent": round(cpu_s * WAKES_PER_ROUND_TRIP / window * 100, 2),
         "client_cpu": cpu, "source": "schedstat",
     }
 
@@ -202,7 +199,7 @@ def main(argv: list[str]) -> int:
     url, timeout = argv[0], float(argv[1])
     rate = float(argv[2]) if len(argv) > 2 else 0.0
     if url == NO_SERVER:
-        return _pace_alone(rate)
+        return _paced(_Nothing(), rate)
     import ipcgw
 
     with ipcgw.connect(url, timeout=10.0, name="ipcgw-bench-idle") as client:
@@ -228,11 +225,6 @@ class _Nothing:
 
     def ping(self, payload: bytes) -> bytes:
         return payload
-
-
-def _pace_alone(rate: float) -> int:
-    """The wake-up floor's child: the pacing loop of a client whose ping does nothing."""
-    return _paced(_Nothing(), rate)
 
 
 def _paced(client: Any, rate: float) -> int:
