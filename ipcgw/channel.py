@@ -24,6 +24,9 @@ __all__ = ["Channel"]
 # Above this size a length-prefixed frame is sent as header + payload with a
 # scatter write, instead of copying the payload behind its header.
 _SCATTER_MIN = 32 * 1024
+# One read of a stream transport: room for many small frames, but a large frame's
+# head read here is copied into the frame's buffer, so not more than that.
+_RX_SIZE = 64 * 1024
 
 
 class Channel:
@@ -45,17 +48,30 @@ class Channel:
         self._decoder = self.framer.decoder()
         self._frames: deque[bytes] = deque()
         self._send_lock = threading.Lock()
-        self._scatter = _SCATTER_MIN if isinstance(self.framer, LengthFramer) else 1 << 62
-        self._encode, self._frame, self._decode = self.codec.encode, self.framer.encode, self.codec.decode
+        length = isinstance(self.framer, LengthFramer)
+        self._scatter = _SCATTER_MIN if length else 1 << 62
+        # where a frame's header can be written apart from its payload, bulk bins go by reference
+        parts = self.codec.encode_parts if length else None
+        self._encode = parts or self.codec.encode
+        self._frame, self._decode = self.framer.encode, self.codec.decode
         self._feed = self._decoder.feed
         self._conn_send, self._conn_recv = conn.send, conn.recv
-        # a large frame is read straight into its own buffer where both sides can
+        # Where the transport can read into a buffer, it reads into ours and the
+        # decoder cuts frames from there (no bytes object per read), and a large
+        # frame's rest goes straight into the frame's own buffer.
+        self._rx = memoryview(bytearray(_RX_SIZE)) if conn.reads_into else None
+        self._recv_into = conn.recv_into
         self._get_buffer = (getattr(self._decoder, "get_buffer", None)
                             if conn.reads_into else None)
         self._recycle = getattr(self._decoder, "recycle", lambda frame: None)
 
     def send(self, msg: Message) -> None:
         payload = self._encode(msg)
+        if isinstance(payload, list):  # bulk bins: header, packed bytes and the bins, one scatter write
+            header = self.framer.encode_header(sum(map(len, payload)))  # type: ignore[attr-defined]
+            with self._send_lock:
+                self.conn.sendv((header, *payload))
+            return
         if len(payload) >= self._scatter:
             self.send_frame(payload)
             return
@@ -125,13 +141,20 @@ class Channel:
 
     def _read_once(self, timeout: float | None) -> list[bytes]:
         """One read from the connection: into a large frame's own buffer when one is
-        under way and the transport can, else a chunk fed to the decoder."""
-        into = self._get_buffer() if self._get_buffer is not None else None
-        if into is not None:
-            n = self.conn.recv_into(into, timeout)
+        under way and the transport can, else into the receive buffer (or a chunk
+        the transport hands over), fed to the decoder."""
+        rx = self._rx
+        if rx is not None:
+            into = self._get_buffer() if self._get_buffer is not None else None
+            if into is not None:
+                n = self._recv_into(into, timeout)
+                if not n:
+                    self._eof()
+                return self._decoder.buffer_updated(n)  # type: ignore[attr-defined, no-any-return]
+            n = self._recv_into(rx, timeout)
             if not n:
                 self._eof()
-            return self._decoder.buffer_updated(n)  # type: ignore[attr-defined, no-any-return]
+            return self._feed(rx[:n])  # decoders copy what they keep: rx is reused
         data = self._conn_recv(timeout)
         if not data:
             self._eof()

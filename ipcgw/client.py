@@ -190,7 +190,9 @@ class Client:
         text = reply.error if isinstance(reply, Result) else getattr(reply, "reason", reply)
         raise RemoteError(str(text), op)
 
-    def ping(self, payload: bytes = b"", timeout: float | None = 5.0) -> bytes:
+    def ping(self, payload: bytes | memoryview = b"", timeout: float | None = 5.0) -> bytes | memoryview:
+        """The Pong's payload: bytes, or a read-only memoryview onto the received
+        frame for a bulk one (``messages.BULK_BIN`` bytes and up, in a large frame)."""
         reply = self.request(Ping(0, payload), timeout)
         if type(reply) is not Pong:
             raise RemoteProtocolError(f"expected Pong, got {reply!r}")

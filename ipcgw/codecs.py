@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ipcgw.messages import Message
+    from ipcgw.messages import Buffer, Message
 
 __all__ = ["CODECS", "Codec", "get_codec"]
 
@@ -40,6 +40,14 @@ class Codec:
     @property
     def encode(self) -> Callable[[Message], bytes]:
         fn: Callable[[Message], bytes] = importlib.import_module(self.module).encode
+        return fn
+
+    @property
+    def encode_parts(self) -> Callable[[Message], bytes | list[Buffer]] | None:
+        """The module's ``encode_parts`` (bulk bins as their own parts, for a scatter
+        write), or None when it has none."""
+        fn: Callable[[Message], bytes | list[Buffer]] | None = getattr(
+            importlib.import_module(self.module), "encode_parts", None)
         return fn
 
     @property

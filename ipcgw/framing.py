@@ -23,10 +23,18 @@ lost: discard the decoder.
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable
 from typing import Protocol
 
 from ipcgw.errors import FrameTooLarge, FramingError
+
+_getrefcount = sys.getrefcount
+# References to a spare that only the decoder holds, as counted in _free_spare:
+# its list's and getrefcount's argument.
+_UNSHARED = 2
+# Buffers of decoded large frames kept for reuse, per decoder (see recycle).
+_SPARES = 2
 
 __all__ = [
     "COBS_IMPL",
@@ -56,7 +64,7 @@ BIG_FRAME = 64 * 1024
 class Decoder(Protocol):
     """Stateful cutter of one byte stream."""
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
         """Return every frame completed by ``data``, in order."""
         ...
 
@@ -141,7 +149,7 @@ class LengthDecoder(_Buffer):
     sans-IO): the frame is then that buffer, a ``bytearray``, copied by nobody. Memory
     stays bounded as before: at most ``max_frame`` per decoder."""
 
-    __slots__ = ("_big", "_big_at", "_hdr", "_max", "_need", "_size", "_spare")
+    __slots__ = ("_big", "_big_at", "_hdr", "_max", "_need", "_size", "_spares")
 
     def __init__(self, header: int, max_frame: int) -> None:
         super().__init__()
@@ -151,7 +159,7 @@ class LengthDecoder(_Buffer):
         self._size = _HEADER_STRUCTS[header].unpack_from
         self._big: bytearray | None = None  # a large frame being filled in place
         self._big_at = 0
-        self._spare: bytearray | None = None  # a decoded large frame's buffer, to reuse
+        self._spares: list[bytearray] = []  # decoded large frames' buffers, to reuse
 
     @property
     def pending(self) -> int:
@@ -176,23 +184,37 @@ class LengthDecoder(_Buffer):
         return [frame]  # type: ignore[list-item]  # a bytearray: frames are bytes-like
 
     def recycle(self, frame: bytes | bytearray) -> None:
-        """The caller is done with ``frame`` (decoded into new objects): a large one's
-        buffer may carry the next frame of the same size, saving its allocation (a
-        fresh 1 MiB costs as much as copying it: the kernel zero-fills its pages)."""
-        if type(frame) is bytearray and len(frame) >= BIG_FRAME:
-            self._spare = frame
+        """The caller has decoded ``frame``: a large one's buffer may carry a later
+        frame of the same size once nothing refers to it any more, saving its
+        allocation (a fresh 1 MiB costs more than copying it: the kernel zero-fills
+        its pages). Two are kept, because a reader loop still holds the previous
+        message (and so its frame) while it waits for the next one."""
+        spares = self._spares
+        if (type(frame) is bytearray and len(frame) >= BIG_FRAME
+                and not any(spare is frame for spare in spares)):  # identity: `in` compares bytes
+            spares.append(frame)
+            if len(spares) > _SPARES:
+                del spares[0]
 
     def _start_big(self, view: memoryview, pos: int, size: int) -> int:
         """A large frame's header is read at ``pos``: give it its own buffer with the
         bytes already here; returns where ``view`` is used up."""
-        spare, self._spare = self._spare, None
-        big = spare if spare is not None and len(spare) == size else bytearray(size)
+        big = self._free_spare(size) or bytearray(size)
         have = min(size, len(view) - pos)
         big[:have] = view[pos:pos + have]
         self._big, self._big_at = big, have
         return pos + have
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def _free_spare(self, size: int) -> bytearray | None:
+        """A spare of ``size`` bytes that nothing else refers to: a message decoded
+        from it may keep views onto it (bulk bins), which must not change under it."""
+        spares = self._spares
+        for i in range(len(spares)):
+            if len(spares[i]) == size and _getrefcount(spares[i]) == _UNSHARED:
+                return spares.pop(i)
+        return None
+
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
         hdr = self._hdr
         if self._big is not None:  # a transport without recv_into: copy into the frame
             room = len(self._big) - self._big_at
@@ -370,7 +392,7 @@ class DelimitedDecoder(_Buffer):
         self._max_encoded = framer.max_encoded
         self._scan = 0  # where the next delimiter search starts (never rescan)
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
         frames: list[bytes] = []
         buf = self._buf
         buf += data
@@ -435,7 +457,7 @@ class FixedDecoder(_Buffer):
         super().__init__()
         self._size = size
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
         buf, size = self._buf, self._size
         buf += data
         off, end = self._off, len(buf)
@@ -479,7 +501,7 @@ class ReadDecoder:
     def __init__(self, size: int) -> None:
         self._size = size
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
         size = self._size
         return [bytes(data[i : i + size]) for i in range(0, len(data), size)]
 

@@ -40,7 +40,7 @@ _BY_NAME: dict[str, type[Message]] = {cls.__name__.lower(): cls for cls in MESSA
 _FIELDS: dict[type[Message], tuple[tuple[str, bool, Any], ...]] = {}
 for _cls in MESSAGE_TYPES:
     _FIELDS[_cls] = tuple(
-        (f.name, str(f.type) == "bytes",
+        (f.name, str(f.type) == "bytes | memoryview",
          f.default if f.default is not MISSING else f.default_factory)
         for f in fields(_cls))  # type: ignore[arg-type]
 #: Kinds whose lines may exceed MAX_RICH (flat, with a large base64 payload).

@@ -29,7 +29,10 @@ import msgpack
 
 from ipcgw.errors import CodecError, DecodeError
 
+Buffer = bytes | bytearray | memoryview
+
 __all__ = [
+    "BULK_BIN",
     "PROTOCOL_VERSION",
     "Bye",
     "Command",
@@ -46,6 +49,7 @@ __all__ = [
     "build",
     "decode",
     "encode",
+    "encode_parts",
     "kind_size_limit",
     "metric_error",
 ]
@@ -101,9 +105,12 @@ class Bye(Message):
 
 @dataclass(slots=True)
 class Ping(Message):
+    """``payload`` is bytes, or a read-only memoryview onto the received frame when it
+    came in bulk (see :data:`BULK_BIN`)."""
+
     TAG: ClassVar[int] = 5
     seq: int = 0
-    payload: bytes = b""
+    payload: bytes | memoryview = b""
 
 
 @dataclass(slots=True)
@@ -112,7 +119,7 @@ class Pong(Message):
 
     TAG: ClassVar[int] = 6
     seq: int = 0
-    payload: bytes = b""
+    payload: bytes | memoryview = b""
 
 
 @dataclass(slots=True)
@@ -174,7 +181,7 @@ _PYTYPES: dict[Any, tuple[type, ...]] = {
     "int": (int,),
     "float": _NUMBER,
     "str": (str,),
-    "bytes": (bytes,),
+    "bytes | memoryview": (bytes, memoryview),
     "bool": (bool,),
     "Any": _ANY,
     "dict[str, Any]": (dict,),
@@ -249,7 +256,7 @@ _CHECKS = {
     "int": "type(v[{i}]) is int",
     "float": "type(v[{i}]) in _NUM",
     "str": "type(v[{i}]) is str",
-    "bytes": "type(v[{i}]) is bytes",
+    "bytes | memoryview": "type(v[{i}]) is bytes",  # msgpack makes bytes; views come from _decode_large
     "bool": "type(v[{i}]) is bool",
     "Any": "True",
     "dict[str, Any]": "(type(v[{i}]) is dict and _str_keys(v[{i}]))",
@@ -353,6 +360,16 @@ def _unpadded(extra: msgpack.ExtraData) -> Any:
 _local = threading.local()
 
 
+def _packer() -> msgpack.Packer:
+    """A Packer per thread: reusing one saves a third of encode, but its buffer
+    must not be shared between threads."""
+    try:
+        return _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+        return packer
+
+
 def encode(msg: Message) -> bytes:
     """Message -> msgpack bytes. Raises CodecError for a value msgpack cannot carry
     (and for a Report whose metrics are not numbers)."""
@@ -364,15 +381,79 @@ def encode(msg: Message) -> bytes:
                                     and len(msg.metrics) <= MAX_METRICS):
         raise CodecError(metric_error(msg.metrics) or "invalid Report.metrics")
     try:
-        # A Packer per thread: reusing one saves a third of encode, but its
-        # buffer must not be shared between threads.
-        packer = _local.packer
-    except AttributeError:
-        packer = _local.packer = msgpack.Packer(use_bin_type=True)
-    try:
-        return packer.pack(values)  # type: ignore[no-any-return]
+        return _packer().pack(values)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         raise CodecError(f"cannot encode {type(msg).__name__}: {exc}") from None
+
+
+# ---------------------------------------------------------------- bulk bins
+#
+# A payload of 1 MiB used to be copied twice by its sender (into the Packer's
+# buffer, then out into the frame) and once by its receiver (out of the frame
+# into a bytes). Now a bin of BULK_BIN bytes or more travels by reference on
+# both sides: ``encode_parts`` leaves it out of the packed bytes so the
+# transport writes it from the caller's buffer (sendmsg / writev), and a frame
+# decoded as bulk (above its kind's free size, so flat) hands it out as a
+# read-only memoryview onto the frame. ``bytes(view)`` is the copy, when wanted.
+
+#: Bins at least this large are sent by reference and, in a bulk frame, received as views.
+BULK_BIN = 32 * 1024
+# Where a kind may carry bulk bins: the field itself, or the values of its map.
+_BULK_FIELD = {Ping: "payload", Pong: "payload", Command: "args", Result: "value", Event: "attrs"}
+_BIN_TYPES = (bytes, bytearray, memoryview)
+
+
+def _is_bulk(value: Any) -> bool:
+    return type(value) in _BIN_TYPES and len(value) >= BULK_BIN and (
+        type(value) is not memoryview or (value.format == "B" and value.ndim == 1))
+
+
+def _bin_header(n: int) -> bytes:
+    return (b"\xc5" + n.to_bytes(2, "big")) if n < 0x10000 else (b"\xc6" + n.to_bytes(4, "big"))
+
+
+def encode_parts(msg: Message) -> bytes | list[Buffer]:
+    """:func:`encode`, or, when the message carries a bulk bin (a field, or a value of
+    its one map, of :data:`BULK_BIN` bytes or more), the same bytes as a list of parts
+    in which each bulk bin is the caller's own buffer: ``b"".join(parts) == encode(msg)``.
+    The bytes case is the common one and costs one dict lookup more than encode."""
+    name = _BULK_FIELD.get(type(msg))
+    if name is None:
+        return encode(msg)
+    field_value = getattr(msg, name)
+    if not (_is_bulk(field_value) or (type(field_value) is dict
+                                      and any(map(_is_bulk, field_value.values())))):
+        return encode(msg)
+    pack = _packer().pack
+    values = _FIELDS[type(msg)](msg)
+    parts: list[Buffer] = []
+    head = [bytes((0x90 + len(values),))]  # every kind has fewer than 16 fields
+
+    def bulk(value: Buffer) -> None:
+        head.append(_bin_header(len(value)))
+        parts.append(b"".join(head))
+        parts.append(value)
+        head.clear()
+
+    try:
+        for value in values:
+            if _is_bulk(value):
+                bulk(value)
+            elif value is field_value and type(value) is dict:
+                head.append(_packer().pack_map_header(len(value)))
+                for key, item in value.items():
+                    head.append(pack(key))
+                    if _is_bulk(item):
+                        bulk(item)
+                    else:
+                        head.append(pack(item))
+            else:
+                head.append(pack(value))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"cannot encode {type(msg).__name__}: {exc}") from None
+    if head:
+        parts.append(b"".join(head))
+    return parts
 
 
 def decode(data: bytes | bytearray | memoryview) -> Message:
@@ -433,13 +514,18 @@ def _array_header(data: bytes | bytearray | memoryview, size: int) -> tuple[int,
 
 
 def _decode_large(schema: _Schema, data: bytes | bytearray | memoryview, size: int) -> Message:
-    """A frame above its kind's free size: only bulk kinds, and only flat."""
+    """A frame above its kind's free size: only bulk kinds, and only flat (the top
+    array, at most one map of MAX_BULK_ITEMS, scalars, short strings and bin).
+    Built from one walk over the bytes: scalars and strings unpacked one by one,
+    bins of BULK_BIN bytes or more handed out as read-only views onto ``data``."""
     name = schema.cls.__name__
     if not schema.limits.bulk:
         raise DecodeError(f"{name} frame of {size} bytes is larger than a {name} may be "
                           f"({schema.limits.free}); bulk data belongs in a Ping payload or a Command "
                           "argument")
-    count, pos = _array_header(data, size)
+    view = memoryview(data).toreadonly()
+    pos = _array_header(data, size)[1]  # its count is the kind's (checked by the caller)
+    v: list[Any] = [schema.cls.TAG]
     pos += 1  # the tag, checked by the caller
     maps = 0
     for field_name, annotation in zip(schema.names, schema.annotations, strict=True):
@@ -453,20 +539,20 @@ def _decode_large(schema: _Schema, data: bytes | bytearray | memoryview, size: i
                 raise DecodeError(f"a {name} over {schema.limits.free} bytes may have at most "
                                   f"{MAX_BULK_ITEMS} entries in {name}.{field_name}, got {items}")
             maps += 1
+            flat: list[Any] = []
             for _ in range(2 * items):
-                pos = _flat_item(data, pos, size, name, field_name)
+                item, pos = _flat_item(view, pos, size, name, field_name)
+                flat.append(item)
+            try:
+                v.append(dict(zip(flat[0::2], flat[1::2], strict=True)))
+            except TypeError:  # a key msgpack allows but Python cannot hash: a bulk bin
+                raise DecodeError(f"{name}.{field_name}: a map key cannot be a bulk bin") from None
         else:
-            pos = _flat_item(data, pos, size, name, field_name)
-    # The shape is known now: top array, at most one small map, flat items.
-    try:
-        v = msgpack.unpackb(data, max_array_len=count, max_map_len=MAX_BULK_ITEMS,
-                            max_str_len=MAX_BULK_STR, max_ext_len=0, strict_map_key=False)
-    except msgpack.ExtraData as extra:
-        v = _unpadded(extra)
-    except Exception as exc:
-        raise DecodeError(f"not valid msgpack: {exc}") from None
-    msg = _build_checked(schema, v)
-    return msg
+            item, pos = _flat_item(view, pos, size, name, field_name)
+            v.append(item)
+    if pos < size and bytes(view[pos:]).strip(b"\0"):
+        raise DecodeError(f"{size - pos} trailing bytes after the message")
+    return _build_checked(schema, v)
 
 
 def _build_checked(schema: _Schema, v: list[Any]) -> Message:
@@ -509,12 +595,12 @@ _SCALAR_TAIL = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0
 _LENGTH_WIDTH = {0xD9: 1, 0xDA: 2, 0xDB: 4, 0xC4: 1, 0xC5: 2, 0xC6: 4}
 
 
-def _flat_item(data: bytes | bytearray | memoryview, pos: int, size: int, name: str, field: str) -> int:
-    """End of the scalar, string or bin at ``pos``; DecodeError for a container,
-    an ext, a long string or a truncated item."""
+def _flat_item(view: memoryview, pos: int, size: int, name: str, field: str) -> tuple[Any, int]:
+    """The scalar, string or bin at ``pos`` and where it ends; DecodeError for a
+    container, an ext, a long string or a truncated item."""
     if pos >= size:
         raise DecodeError(f"not valid msgpack: {name} ends early")
-    head = data[pos]
+    head = view[pos]
     if head <= 0x7F or head >= 0xE0:
         end = pos + 1
     elif 0xA0 <= head <= 0xBF:
@@ -523,17 +609,25 @@ def _flat_item(data: bytes | bytearray | memoryview, pos: int, size: int, name: 
         end = pos + 1 + _SCALAR_TAIL[head]
     elif head in _LENGTH_WIDTH:
         width = _LENGTH_WIDTH[head]
-        length = int.from_bytes(data[pos + 1 : pos + 1 + width], "big")
+        length = int.from_bytes(view[pos + 1 : pos + 1 + width], "big")
         if head >= 0xD9 and length > MAX_BULK_STR:
             raise DecodeError(f"a large {name} may carry strings of at most {MAX_BULK_STR} bytes "
                               f"({name}.{field} has one of {length}); send bulk data as bytes")
         end = pos + 1 + width + length
+        if head <= 0xC6 and length >= BULK_BIN and end <= size:  # a bulk bin: a view, no copy
+            return view[pos + 1 + width : end], end
     else:
         raise DecodeError(f"a large {name} must be flat: {name}.{field} holds a container or "
                           f"an ext (byte 0x{head:02x})")
     if end > size:
         raise DecodeError(f"not valid msgpack: {name}.{field} is truncated")
-    return end
+    try:
+        return _unpackb(view[pos:end]), end
+    except Exception as exc:
+        raise DecodeError(f"not valid msgpack: {exc}") from None
+
+
+_unpackb = msgpack.unpackb
 
 
 def _type_error(schema: _Schema, values: list[Any]) -> str:

@@ -87,9 +87,18 @@ class Connection(ABC):
     def send(self, data: Buffer) -> None:
         """Write all of ``data`` or raise Disconnected / Timeout."""
 
+    #: Below this many bytes in all, :meth:`sendv` joins its parts into one send.
+    join_below: int = 64 * 1024
+
     def sendv(self, parts: Sequence[Buffer]) -> None:
-        """Write several buffers as one; transports override to avoid the join."""
-        self.send(b"".join(parts))
+        """Write several buffers as one stream write: small ones joined, large ones
+        each sent from its own buffer (a bulk payload is not copied to be sent).
+        Transports with a gather write (sendmsg, writev) override this."""
+        if sum(memoryview(p).nbytes for p in parts) < self.join_below:
+            self.send(b"".join(parts))
+            return
+        for part in parts:
+            self.send(part)
 
     @abstractmethod
     def recv(self, timeout: float | None = None) -> bytes:
