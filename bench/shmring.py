@@ -114,10 +114,9 @@ class ShmEnd:
             _post(self._o_data), _post(events[f"{i}.space"]))
         # rings_class() is one of two classes with the same interface (shmrings.PyRings).
         self._put: Callable[[bytes | memoryview], int] = self._rings.put
-        self._get: Callable[[int], bytes | None] = self._rings.get
+        self._get_into: Callable[[memoryview, int], int] = self._rings.get_into
         self._fence: Callable[[], None] = self._rings.fence
         self._spin_ns = spin_us * 1000
-        self._pending = memoryview(b"")
         self._alive = alive
         self._aborted = False
 
@@ -167,36 +166,23 @@ class ShmEnd:
 
     def read_into(self, view: memoryview) -> int:
         """Up to ``len(view)`` bytes that are there (waiting for some); 0 at the end marker."""
-        data = self._pending
-        if not data:
-            got = self._get(self._spin_ns)
-            if got is None:
-                got = self._sleep_for_data()
-                if not got:
-                    return 0
-            data = memoryview(got)
-        k = min(len(data), len(view))
-        view[:k] = data[:k]
-        self._pending = data[k:]
-        return k
+        return self._get_into(view, self._spin_ns) or self._sleep_for_data(view)
 
-    def _sleep_for_data(self) -> bytes:
-        """After the spin: data, or b"" at the end marker."""
-        q, get = self._q, self._get
+    def _sleep_for_data(self, view: memoryview) -> int:
+        """After the spin: bytes read into ``view``, or 0 at the end marker."""
+        q, get_into = self._q, self._get_into
         while True:
             q[self._isleep_r] = 1
             self._fence()  # the flag is seen before we re-check the head
             eof = q[self._peer_eof]  # first: stored after the last head
-            data = get(0)
-            if data is None and not eof:
+            n = get_into(view, 0)
+            if not n and not eof:
                 self._sleep(self._data_poll, self._i_data)
                 eof = q[self._peer_eof]
-                data = get(0)
+                n = get_into(view, 0)
             q[self._isleep_r] = 0
-            if data is not None:
-                return data
-            if eof:
-                return b""
+            if n or eof:
+                return n
             self._check()
 
     @staticmethod
@@ -222,7 +208,6 @@ class ShmEnd:
 
     def close(self) -> None:
         self._rings.release()
-        self._pending.release()
         self._q.release()
         self._mm.close()
         close_fds(self._fds)

@@ -23,7 +23,7 @@
  *
  * Lifetime: the object holds a buffer export of the mmap, so the mapping
  * cannot be closed under it; shm.py calls release() once no thread is inside
- * put()/get() (its CloseOnce bookkeeping), then closes the mmap.
+ * put()/get_into() (its CloseOnce bookkeeping), then closes the mmap.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -221,19 +221,23 @@ static PyObject *Rings_put(Rings *self, PyObject *data) {
     return PyLong_FromUnsignedLongLong(n);
 }
 
-PyDoc_STRVAR(get_doc,
-"get(spin_ns) -> bytes | None\n\n"
-"Everything readable in the incoming ring, waiting up to spin_ns for it (busy,\n"
-"without the GIL); None when nothing came. First hands the room consumed by\n"
-"the previous call back to the writer (deferred so that in a request/reply\n"
-"exchange it happens while the peer works); more than a chunk at once goes\n"
-"back at once. RingCorrupted when the writer's head is more than a ring past\n"
-"our tail (or behind it).");
+PyDoc_STRVAR(get_into_doc,
+"get_into(buf, spin_ns) -> int\n\n"
+"Copy what is readable in the incoming ring into buf (as much as fits), waiting\n"
+"up to spin_ns for it (busy, without the GIL); 0 when nothing came. First hands\n"
+"the room consumed by the previous call back to the writer (deferred so that in\n"
+"a request/reply exchange it happens while the peer works); more than a chunk\n"
+"at once goes back at once. RingCorrupted when the writer's head is more than a\n"
+"ring past our tail (or behind it).");
 
-static PyObject *Rings_get(Rings *self, PyObject *arg) {
+static PyObject *Rings_get_into(Rings *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "get_into(buf, spin_ns) takes 2 arguments");
+        return NULL;
+    }
     if (check_held(self) < 0)
         return NULL;
-    long long spin_ns = PyLong_AsLongLong(arg);
+    long long spin_ns = PyLong_AsLongLong(args[1]);
     if (spin_ns == -1 && PyErr_Occurred())
         return NULL;
     uint64_t tail = self->tail;
@@ -253,7 +257,7 @@ static PyObject *Rings_get(Rings *self, PyObject *arg) {
         Py_END_ALLOW_THREADS
     }
     if (head == tail)
-        Py_RETURN_NONE;
+        return PyLong_FromLong(0);
     uint64_t n = head - tail, ring = self->ring;
     if (n > ring) {
         PyErr_Format(RingCorrupted,
@@ -263,23 +267,24 @@ static PyObject *Rings_get(Rings *self, PyObject *arg) {
                      (unsigned long long)ring);
         return NULL;
     }
-    uint64_t off = tail % ring, first = ring - off;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
-    if (out == NULL)
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_WRITABLE) < 0)
         return NULL;
-    char *dst = PyBytes_AS_STRING(out);
+    if ((uint64_t)b.len < n)
+        n = (uint64_t)b.len;
+    uint64_t off = tail % ring, first = ring - off;
+    char *dst = b.buf;
     if (first >= n) {
         copy(dst, self->ibase + off, n);
     } else {
         copy(dst, self->ibase + off, first);
         copy(dst + first, self->ibase, n - first);
     }
-    self->tail = head;
-    if (n > self->chunk && publish_tail(self, head) < 0) {
-        Py_DECREF(out);
+    PyBuffer_Release(&b);
+    self->tail = tail + n;
+    if (n > self->chunk && publish_tail(self, tail + n) < 0)
         return NULL;
-    }
-    return out;
+    return PyLong_FromUnsignedLongLong(n);
 }
 
 PyDoc_STRVAR(room_doc, "room() -> int\n\nFree bytes in the outgoing ring (re-reads and checks the reader's tail).");
@@ -335,7 +340,7 @@ static void Rings_dealloc(Rings *self) {
 
 static PyMethodDef Rings_methods[] = {
     {"put", (PyCFunction)Rings_put, METH_O, put_doc},
-    {"get", (PyCFunction)Rings_get, METH_O, get_doc},
+    {"get_into", (PyCFunction)(void (*)(void))Rings_get_into, METH_FASTCALL, get_into_doc},
     {"room", (PyCFunction)Rings_room, METH_NOARGS, room_doc},
     {"fence", (PyCFunction)Rings_fence, METH_NOARGS, fence_doc},
     {"release", (PyCFunction)Rings_release, METH_NOARGS, release_doc},

@@ -268,7 +268,8 @@ class ShmConnection(CloseOnce, Connection):
             mm, HEADER + out * ring, HEADER + inn * ring, ring,
             (oh, ot, osleep_r, ih, it, isleep_w, self._peer_closed), chunk,
             _poster(events[f"{o}.data"]), _poster(events[f"{i}.space"]))
-        self._put, self._get, self._fence = self._rings.put, self._rings.get, self._rings.fence
+        self._put, self._get_into, self._fence = self._rings.put, self._rings.get_into, self._rings.fence
+        self._rxview = memoryview(bytearray(chunk))  # for recv(); the channel reads into its own
         self._spin_max = spin_us * 1000  # what the URL allows; 0 when pinned with the peer
         self._spin_ns = self._spin_max  # a reader's spin now: adapts to the peer's pace
         self._spin_once = 0  # one longer spin for a reply that takes the peer a while
@@ -283,46 +284,51 @@ class ShmConnection(CloseOnce, Connection):
     # ------------------------------------------------------------ receive
 
     def recv(self, timeout: float | None = None) -> bytes:
+        return bytes(self._rxview[:self.recv_into(self._rxview, timeout)])
+
+    reads_into = True
+
+    def recv_into(self, buf: memoryview, timeout: float | None = None) -> int:
         users = self._users
         users.append(None)
         try:
             if self.closed:
-                return b""
+                return 0
             if not self._spin_checked:
                 self._spin_budget()
             spin = self._spin_ns
             if self._spin_once:
                 spin, self._spin_once = (max(spin, self._spin_once) if self._spin_max else 0), 0
-            data: bytes | None = self._get(spin)
-            return self._sleep_for_data(timeout) if data is None else data
+            n: int = self._get_into(buf, spin)
+            return n or self._sleep_for_data(buf, timeout)
         finally:
             users.pop()
             if self.closed and not users:
                 self._release_once()
 
-    def _sleep_for_data(self, timeout: float | None) -> bytes:
-        """After the spin: data, or b"" at an orderly end (peer closed and drained,
-        or we closed)."""
+    def _sleep_for_data(self, buf: memoryview, timeout: float | None) -> int:
+        """After the spin: bytes read into ``buf``, or 0 at an orderly end (peer
+        closed and drained, or we closed)."""
         q = self._q
-        get: Callable[[int], bytes | None] = self._get
+        get_into: Callable[[memoryview, int], int] = self._get_into
         deadline = deadline_after(timeout)
         slept_at = time.perf_counter_ns()
         while True:
             q[self._isleep_r] = 1
             self._fence()  # the flag is seen before we re-check the head
             closed = q[self._peer_closed]
-            data = get(0)
-            if data is None and not closed and not self.closed:
+            n = get_into(buf, 0)
+            if not n and not closed and not self.closed:
                 left = remaining(deadline)
                 _sleep_on(self._data_waiter, self._i_data, SLICE if left is None else min(SLICE, left))
                 closed = q[self._peer_closed]
-                data = get(0)
+                n = get_into(buf, 0)
             q[self._isleep_r] = 0
-            if data is not None:
+            if n:
                 self._adapt_spin(time.perf_counter_ns() - slept_at)
-                return data
+                return n
             if closed or self.closed:
-                return b""
+                return 0
             self._check_peer()
             if deadline is not None and remaining(deadline) == 0.0:
                 raise Timeout(f"nothing from {self.peer} within {timeout} s")

@@ -29,12 +29,14 @@ Interface (the constructor takes word indexes from the segment layout, which
 - ``put(data) -> int``: copy what fits (at most ``chunk``) into the outgoing
   ring, publish it, wake the reader if it sleeps; bytes written, 0 when full,
   -1 when the peer closed;
-- ``get(spin_ns) -> bytes | None``: all readable bytes, spinning up to
-  ``spin_ns`` for them; first hands back the room the previous call consumed
-  (deferred: in a request/reply exchange that happens while the peer works);
+- ``get_into(buf, spin_ns) -> int``: copy the readable bytes (as many as fit)
+  into ``buf``, spinning up to ``spin_ns`` for them, 0 when none came; first
+  hands back the room the previous call consumed (deferred: in a request/reply
+  exchange that happens while the peer works). Into the caller's buffer: a
+  large frame's bytes go from the ring straight into the frame;
 - ``room()``, ``fence()``, ``release()`` (before the mmap is closed).
 
-``put``, ``get`` and ``room`` raise :class:`RingCorrupted` on a bad counter.
+``put``, ``get_into`` and ``room`` raise :class:`RingCorrupted` on a bad counter.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ class PyRings:
                 self._wake_reader()
         return n
 
-    def get(self, spin_ns: int) -> bytes | None:
+    def get_into(self, buf: bytearray | memoryview, spin_ns: int) -> int:
         tail = self._tail
         if tail != self._public_tail:
             self._publish_tail(tail)
@@ -125,22 +127,25 @@ class PyRings:
             while (head := q[ih]) == tail and now() < end:
                 pass
         if head == tail:
-            return None
+            return 0
         n, ring = (head - tail) & M64, self._ring
         if n > ring:
             raise RingCorrupted(
                 f"shm peer corrupted the ring: its head {head} is {n} bytes past our tail {tail}, "
                 f"more than the {ring}-byte ring (ending this session)")
+        n = min(n, len(buf))
         off = tail % ring
         start = self._ibase + off
         if off + n <= ring:
-            data = self._mm[start:start + n]
+            buf[:n] = self._mm[start:start + n]
         else:
-            data = self._mm[start:self._ibase + ring] + self._mm[self._ibase:self._ibase + off + n - ring]
-        self._tail = head
+            first = ring - off
+            buf[:first] = self._mm[start:self._ibase + ring]
+            buf[first:n] = self._mm[self._ibase:self._ibase + n - first]
+        self._tail = tail = (tail + n) & M64
         if n > self._chunk:
-            self._publish_tail(head)
-        return data
+            self._publish_tail(tail)
+        return n
 
     def _publish_tail(self, tail: int) -> None:
         self._public_tail = tail
