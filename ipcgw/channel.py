@@ -24,9 +24,10 @@ __all__ = ["Channel"]
 # Above this size a length-prefixed frame is sent as header + payload with a
 # scatter write, instead of copying the payload behind its header.
 _SCATTER_MIN = 32 * 1024
-# One read of a stream transport: room for many small frames, but a large frame's
-# head read here is copied into the frame's buffer, so not more than that.
-_RX_SIZE = 64 * 1024
+# One read of a stream transport: a frame up to about this size arrives whole in one
+# read (a 64 KiB payload with its envelope is just over 64 KiB); a larger frame's
+# head read here is copied into the frame's buffer, the rest read straight into it.
+_RX_SIZE = 128 * 1024
 
 
 class Channel:

@@ -146,8 +146,10 @@ class LengthDecoder(_Buffer):
     frame of :data:`BIG_FRAME` bytes or more gets a buffer of its exact size when its
     header arrives, which :meth:`get_buffer` exposes so the transport can read the rest
     of the frame straight into it (the asyncio ``BufferedProtocol`` shape, still
-    sans-IO): the frame is then that buffer, a ``bytearray``, copied by nobody. Memory
-    stays bounded as before: at most ``max_frame`` per decoder."""
+    sans-IO): the frame is then that buffer, a ``bytearray``, copied by nobody, and a
+    message decoded from it may keep views onto it (bulk bins). Memory stays bounded:
+    the frame under way (at most ``max_frame``) plus spares of decoded frames kept
+    for reuse (together at most ``max_frame``); what the caller still holds is its own."""
 
     __slots__ = ("_big", "_big_at", "_hdr", "_max", "_need", "_size", "_spares")
 
@@ -187,14 +189,15 @@ class LengthDecoder(_Buffer):
         """The caller has decoded ``frame``: a large one's buffer may carry a later
         frame of the same size once nothing refers to it any more, saving its
         allocation (a fresh 1 MiB costs more than copying it: the kernel zero-fills
-        its pages). Two are kept, because a reader loop still holds the previous
+        its pages). Two are kept (up to ``max_frame`` bytes together, so a decoder
+        holds at most twice that), because a reader loop still holds the previous
         message (and so its frame) while it waits for the next one."""
         spares = self._spares
         if (type(frame) is bytearray and len(frame) >= BIG_FRAME
                 and not any(spare is frame for spare in spares)):  # identity: `in` compares bytes
             spares.append(frame)
-            if len(spares) > _SPARES:
-                del spares[0]
+            while len(spares) > _SPARES or sum(map(len, spares)) > self._max:
+                del spares[0]  # the oldest; the spares together never exceed max_frame
 
     def _start_big(self, view: memoryview, pos: int, size: int) -> int:
         """A large frame's header is read at ``pos``: give it its own buffer with the

@@ -224,9 +224,45 @@ def test_a_big_frame_split_across_reads_lands_in_one_buffer_read_into_in_place()
     room[:] = stream[65536:]
     (frame,) = decoder.buffer_updated(len(room))
     assert type(frame) is bytearray and frame == payload
-    decoder.recycle(frame)  # decoded: the next frame of that size reuses the buffer
+    decoder.recycle(frame)  # decoded, but still held here: the next frame gets its own
     assert decoder.feed(stream[:100]) == [] and decoder.get_buffer() is not None
     assert decoder.feed(stream[100:]) == [frame] and decoder.pending == 0
+
+
+def _big_frame(decoder, stream: bytes) -> bytearray:
+    """One big frame through get_buffer/buffer_updated, as a stream transport reads it."""
+    assert decoder.feed(stream[:100]) == []
+    room = decoder.get_buffer()
+    room[:] = stream[100:]
+    (frame,) = decoder.buffer_updated(len(room))
+    return frame
+
+
+def test_a_big_frames_buffer_is_reused_only_once_nothing_holds_it() -> None:
+    """A message decoded from a big frame may hold views onto it (bulk bins): its
+    buffer must not carry a later frame until they are gone. Two spares are kept:
+    a reader loop still holds the previous message while the next frame arrives."""
+    framer = make_framer("length:4")
+    streams = [framer.encode(bytes([i]) * (1 << 20)) for i in range(6)]
+    decoder = framer.decoder()
+    held = []
+    for i in range(3):  # each held as a view, as a decoded payload holds it
+        frame = _big_frame(decoder, streams[i])
+        decoder.recycle(frame)
+        held.append(memoryview(frame)[10:20])
+        del frame
+    assert len({id(v.obj) for v in held}) == 3  # no buffer carried two frames
+    assert [bytes(v) for v in held] == [bytes([i]) * 10 for i in range(3)]
+    ids = {id(v.obj) for v in held[1:]}  # the two spares kept: the last two frames'
+    del held
+    seen = []
+    for i in range(3, 6):
+        frame = _big_frame(decoder, streams[i])
+        assert frame == bytes([i]) * (1 << 20)
+        seen.append(id(frame))
+        decoder.recycle(frame)
+        del frame  # the loop drops each frame before the next: one buffer goes round
+    assert seen[0] in ids and len(set(seen)) <= 2, (seen, ids)
 
 
 def test_a_big_frame_is_refused_at_its_header_not_allocated() -> None:

@@ -187,3 +187,58 @@ def test_report_metric_count_is_bounded():
         encode(Report(0.0, 1, many))
     with pytest.raises(DecodeError):
         decode(msgpack.packb([7, 0.0, 1, many, 0]))
+
+
+# ---------------------------------------------------------------- bulk bins
+
+BIG = bytes(range(256)) * 1024  # 256 KiB: a bulk bin in a bulk frame of every kind
+
+
+@pytest.mark.parametrize("msg", [
+    Ping(7, BIG), Pong(8, bytearray(BIG)), Ping(9, memoryview(BIG)[1:]),
+    Command(3, "bench.sink", {"payload": BIG, "n": 1, "tag": "x", "also": BIG[:40000]}),
+    Result(4, True, BIG, ""), Result(5, True, {"blob": BIG, "ok": True}, ""),
+    Event("SUB_ESTABLISHED", {"dump": BIG}, 1.5),
+], ids=lambda m: type(m).__name__)
+def test_encode_parts_is_encode_with_each_bulk_bin_left_as_the_callers_buffer(msg) -> None:
+    parts = messages.encode_parts(msg)
+    assert isinstance(parts, list) and b"".join(parts) == encode(msg)
+    bulk = [p for p in parts if len(p) >= messages.BULK_BIN]
+    field = getattr(msg, "payload", None) or getattr(msg, "args", None) or getattr(
+        msg, "value", None) or msg.attrs
+    wanted = [field] if not isinstance(field, dict) else [
+        v for v in field.values() if isinstance(v, bytes | bytearray | memoryview)]
+    assert [id(p) for p in bulk] == [id(v) for v in wanted]  # the same objects: no copy
+
+
+@pytest.mark.parametrize("msg", [Ping(1, b"x" * 100), Report(1.0, 1, {"rssi_dbm": -60.0}),
+                                 Command(1, "limits.get", {}), Ping(2, BIG[:messages.BULK_BIN - 1])])
+def test_encode_parts_of_a_message_without_bulk_bins_is_encode(msg) -> None:
+    assert messages.encode_parts(msg) == encode(msg)
+
+
+def test_a_bulk_bin_decodes_as_a_read_only_view_onto_the_frame() -> None:
+    frame = bytearray(encode(Command(0, "bench.sink", {"payload": BIG, "small": b"abc",
+                                                        "mid": BIG[:messages.BULK_BIN - 1]})))
+    msg = decode(frame)
+    payload = msg.args["payload"]
+    assert type(payload) is memoryview and payload.readonly and payload.obj is frame
+    assert payload == BIG
+    assert type(msg.args["small"]) is bytes and type(msg.args["mid"]) is bytes  # below BULK_BIN
+    assert type(decode(encode(Ping(1, BIG[:1000]))).payload) is bytes  # a small frame: bytes
+
+
+@pytest.mark.parametrize(("frame", "words"), [
+    (encode(Ping(1, BIG)) + b"\x01\x02", "2 trailing bytes after the message"),
+    (b"\x94\x08\x00\xa1x\x81\xc6" + len(BIG).to_bytes(4, "big") + BIG + b"\x01",
+     "a map key cannot be a bulk bin"),
+    (encode(Ping(1, BIG))[:-10], "truncated"),
+])
+def test_a_bulk_frame_of_the_wrong_shape_is_refused_with_its_words(frame, words) -> None:
+    with pytest.raises(DecodeError, match=words):
+        decode(bytearray(frame))
+
+
+def test_a_bulk_frame_padded_with_nul_still_decodes() -> None:
+    """fixed:N framing pads with NUL; a bulk frame keeps tolerating that."""
+    assert decode(encode(Ping(1, BIG)) + bytes(100)) == Ping(1, BIG)

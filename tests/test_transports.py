@@ -601,3 +601,22 @@ def test_dropped_session_is_disconnected_within_6_s(server_factory, tmp_path, tr
     server.stop_ok()
     assert leftovers(server.url) == []
     assert fs_leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_bulk_payloads_held_by_the_reader_stay_intact_while_more_frames_arrive(
+        server_factory, transport):
+    """Bulk payloads arrive as read-only views onto their frames, and a frame's buffer
+    is reused for a later frame of the same size: only once no view holds it. Four
+    Pong payloads of one size held at once must each keep their own bytes (without
+    the guard, a reused buffer rewrote the earlier payloads with the later frames')."""
+    server = server_factory(transport)
+    payloads = [bytes([i]) * 3 + os.urandom(200_000) for i in range(4)]
+    with ipcgw.connect(server.url, timeout=5, name="bulk") as client:
+        for round_ in range(2):  # the second round runs on recycled buffers
+            replies = [client.ping(payload, timeout=10) for payload in payloads]
+            for seq, (reply, payload) in enumerate(zip(replies, payloads, strict=True)):
+                assert type(reply) is memoryview and reply.readonly
+                assert reply == payload, (round_, seq)
+            del replies, reply
+    server.stop_ok()

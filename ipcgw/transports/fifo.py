@@ -241,6 +241,10 @@ class FifoConnection(_Closable, Connection):
         self._buf = bytearray(CHUNK)
         self._view = memoryview(self._buf)
         self._send_lock = threading.Lock()
+        # Whether to read before polling: yes while reads fill the buffer (a stream
+        # keeps data waiting), no while a reader waits for each reply (request/reply),
+        # where the read would miss and cost a syscall and an exception per message.
+        self._streaming = True
         # Separate poll objects: recv and send may wait in two threads at once.
         self._rpoll = select.poll()
         self._rpoll.register(self._wake, _IN)
@@ -263,11 +267,11 @@ class FifoConnection(_Closable, Connection):
         try:
             if self.closed:
                 return 0
-            if self._rfd >= 0:
-                try:  # hot path: data is often there already, no poll needed
+            if self._rfd >= 0 and self._streaming:
+                try:  # data is likely there already: no poll needed
                     return os.readv(self._rfd, (buf,))
-                except BlockingIOError:
-                    pass
+                except BlockingIOError:  # a miss costs a syscall and an exception:
+                    self._streaming = False  # poll first until a read fills the buffer
             deadline = deadline_after(timeout)
             while True:
                 events = self._rpoll.poll(_ms(deadline))
@@ -277,9 +281,12 @@ class FifoConnection(_Closable, Connection):
                     raise Timeout(f"nothing from {self.peer} within {timeout} s")
                 if self._rfd >= 0:
                     try:
-                        return os.readv(self._rfd, (buf,))
+                        n = os.readv(self._rfd, (buf,))
                     except BlockingIOError:
                         pass
+                    else:
+                        self._streaming = n == len(buf)
+                        return n
                 if any(fd == self._wfd and ev & _GONE for fd, ev in events):
                     return 0  # peer died before (or without) opening its write end
         except OSError as exc:
