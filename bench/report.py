@@ -471,9 +471,14 @@ def _misses(rows: list[dict[str, Any]], cfg: dict[str, Any], micro: list[dict[st
             "in turn, so the extra CPU *is* the extra latency: it is ipcgw's Python per "
             "message on each side (framing, codec, channel, the client's request bookkeeping, "
             "the session loop), not the transport. Across CPUs the gap is also wake-ups, which "
-            "these CPU figures include. For 1 MiB the extra is the copies around the payload "
-            "(the sender's msgpack buffer, and on the queue transports and shm the receiver's "
-            "copy into the frame). bench/results/ANALYSIS.md takes a round trip apart layer by "
+            "these CPU figures include. For 1 MiB the framing and codec no longer copy the "
+            "payload (the sender scatter-writes the caller's buffer, the receiver reads into "
+            "the frame's buffer and hands the payload out as a view onto it); the extra is "
+            "the frame's head read with the frame before it (at most 128 "
+            "KiB, copied into the frame) and, on the queue transports, a Python call per 8 KiB "
+            "message on each side "
+            "(sysv_ipc and posix_ipc hand over bytes, copied once into the frame). "
+            "bench/results/ANALYSIS.md takes a round trip apart layer by "
             f"layer{f' (micro-bench in this run: {layers})' if layers else ''}.\n\n"
             + "".join(lines))
 
