@@ -61,6 +61,7 @@ class Channel:
         # decoder cuts frames from there (no bytes object per read), and a large
         # frame's rest goes straight into the frame's own buffer.
         self._rx = memoryview(bytearray(_RX_SIZE)) if conn.reads_into else None
+        self._under_way = False  # the last read completed no frame: one may be part-read
         self._recv_into = conn.recv_into
         self._get_buffer = (getattr(self._decoder, "get_buffer", None)
                             if conn.reads_into else None)
@@ -146,16 +147,20 @@ class Channel:
         the transport hands over), fed to the decoder."""
         rx = self._rx
         if rx is not None:
-            into = self._get_buffer() if self._get_buffer is not None else None
+            # a large frame can be under way only if the last read completed none
+            into = self._get_buffer() if self._under_way and self._get_buffer is not None else None
             if into is not None:
                 n = self._recv_into(into, timeout)
                 if not n:
                     self._eof()
-                return self._decoder.buffer_updated(n)  # type: ignore[attr-defined, no-any-return]
-            n = self._recv_into(rx, timeout)
-            if not n:
-                self._eof()
-            return self._feed(rx[:n])  # decoders copy what they keep: rx is reused
+                got: list[bytes] = self._decoder.buffer_updated(n)  # type: ignore[attr-defined]
+            else:
+                n = self._recv_into(rx, timeout)
+                if not n:
+                    self._eof()
+                got = self._feed(rx[:n])  # decoders copy what they keep: rx is reused
+            self._under_way = not got
+            return got
         data = self._conn_recv(timeout)
         if not data:
             self._eof()

@@ -232,7 +232,7 @@ class LengthDecoder(_Buffer):
             if end > hdr:  # the request/response case: exactly one whole frame
                 size = self._size(data)[0]
                 if size == end - hdr and size <= self._max:
-                    return [data[hdr:] if type(data) is bytes else bytes(data[hdr:])]
+                    return [data[hdr:] if type(data) is bytes else data[hdr:].tobytes()]  # type: ignore[union-attr]
             # Parse straight from ``data`` and stash only the tail.
             frames: list[bytes] = []
             view = memoryview(data)

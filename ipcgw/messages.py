@@ -360,30 +360,11 @@ def _unpadded(extra: msgpack.ExtraData) -> Any:
 _local = threading.local()
 
 
-def _packer() -> msgpack.Packer:
-    """A Packer per thread: reusing one saves a third of encode, but its buffer
-    must not be shared between threads."""
-    try:
-        return _local.packer
-    except AttributeError:
-        packer = _local.packer = msgpack.Packer(use_bin_type=True)
-        return packer
-
-
 def encode(msg: Message) -> bytes:
     """Message -> msgpack bytes. Raises CodecError for a value msgpack cannot carry
     (and for a Report whose metrics are not numbers)."""
-    try:
-        values = _FIELDS[type(msg)](msg)
-    except KeyError:
-        raise CodecError(f"not a gateway message: {type(msg).__name__}") from None
-    if type(msg) is Report and not (type(msg.metrics) is dict and _metrics_ok(msg.metrics)
-                                    and len(msg.metrics) <= MAX_METRICS):
-        raise CodecError(metric_error(msg.metrics) or "invalid Report.metrics")
-    try:
-        return _packer().pack(values)  # type: ignore[no-any-return]
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise CodecError(f"cannot encode {type(msg).__name__}: {exc}") from None
+    parts = encode_parts(msg)
+    return parts if type(parts) is bytes else b"".join(parts)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- bulk bins
@@ -398,8 +379,6 @@ def encode(msg: Message) -> bytes:
 
 #: Bins at least this large are sent by reference and, in a bulk frame, received as views.
 BULK_BIN = 32 * 1024
-# Where a kind may carry bulk bins: the field itself, or the values of its map.
-_BULK_FIELD = {Ping: "payload", Pong: "payload", Command: "args", Result: "value", Event: "attrs"}
 _BIN_TYPES = (bytes, bytearray, memoryview)
 
 
@@ -408,50 +387,68 @@ def _is_bulk(value: Any) -> bool:
         type(value) is not memoryview or (value.format == "B" and value.ndim == 1))
 
 
-def _bin_header(n: int) -> bytes:
-    return (b"\xc5" + n.to_bytes(2, "big")) if n < 0x10000 else (b"\xc6" + n.to_bytes(4, "big"))
-
-
 def encode_parts(msg: Message) -> bytes | list[Buffer]:
-    """:func:`encode`, or, when the message carries a bulk bin (a field, or a value of
-    its one map, of :data:`BULK_BIN` bytes or more), the same bytes as a list of parts
-    in which each bulk bin is the caller's own buffer: ``b"".join(parts) == encode(msg)``.
-    The bytes case is the common one: it costs encode plus a look at the one field
-    that may be bulk (for a map, at its values)."""
-    name = _BULK_FIELD.get(type(msg))
-    if name is None:
-        return encode(msg)
-    field_value = getattr(msg, name)
-    if not (_is_bulk(field_value) or (type(field_value) is dict
-                                      and any(map(_is_bulk, field_value.values())))):
-        return encode(msg)
-    pack = _packer().pack
-    values = _FIELDS[type(msg)](msg)
+    """The message's msgpack bytes or, when it carries a bulk bin (a field, or a value
+    of its one map, of :data:`BULK_BIN` bytes or more), the same bytes as a list of
+    parts in which each bulk bin is the caller's own buffer (``b"".join(parts)``).
+    Every send runs this: the common case is one lookup of the values, a look at
+    the one field that may be bulk, and one pack. CodecError as :func:`encode`."""
+    cls = type(msg)
+    try:
+        values = _FIELDS[cls](msg)
+    except KeyError:
+        raise CodecError(f"not a gateway message: {cls.__name__}") from None
+    at = _BULK_AT.get(cls)
+    if at is not None:
+        value = values[at]
+        if (len(value) >= BULK_BIN and _is_bulk(value)) if type(value) in _BIN_TYPES else (
+                type(value) is dict and any(map(_is_bulk, value.values()))):
+            return _split(values, at, cls)
+    elif cls is Report and not (type(msg.metrics) is dict  # type: ignore[attr-defined]
+                                and _metrics_ok(msg.metrics)  # type: ignore[attr-defined]
+                                and len(msg.metrics) <= MAX_METRICS):  # type: ignore[attr-defined]
+        raise CodecError(metric_error(msg.metrics) or "invalid Report.metrics")  # type: ignore[attr-defined]
+    try:
+        packer = _local.packer
+    except AttributeError:  # one per thread: reusing it saves a third of encode
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    try:
+        return packer.pack(values)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"cannot encode {cls.__name__}: {exc}") from None
+
+
+def _split(values: tuple[Any, ...], at: int, cls: type) -> list[Buffer]:
+    """``values`` packed around their bulk bins (``values[at]`` or its map's values)."""
+    try:
+        packer = _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    pack = packer.pack
     parts: list[Buffer] = []
     head = [bytes((0x90 + len(values),))]  # every kind has fewer than 16 fields
 
-    def bulk(value: Buffer) -> None:
-        head.append(_bin_header(len(value)))
+    def item(value: Any) -> None:
+        if not _is_bulk(value):
+            head.append(pack(value))
+            return
+        n = len(value)
+        head.append((b"\xc5" + n.to_bytes(2, "big")) if n < 0x10000 else (b"\xc6" + n.to_bytes(4, "big")))
         parts.append(b"".join(head))
         parts.append(value)
         head.clear()
 
     try:
-        for value in values:
-            if _is_bulk(value):
-                bulk(value)
-            elif value is field_value and type(value) is dict:
-                head.append(_packer().pack_map_header(len(value)))
-                for key, item in value.items():
+        for i, value in enumerate(values):
+            if i == at and type(value) is dict:
+                head.append(packer.pack_map_header(len(value)))
+                for key, entry in value.items():
                     head.append(pack(key))
-                    if _is_bulk(item):
-                        bulk(item)
-                    else:
-                        head.append(pack(item))
+                    item(entry)
             else:
-                head.append(pack(value))
+                item(value)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise CodecError(f"cannot encode {type(msg).__name__}: {exc}") from None
+        raise CodecError(f"cannot encode {cls.__name__}: {exc}") from None
     if head:
         parts.append(b"".join(head))
     return parts
@@ -658,5 +655,9 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
 )
 _BY_TAG = {cls.TAG: _Schema(cls) for cls in MESSAGE_TYPES}
 _FIELDS = {s.cls: s.fields for s in _BY_TAG.values()}
+# Where a kind may carry bulk bins, as the index into its values (TAG first): the
+# field itself, or the values of its map.
+_BULK_AT: dict[type[Message], int] = {cls: 1 + _BY_TAG[cls.TAG].names.index(name) for cls, name in (
+    (Ping, "payload"), (Pong, "payload"), (Command, "args"), (Result, "value"), (Event, "attrs"))}
 # The common case: a fixarray header byte then a fixint tag -> that kind's decoder.
 _FAST = {(0x90 + s.required + 1) << 8 | tag: s.decode for tag, s in _BY_TAG.items()}
